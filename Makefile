@@ -1,0 +1,46 @@
+# textgen — the two commands on a fresh machine are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TEXTGEN := $(BIN)/textgen
+SHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
+
+.PHONY: install demo test test-fast lint fmt toy-sentences shakespeare clean
+
+$(BIN)/textgen: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/textgen  ## a .venv with textgen installed in editable mode
+
+demo: install  ## train the Korean toy model and generate its three sentences
+	$(TEXTGEN) train --config configs/ko-toy.toml --out runs/ko-toy --overwrite
+	@for seed in 경마장에 그의 가는; do $(TEXTGEN) generate --model runs/ko-toy --seed "$$seed"; done
+
+test: install  ## the whole test suite (under 5 minutes on 2 cores)
+	$(BIN)/python -m pytest -q
+
+test-fast: install  ## unit tests only, no training runs
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# A pipeline: train if needed, generate from every first word of the corpus, count them.
+toy-sentences: install
+	@test -f runs/ko-toy/weights.npz || $(TEXTGEN) train --config configs/ko-toy.toml --out runs/ko-toy --quiet
+	@cut -d' ' -f1 data/ko-toy.txt | $(TEXTGEN) generate --model runs/ko-toy - | sort | uniq -c | sort -rn
+
+shakespeare: install  ## one epoch of the char model on tiny Shakespeare
+	$(TEXTGEN) train --config configs/shakespeare-char.toml --corpus $(SHAKESPEARE) --overwrite
+	$(TEXTGEN) generate --model runs/shakespeare-char --seed "ROMEO:" --length 200
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

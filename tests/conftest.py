@@ -1,0 +1,41 @@
+"""Shared fixtures: the toy corpus, small configs, and one trained toy run per session."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from textgen import config as config_mod
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY_CORPUS = ROOT / "data" / "ko-toy.txt"
+TOY_CONFIG = ROOT / "configs" / "ko-toy.toml"
+TOY_SENTENCES = [line for line in TOY_CORPUS.read_text(encoding="utf-8").splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def toy_config() -> config_mod.Config:
+    return config_mod.load(TOY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory: pytest.TempPathFactory, toy_config: config_mod.Config) -> Path:
+    """A run directory trained once on the toy config (quietly)."""
+    from textgen.train import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "ko-toy"
+    train(toy_config, run_dir, progress=False, log=lambda _m: None)
+    return run_dir
+
+
+def small_config(corpus: Path, **sections: dict) -> config_mod.Config:
+    """A tiny config over ``corpus``; ``sections`` override keys, e.g. model={"cell": "gru"}."""
+    base = config_mod.Config()
+    data = replace(
+        base.data, **({"corpus": str(corpus), "val_split": 0.0} | sections.get("data", {}))
+    )
+    model = replace(base.model, **({"embedding_dim": 8, "units": 16} | sections.get("model", {})))
+    train = replace(base.train, **({"epochs": 2, "batch_size": 4} | sections.get("train", {})))
+    return config_mod.Config(data=data, model=model, train=train)

@@ -1,0 +1,217 @@
+"""Corpus → training examples for teacher forcing.
+
+Two ways to cut a corpus into sequences:
+
+* ``lines`` (the RNNLM of the classic tutorial): every non-empty line is one sentence
+  ending in ``<eos>``, pre-padded with ``keras.utils.pad_sequences(padding="pre")`` to the
+  longest line or to ``max_len`` tokens. A longer line is not truncated (that would lose
+  text): it is cut into pieces of ``max_len`` tokens that overlap by one token, so every
+  next-token pair of the line is still trained; the number of such lines is reported.
+* ``stream`` (char-RNN): the text is one stream of ids (at word level with ``<eos>`` after
+  every line) cut into consecutive windows of ``seq_len`` inputs.
+
+Either way an example is ``inputs = tokens[:-1]`` and ``targets = tokens[1:]`` at every
+position. Padding ids are 0 and the model masks them, so they never count in the loss.
+The last ``val_split`` fraction of the corpus (lines, or characters in stream mode) is held
+out for validation; the vocabulary is counted on the training part only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textgen.config import DataConfig
+from textgen.errors import DataError
+from textgen.tokenizers import Tokenizer
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Teacher-forcing pairs: ``targets[:, t]`` is the token after ``inputs[:, t]``."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of predicted (unmasked) positions: those whose input is not padding."""
+        return int(np.count_nonzero(self.inputs))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything training needs from the corpus."""
+
+    tokenizer: Tokenizer
+    train: Examples
+    val: Examples | None
+    corpus_sha256: str
+    split_lines: int = 0
+
+
+def read_corpus(path: str | Path, encoding: str = "utf-8") -> tuple[str, str]:
+    """Read a whole corpus; return ``(text, sha256 of the bytes)``.
+
+    Raises :class:`DataError` naming the file for a missing, unreadable, non-UTF-8 or empty
+    corpus (with the byte offset of the first bad byte).
+    """
+    path = Path(path)
+    if not str(path):
+        raise DataError("no corpus given: set data.corpus in the config or pass --corpus")
+    if path.is_dir():
+        raise DataError(f"corpus {path} is a folder, not a text file")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"corpus not found: {path}") from None
+    except OSError as err:
+        raise DataError(f"cannot read corpus {path}: {err.strerror}") from None
+    if b"\x00" in raw[:65536]:
+        raise DataError(f"corpus {path} looks binary (NUL byte); give a text file")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"corpus {path} is not valid {encoding} at byte {err.start} "
+            f"(0x{raw[err.start]:02x}); convert it or pass --encoding"
+        ) from None
+    except LookupError:
+        raise DataError(f"unknown encoding {encoding!r}") from None
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise DataError(f"corpus {path} is empty (no text besides whitespace)")
+    return text, hashlib.sha256(raw).hexdigest()
+
+
+def pad_pre(sequences: list[np.ndarray], length: int) -> np.ndarray:
+    """Left-pad id sequences with 0 to ``length`` (keras ``pad_sequences(padding="pre")``)."""
+    from textgen._tf import keras
+
+    return keras().utils.pad_sequences(sequences, maxlen=length, padding="pre", dtype="int32")
+
+
+def _pieces(seq: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """Cut ``seq`` into pieces of at most ``max_len`` that overlap by one token."""
+    if len(seq) <= max_len:
+        return [seq]
+    step = max_len - 1
+    return [seq[i : i + max_len] for i in range(0, len(seq) - 1, step)]
+
+
+def line_examples(lines: list[str], tokenizer: Tokenizer, length: int) -> tuple[Examples, int]:
+    """Encode lines with ``<eos>``, cut long ones, pre-pad to ``length``; return (examples, cut)."""
+    seqs: list[np.ndarray] = []
+    cut = 0
+    for line in lines:
+        pieces = _pieces(tokenizer.encode(line, eos=True), length)
+        cut += len(pieces) > 1
+        seqs.extend(p for p in pieces if len(p) >= 2)
+    if not seqs:
+        empty = np.zeros((0, length - 1), dtype=np.int32)
+        return Examples(empty, empty.copy()), cut
+    padded = pad_pre(seqs, length)
+    return Examples(padded[:, :-1], padded[:, 1:]), cut
+
+
+def stream_examples(ids: np.ndarray, seq_len: int) -> Examples:
+    """Cut an id stream into consecutive windows of ``seq_len`` inputs (shorter if it must)."""
+    seq_len = min(seq_len, len(ids) - 1)
+    if seq_len < 1:
+        empty = np.zeros((0, 1), dtype=np.int32)
+        return Examples(empty, empty.copy())
+    n = (len(ids) - 1) // seq_len
+    inputs = ids[: n * seq_len].reshape(n, seq_len)
+    targets = ids[1 : n * seq_len + 1].reshape(n, seq_len)
+    return Examples(np.ascontiguousarray(inputs), np.ascontiguousarray(targets))
+
+
+def _stream_ids(text: str, tokenizer: Tokenizer) -> np.ndarray:
+    if tokenizer.level == "char":
+        return tokenizer.encode(text)
+    parts = [tokenizer.encode(line, eos=True) for line in text.splitlines() if line.strip()]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def _split_point(text: str, val_split: float, level: str) -> int:
+    """Character index where validation starts (moved to a word boundary at word level)."""
+    cut = int(len(text) * (1.0 - val_split))
+    while level == "word" and cut < len(text) and not text[cut].isspace():
+        cut += 1
+    return cut
+
+
+def prepare(cfg: DataConfig, corpus: str | Path | None = None) -> Prepared:
+    """Read the corpus named by ``cfg`` (or ``corpus``) and build train/validation examples."""
+    text, sha = read_corpus(corpus or cfg.corpus, cfg.encoding)
+    where = corpus or cfg.corpus
+    word_eos = cfg.mode == "lines" or cfg.level == "word"
+    fit = dict(
+        level=cfg.level,
+        eos=word_eos,
+        max_vocab=cfg.max_vocab,
+        min_freq=cfg.min_freq,
+        lowercase=cfg.lowercase,
+        strip_punctuation=cfg.strip_punctuation,
+        normalize=cfg.normalize,
+    )
+    if cfg.mode == "lines":
+        lines = [line for line in text.splitlines() if line.strip()]
+        n_val = int(len(lines) * cfg.val_split)
+        if cfg.val_split > 0 and n_val == 0 and len(lines) >= 2:
+            n_val = 1
+        train_lines, val_lines = lines[: len(lines) - n_val], lines[len(lines) - n_val :]
+        tokenizer = Tokenizer.fit(train_lines, **fit)
+        _check_vocab(tokenizer, where)
+        length = cfg.max_len or 1 + max(len(tokenizer.split(line)) for line in lines)
+        train, cut = line_examples(train_lines, tokenizer, length)
+        val, cut_val = line_examples(val_lines, tokenizer, length) if val_lines else (None, 0)
+        split_lines = cut + cut_val
+    else:
+        cut_at = _split_point(text, cfg.val_split, cfg.level) if cfg.val_split > 0 else len(text)
+        train_text, val_text = text[:cut_at], text[cut_at:]
+        tokenizer = Tokenizer.fit(
+            [train_text] if cfg.level == "char" else train_text.splitlines(), **fit
+        )
+        _check_vocab(tokenizer, where)
+        train_ids = _stream_ids(train_text, tokenizer)
+        if len(train_ids) < cfg.seq_len + 1:
+            raise DataError(
+                f"corpus {where} is too short for one window: {len(train_ids)} training tokens, "
+                f"data.seq_len = {cfg.seq_len} needs {cfg.seq_len + 1}"
+            )
+        train = stream_examples(train_ids, cfg.seq_len)
+        val = (
+            stream_examples(_stream_ids(val_text, tokenizer), cfg.seq_len)
+            if val_text.strip()
+            else None
+        )
+        split_lines = 0
+    if len(train) == 0:
+        raise DataError(f"corpus {where} gives no training sequence of two or more tokens")
+    if val is not None and len(val) == 0:
+        val = None
+    return Prepared(tokenizer, train, val, sha, split_lines)
+
+
+def _check_vocab(tokenizer: Tokenizer, where: object) -> None:
+    specials = 3 if tokenizer.eos_id is not None else 2
+    if len(tokenizer.vocab) <= specials:
+        raise DataError(f"corpus {where} has no tokens to learn at level {tokenizer.level!r}")
+
+
+def dataset(examples: Examples, batch_size: int, *, shuffle: bool, seed: int):  # -> tf.data.Dataset
+    """A batched, prefetched ``tf.data.Dataset`` of ``(inputs, targets)`` int32 pairs."""
+    from textgen._tf import tensorflow
+
+    tf = tensorflow()
+    ds = tf.data.Dataset.from_tensor_slices((examples.inputs, examples.targets))
+    if shuffle:
+        ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

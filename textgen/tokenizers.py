@@ -1,0 +1,190 @@
+"""Text ↔ token ids at word or character level.
+
+* ``word``: Unicode NFC, then whitespace split. Optional lowercasing (which leaves Hangul
+  unchanged: it has no case) and optional punctuation stripping, which turns every
+  Unicode punctuation character (category P*, e.g. ``,`` ``.`` ``·`` ``「``) and the ASCII
+  symbols of the classic Keras ``Tokenizer`` filter into a space. Hangul syllables and
+  jamo are letters, so they are never touched.
+* ``char``: Unicode code points after NFC, so a precomposed syllable such as ``말`` is one
+  token whether the file stored it composed or decomposed.
+
+A tokenizer is saved as JSON with a format version and reloads to an identical object.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textgen.errors import DataError
+from textgen.vocab import EOS, PAD, Vocab
+
+FORMAT_VERSION = 1
+_KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'
+
+
+class _PunctuationTable(dict):
+    """A ``str.translate`` table mapping punctuation code points to a space, computed lazily."""
+
+    def __missing__(self, code: int) -> int:
+        ch = chr(code)
+        punct = unicodedata.category(ch).startswith("P") or ch in _KERAS_FILTERS
+        value = ord(" ") if punct else code
+        self[code] = value
+        return value
+
+
+_PUNCT = _PunctuationTable()
+
+
+class Tokenizer:
+    """Splits text into tokens and maps them to ids through a :class:`Vocab`."""
+
+    def __init__(
+        self,
+        level: str,
+        vocab: Vocab,
+        *,
+        lowercase: bool = False,
+        strip_punctuation: bool = False,
+        normalize: str = "nfc",
+    ) -> None:
+        if level not in ("word", "char"):
+            raise ValueError(f"unknown level {level!r}")
+        self.level = level
+        self.vocab = vocab
+        self.lowercase = lowercase
+        self.strip_punctuation = strip_punctuation
+        self.normalize = normalize
+
+    # -- text ↔ tokens -------------------------------------------------------------------
+    def normalize_text(self, text: str) -> str:
+        """Apply the tokenizer's Unicode normalization and case/punctuation options."""
+        text = unicodedata.normalize(self.normalize.upper(), text)
+        if self.level == "word":
+            if self.lowercase:
+                text = text.lower()
+            if self.strip_punctuation:
+                text = text.translate(_PUNCT)
+        return text
+
+    def split(self, text: str) -> list[str]:
+        """Text → token strings (no vocabulary lookup)."""
+        text = self.normalize_text(text)
+        return text.split() if self.level == "word" else list(text)
+
+    def join(self, tokens: Iterable[str]) -> str:
+        """Token strings → text: words joined by single spaces, characters concatenated."""
+        return (" " if self.level == "word" else "").join(tokens)
+
+    # -- text ↔ ids ----------------------------------------------------------------------
+    @property
+    def eos_id(self) -> int | None:
+        return self.vocab.eos_id
+
+    def encode(self, text: str, *, eos: bool = False) -> np.ndarray:
+        """Text → int32 ids; ``eos=True`` appends ``<eos>`` (line mode)."""
+        ids = self.vocab.ids(self.split(text))
+        if eos:
+            if self.eos_id is None:
+                raise ValueError("this tokenizer has no <eos> token")
+            ids.append(self.eos_id)
+        return np.asarray(ids, dtype=np.int32)
+
+    def unknown_tokens(self, text: str) -> list[str]:
+        """The tokens of ``text`` that are not in the vocabulary, in order of appearance."""
+        seen: dict[str, None] = {}
+        for tok in self.split(text):
+            if tok not in self.vocab:
+                seen.setdefault(tok)
+        return list(seen)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids → text, leaving out ``<pad>`` and ``<eos>``."""
+        skip = {0, self.eos_id}
+        return self.join(self.vocab.token(int(i)) for i in ids if int(i) not in skip)
+
+    # -- training and persistence ---------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        texts: Iterable[str],
+        level: str,
+        *,
+        eos: bool,
+        max_vocab: int = 0,
+        min_freq: int = 1,
+        lowercase: bool = False,
+        strip_punctuation: bool = False,
+        normalize: str = "nfc",
+    ) -> Tokenizer:
+        """Build a tokenizer whose vocabulary is counted over ``texts`` in one pass."""
+        probe = cls(
+            level,
+            Vocab([PAD, "<unk>"]),
+            lowercase=lowercase,
+            strip_punctuation=strip_punctuation,
+            normalize=normalize,
+        )
+        vocab = Vocab.build(
+            (probe.split(t) for t in texts), eos=eos, max_size=max_vocab, min_freq=min_freq
+        )
+        probe.vocab = vocab
+        return probe
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "level": self.level,
+            "normalize": self.normalize,
+            "lowercase": self.lowercase,
+            "strip_punctuation": self.strip_punctuation,
+            "eos": EOS if self.eos_id is not None else None,
+            "vocab": list(self.vocab.tokens),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "tokenizer") -> Tokenizer:
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise DataError(f"{source}: no format_version; not a textgen tokenizer")
+        if version > FORMAT_VERSION:
+            raise DataError(
+                f"{source}: format version {version} is newer than this textgen supports "
+                f"({FORMAT_VERSION}); upgrade textgen"
+            )
+        try:
+            return cls(
+                data["level"],
+                Vocab(data["vocab"]),
+                lowercase=bool(data["lowercase"]),
+                strip_punctuation=bool(data["strip_punctuation"]),
+                normalize=data["normalize"],
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{source}: malformed tokenizer ({err})") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"tokenizer file not found: {path}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(f"{path}: not a valid tokenizer JSON ({err})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict()))
