@@ -183,3 +183,65 @@ def test_python_dash_m(toy_run):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "가는 말이 고와야 오는 말이 곱다\n"
+
+
+def test_sampling_is_reproducible_with_rng_seed(runner, toy_run):
+    args = [
+        "generate",
+        "--model",
+        str(toy_run),
+        "--seed",
+        "가는",
+        "--strategy",
+        "sample",
+        "--temperature",
+        "3",
+        "-n",
+        "4",
+        "--rng-seed",
+        "11",
+    ]
+    first, second = runner.invoke(main, args), runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert first.stdout == second.stdout and len(first.stdout.splitlines()) == 4
+    assert all(line.startswith("가는") for line in first.stdout.splitlines())
+
+
+def test_beam_strategy_on_the_toy_model(runner, toy_run):
+    out = runner.invoke(
+        main, ["generate", "--model", str(toy_run), "--seed", "경마장에", "--strategy", "beam"]
+    )
+    assert out.exit_code == 0, out.output
+    assert out.stdout == "경마장에 있는 말이 뛰고 있다\n"
+
+
+def test_stop_string_cuts_the_text(runner, toy_run):
+    out = runner.invoke(
+        main, ["generate", "--model", str(toy_run), "--seed", "가는", "--stop", "오는"]
+    )
+    assert out.stdout == "가는 말이 고와야\n"
+
+
+def test_interactive_prompt(runner, toy_run):
+    out = runner.invoke(
+        main, ["generate", "--model", str(toy_run), "--interactive"], input="그의\n안녕\n가는\n\n"
+    )
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines() == ["그의 말이 법이다", "가는 말이 고와야 오는 말이 곱다"]
+    assert "no token of the seed" in out.stderr  # a bad seed is reported and the loop goes on
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "sample", "--temperature", "0"], "--temperature must be > 0 when sampling"),
+        (["--strategy", "sample", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--strategy", "sample", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--strategy", "beam", "--beam-width", "0"], "--beam-width must be >= 1"),
+        (["--length", "-3"], "--length must be at least 1"),
+    ],
+)
+def test_bad_decoding_options(runner, toy_run, args, message):
+    result = runner.invoke(main, ["generate", "--model", str(toy_run), "--seed", "그의", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.output

@@ -19,6 +19,8 @@ import click
 from textgen import __version__
 from textgen.errors import TextgenError
 
+STRATEGY_NAMES = ("greedy", "sample", "beam")  # textgen.generate.STRATEGIES, without numpy
+
 
 def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn :class:`TextgenError` into one line on stderr and its exit code."""
@@ -113,13 +115,38 @@ def train(
 @click.option("--seed", "seed", default=None, help="Text to continue.")
 @click.argument("seeds_file", required=False, type=click.File("r", encoding="utf-8"))
 @click.option("--model", "model_dir", default=None, help="Run directory [default: runs/latest].")
-@click.option(
-    "--length", default=50, show_default=True, type=int, help="Maximum number of new tokens."
-)
+@click.option("--length", default=50, show_default=True, type=int, help="Maximum new tokens.")
 @click.option("-n", "--num-samples", default=1, show_default=True, type=int, help="Texts per seed.")
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGY_NAMES),
+    default="greedy",
+    show_default=True,
+    help="greedy (argmax), sample (temperature/top-k/top-p) or beam search.",
+)
+@click.option(
+    "--temperature", default=1.0, show_default=True, type=float, help="Sampling temperature."
+)
+@click.option(
+    "--top-k", default=0, show_default=True, type=int, help="Sample among the k best (0 = all)."
+)
+@click.option("--top-p", default=1.0, show_default=True, type=float, help="Nucleus mass in (0, 1].")
+@click.option(
+    "--beam-width", default=4, show_default=True, type=int, help="Beams for --strategy beam."
+)
+@click.option(
+    "--length-penalty",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Beam score = log-prob / length**penalty (0 = raw sum).",
+)
+@click.option("--rng-seed", default=None, type=int, help="Random seed: same seed, same text.")
+@click.option("--stop", default=None, help="Stop a text at this string (e.g. $'\\n').")
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "jsonl"]), default="text", show_default=True
 )
+@click.option("--interactive", "-i", is_flag=True, help="Prompt for seeds until an empty line.")
 @_friendly
 def generate(
     seed: str | None,
@@ -127,44 +154,93 @@ def generate(
     model_dir: str | None,
     length: int,
     num_samples: int,
+    strategy: str,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    beam_width: int,
+    length_penalty: float,
+    rng_seed: int | None,
+    stop: str | None,
     fmt: str,
+    interactive: bool,
 ) -> None:
-    """Continue a seed text with a trained model (greedy decoding).
+    """Continue seed texts with a trained model.
 
-    Prints one generated text per line on stdout. A line-mode model stops at the end of
-    a sentence, so --length is a maximum. Give - instead of --seed to read one seed per
-    line from stdin.
+    Prints one generated text per line on stdout (on a terminal, a single text streams
+    token by token). A line-mode model stops at the end of a sentence, so --length is a
+    maximum. Give - instead of --seed to read one seed per line from stdin, or
+    --interactive for a prompt. The default is greedy decoding, like the classic
+    sentence_generation; --strategy sample or beam for more varied or more likely text.
 
     \b
     Examples:
       textgen generate --seed "경마장에"
-      textgen generate --model runs/shakespeare-char --seed "ROMEO:" --length 200
-      printf '그의\\n가는\\n' | textgen generate -
+      textgen generate --model runs/shakespeare-char --seed "ROMEO:" --length 200 \\
+          --strategy sample --temperature 0.8 --top-k 20 -n 3 --rng-seed 1
+      printf '그의\\n가는\\n' | textgen generate - --format jsonl
     """
     from textgen.checkpoint import load_bundle, resolve_run
     from textgen.errors import UsageError
-    from textgen.generate import Generator
+    from textgen.generate import Generator, Strategy
 
     if num_samples < 1:
         raise UsageError(f"-n/--num-samples must be at least 1, got {num_samples}")
     if length < 1:
         raise UsageError(f"--length must be at least 1, got {length}")
-    if (seed is None) == (seeds_file is None):
-        raise UsageError("give exactly one of --seed TEXT or - (seeds from stdin)")
-    seeds = (
-        [seed] if seed is not None else [line.rstrip("\n") for line in seeds_file if line.strip()]
-    )
+    if sum(x is not None and x is not False for x in (seed, seeds_file, interactive or None)) != 1:
+        raise UsageError("give exactly one of --seed TEXT, - (seeds from stdin) or --interactive")
+    plan = Strategy(strategy, temperature, top_k, top_p, beam_width, length_penalty)
     bundle = load_bundle(resolve_run(model_dir))
     generator = Generator(bundle.lm, bundle.tokenizer)
-    for text_seed in seeds:
-        decoded = generator.continue_ids(text_seed, length=length, num=num_samples)
+    stream = fmt == "text" and num_samples == 1 and strategy != "beam" and sys.stdout.isatty()
+
+    def run(text_seed: str) -> None:
+        on_token = None
+        if stream:
+            sep = " " if bundle.tokenizer.level == "word" else ""
+            click.echo(text_seed, nl=False)
+            vocab = bundle.tokenizer.vocab
+
+            def on_token(_row: int, token: int) -> None:
+                click.echo(sep + vocab.token(token), nl=False)
+
+        decoded = generator.continue_ids(
+            text_seed,
+            length=length,
+            num=num_samples,
+            strategy=plan,
+            rng_seed=rng_seed,
+            stop=stop,
+            on_token=on_token,
+        )
+        if stream:
+            click.echo()
+            return
         for ids, logp in zip(decoded.ids, decoded.mean_logprob, strict=True):
-            text = generator.join(text_seed, ids)
+            text = generator.join(text_seed, ids, stop)
             if fmt == "jsonl":
                 record = {"seed": text_seed, "text": text, "tokens": len(ids), "mean_logprob": logp}
                 click.echo(json.dumps(record, ensure_ascii=False))
             else:
                 click.echo(text)
+
+    if interactive:
+        while True:
+            try:
+                text_seed = click.prompt("seed", default="", show_default=False, err=True)
+            except (EOFError, click.Abort):
+                break
+            if not text_seed.strip():
+                break
+            try:
+                run(text_seed)
+            except TextgenError as err:  # a bad seed should not end the session
+                click.echo(f"error: {err}", err=True)
+        return
+    seeds = [seed] if seed is not None else [ln.rstrip("\n") for ln in seeds_file if ln.strip()]
+    for text_seed in seeds:
+        run(text_seed)
 
 
 @main.command()

@@ -10,14 +10,46 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from textgen.errors import DataError, UsageError
-from textgen.sampling import Decoded, Pick, decode, greedy
+from textgen.sampling import Decoded, beam_search, decode, greedy, sampler
 from textgen.stepper import NumpyLM
 from textgen.tokenizers import Tokenizer
+
+STRATEGIES = ("greedy", "sample", "beam")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How the next token is chosen; checked on construction with one-line errors."""
+
+    name: str = "greedy"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    beam_width: int = 4
+    length_alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in STRATEGIES:
+            raise UsageError(
+                f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.name!r}"
+            )
+        if self.name == "sample" and self.temperature <= 0:
+            raise UsageError(
+                f"--temperature must be > 0 when sampling, got {self.temperature} "
+                "(use --strategy greedy for argmax)"
+            )
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
+        if self.beam_width < 1:
+            raise UsageError(f"--beam-width must be >= 1, got {self.beam_width}")
 
 
 def _warn(message: str) -> None:
@@ -55,15 +87,39 @@ class Generator:
         *,
         length: int,
         num: int = 1,
-        pick: Pick = greedy,
-        rng: np.random.Generator | None = None,
+        strategy: Strategy | None = None,
+        rng_seed: int | None = None,
+        stop: str | None = None,
         on_token: Callable[[int, int], None] | None = None,
     ) -> Decoded:
-        """Generate up to ``length`` ids after ``seed`` for ``num`` samples decoded as one batch."""
+        """Generate up to ``length`` ids after ``seed``, ``num`` samples decoded as one batch.
+
+        The seed runs through the network once; then each token is one recurrent step.
+        Each sample ends at ``<eos>``, at the ``stop`` string, or after ``length`` tokens.
+        Beam search returns the ``num`` best beams of a single search.
+        """
+        strategy = strategy or Strategy()
         if length < 1:
             raise UsageError(f"--length must be at least 1, got {length}")
-        ids = np.tile(self.encode_seed(seed), (num, 1))
-        logits, state = self.lm.run(ids)
+        seed_ids = self.encode_seed(seed)
+        if strategy.name == "beam":
+            logits, state = self.lm.run(seed_ids[None, :])
+            return beam_search(
+                self.lm.step,
+                logits[:, -1],
+                state,
+                width=strategy.beam_width,
+                length=length,
+                stop_id=self.tokenizer.eos_id,
+                alpha=strategy.length_alpha,
+                num=num,
+            )
+        logits, state = self.lm.run(np.tile(seed_ids, (num, 1)))
+        pick = (
+            greedy
+            if strategy.name == "greedy"
+            else sampler(strategy.temperature, strategy.top_k, strategy.top_p)
+        )
         return decode(
             self.lm.step,
             logits[:, -1],
@@ -71,13 +127,27 @@ class Generator:
             length=length,
             pick=pick,
             stop_id=self.tokenizer.eos_id,
-            rng=rng,
+            should_stop=self._stop_test(stop),
+            rng=np.random.default_rng(rng_seed),
             on_token=on_token,
         )
 
-    def join(self, seed: str, ids: list[int]) -> str:
-        """The seed as given followed by the decoded tokens (a space between words)."""
+    def _stop_test(self, stop: str | None) -> Callable[[int, list[int]], bool] | None:
+        if not stop:
+            return None
+        tail = len(stop) + 1  # every token is at least one character
+        return lambda _row, ids: stop in self.tokenizer.decode(ids[-tail:])
+
+    def join(self, seed: str, ids: list[int], stop: str | None = None) -> str:
+        """The seed as given followed by the decoded tokens (a space between words).
+
+        With ``stop``, the generated text ends just before the first occurrence of it.
+        """
         text = self.tokenizer.decode(ids)
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+            if self.tokenizer.level == "word":
+                text = text.rstrip()
         if not text:
             return seed
         sep = " " if self.tokenizer.level == "word" else ""
@@ -86,7 +156,7 @@ class Generator:
     def generate(self, seed: str, *, length: int, num: int = 1, **kwargs: Any) -> list[str]:
         """Generate ``num`` texts, each the seed followed by up to ``length`` new tokens."""
         decoded = self.continue_ids(seed, length=length, num=num, **kwargs)
-        return [self.join(seed, ids) for ids in decoded.ids]
+        return [self.join(seed, ids, kwargs.get("stop")) for ids in decoded.ids]
 
 
 def _as_numpy(model: Any) -> NumpyLM:

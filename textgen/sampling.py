@@ -1,9 +1,15 @@
-"""Decoding loops over a ``next(ids, state) → (logits, state)`` callable.
+"""Decoding strategies over a ``next(ids, state) → (logits, state)`` callable.
 
 Samplers never import a model: they get the logits for the next token and a function that
 advances the recurrent state by one token, so every strategy is testable with fake logits
-and no TensorFlow. A strategy is a ``pick(logits, rng) → ids`` function; the loop owns
-stopping (``<eos>`` per sequence, and the maximum length).
+and no TensorFlow.
+
+* :func:`decode` is the loop for token-by-token strategies. A strategy is a
+  ``pick(logits, rng) → ids`` function: :func:`greedy`, or :func:`sampler` (temperature,
+  top-k, top-p). The loop owns stopping: ``<eos>`` per sequence, a caller's stop test
+  (e.g. a stop string), and the maximum length.
+* :func:`beam_search` keeps the ``width`` best partial sequences by total log-probability
+  and ranks finished ones by length-normalized log-probability.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ Pick = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -28,9 +35,62 @@ def greedy(logits: np.ndarray, rng: np.random.Generator | None = None) -> np.nda
     return np.argmax(logits, axis=-1)
 
 
+def filter_logits(logits: np.ndarray, *, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """Set to ``-inf`` every logit outside the ``top_k`` best and outside the nucleus.
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches
+    ``top_p`` (the most likely token is always kept). ``top_k=0`` and ``top_p=1`` keep all.
+    """
+    logits = np.array(logits, dtype=np.float64)
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth = np.partition(logits, vocab - top_k, axis=-1)[..., vocab - top_k, None]
+        logits[logits < kth] = -np.inf
+    if top_p < 1.0:
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        sorted_logp = np.take_along_axis(log_softmax(logits), order, axis=-1)
+        cum = np.cumsum(np.exp(sorted_logp), axis=-1)
+        # keep a token if the mass before it is below top_p (so the first is always kept)
+        keep_sorted = (cum - np.exp(sorted_logp)) < top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        logits[~keep] = -np.inf
+    return logits
+
+
+def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Pick:
+    """A ``pick`` that samples from ``softmax(logits / temperature)`` after top-k/top-p."""
+    if temperature <= 0:
+        raise ValueError("temperature must be > 0 (use greedy for argmax)")
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1]")
+    if top_k < 0:
+        raise ValueError("top_k must be >= 0")
+
+    def pick(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        scaled = filter_logits(
+            np.asarray(logits, np.float64) / temperature, top_k=top_k, top_p=top_p
+        )
+        probs = np.exp(log_softmax(scaled))
+        # inverse-CDF sampling: one uniform per row, reproducible for a seeded rng
+        u = rng.random((probs.shape[0], 1))
+        ids = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
+        ids = np.minimum(ids, probs.shape[-1] - 1)
+        # guard against rounding picking a filtered token at the very end of the CDF
+        bad = probs[np.arange(len(ids)), ids] == 0
+        ids[bad] = np.argmax(probs[bad], axis=-1)
+        return ids
+
+    return pick
+
+
 @dataclass
 class Decoded:
-    """Generated ids per sequence (stop token excluded) and their mean log-probability."""
+    """Generated ids per sequence (stop token excluded) and their mean log-probability.
+
+    The mean is per generated token, counting the stop token when one was produced (its
+    probability is part of the sequence's likelihood).
+    """
 
     ids: list[list[int]]
     mean_logprob: list[float]
@@ -44,34 +104,111 @@ def decode(
     length: int,
     pick: Pick = greedy,
     stop_id: int | None = None,
+    should_stop: Callable[[int, list[int]], bool] | None = None,
     rng: np.random.Generator | None = None,
     on_token: Callable[[int, int], None] | None = None,
 ) -> Decoded:
     """Pick up to ``length`` tokens for each row of ``logits`` (batch, vocab).
 
     ``logits`` are those after the seed; each picked token advances ``state`` by one step
-    through ``next_fn``. A row ends at ``stop_id`` (not included in its output).
-    ``on_token(row, id)`` is called for each token as it is produced, for streaming.
+    through ``next_fn``. A row ends at ``stop_id`` (not included in its output) or when
+    ``should_stop(row, ids_so_far)`` says so. ``on_token(row, id)`` is called for each
+    token as it is produced, for streaming.
     """
     rng = rng if rng is not None else np.random.default_rng()
     batch = logits.shape[0]
     out: list[list[int]] = [[] for _ in range(batch)]
     logp_sum = np.zeros(batch)
+    counts = np.zeros(batch)
     done = np.zeros(batch, dtype=bool)
     for t in range(length):
         ids = np.asarray(pick(logits, rng), dtype=np.int64)
-        logp = log_softmax(logits.astype(np.float64))[np.arange(batch), ids]
+        logp = log_softmax(logits)[np.arange(batch), ids]
         for row in np.flatnonzero(~done):
             token = int(ids[row])
+            logp_sum[row] += logp[row]
+            counts[row] += 1
             if stop_id is not None and token == stop_id:
                 done[row] = True
                 continue
             out[row].append(token)
-            logp_sum[row] += logp[row]
             if on_token is not None:
                 on_token(int(row), token)
+            if should_stop is not None and should_stop(int(row), out[row]):
+                done[row] = True
         if done.all() or t == length - 1:
             break
         logits, state = next_fn(ids, state)
-    means = [float(logp_sum[r] / len(out[r])) if out[r] else 0.0 for r in range(batch)]
-    return Decoded(out, means)
+    return Decoded(out, (logp_sum / np.maximum(counts, 1)).tolist())
+
+
+def take_rows(state: Any, rows: np.ndarray) -> Any:
+    """Select batch rows of a state made of numpy arrays in nested lists/tuples."""
+    if isinstance(state, np.ndarray):
+        return state[rows]
+    if isinstance(state, list | tuple):
+        return type(state)(take_rows(s, rows) for s in state)
+    return state
+
+
+def beam_search(
+    next_fn: NextFn,
+    logits: np.ndarray,
+    state: Any,
+    *,
+    width: int,
+    length: int,
+    stop_id: int | None = None,
+    alpha: float = 1.0,
+    num: int = 1,
+    reorder: Callable[[Any, np.ndarray], Any] = take_rows,
+) -> Decoded:
+    """The ``num`` best continuations of one seed found by beam search.
+
+    ``logits`` (1, vocab) and ``state`` (batch 1) are those after the seed. A finished
+    sequence (one that picked ``stop_id``, or reached ``length``) is scored by its total
+    log-probability divided by ``len ** alpha`` (``alpha=0``: raw sum, 1: mean per token),
+    with the stop token counted in both. Partial sequences compete on raw sums.
+    """
+    if width < 1 or num < 1:
+        raise ValueError("beam width and num must be >= 1")
+    width = max(width, num)
+    finished: list[tuple[float, list[int], float, int]] = []  # (normalized, ids, logp, n)
+    beams: list[list[int]] = [[]]
+    scores = np.zeros(1)
+    state = reorder(state, np.zeros(1, dtype=np.int64))
+
+    def normalized(total: float, n: int) -> float:
+        return total / max(n, 1) ** alpha
+
+    for t in range(length):
+        cand = scores[:, None] + log_softmax(logits)  # (beams, vocab)
+        flat = np.argsort(-cand, axis=None, kind="stable")[: 2 * width]
+        rows, tokens = np.unravel_index(flat, cand.shape)
+        keep_rows, keep_tokens, keep_scores = [], [], []
+        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+            total = float(cand[row, token])
+            if stop_id is not None and token == stop_id:
+                n = len(beams[row]) + 1
+                finished.append((normalized(total, n), beams[row], total, n))
+            elif len(keep_rows) < width:
+                keep_rows.append(row)
+                keep_tokens.append(token)
+                keep_scores.append(total)
+        last = t == length - 1
+        if last or not keep_rows:
+            for row, token, total in zip(keep_rows, keep_tokens, keep_scores, strict=True):
+                ids = [*beams[row], token]
+                finished.append((normalized(total, len(ids)), ids, total, len(ids)))
+            break
+        # stop once no live beam can still beat the num-th best finished one
+        finished.sort(key=lambda f: -f[0])
+        if len(finished) >= num and alpha == 0 and max(keep_scores) <= finished[num - 1][0]:
+            break
+        beams = [[*beams[r], tok] for r, tok in zip(keep_rows, keep_tokens, strict=True)]
+        scores = np.asarray(keep_scores)
+        state = reorder(state, np.asarray(keep_rows))
+        logits, state = next_fn(np.asarray(keep_tokens), state)
+    finished.sort(key=lambda f: -f[0])
+    best = finished[:num]
+    return Decoded([f[1] for f in best], [f[2] / f[3] for f in best])
