@@ -10,6 +10,8 @@
       history.csv      one row per epoch
       metadata.json    format version, package versions, parameter count, corpus sha256,
                        dates, and the sha256 of every bundle file (checked on load)
+      last.npz         resumable state: every model and optimizer variable, and the
+                       position (epoch, step), history and early-stopping counters
     runs/latest        a symlink to the most recent run
 
 Every file is written under a temporary name in the same folder and renamed into place,
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from textgen import config as config_mod
 from textgen.config import Config
 from textgen.errors import DataError
@@ -37,35 +41,49 @@ from textgen.tokenizers import Tokenizer
 
 RUN_FORMAT_VERSION = 1
 CONFIG, TOKENIZER, MODEL, WEIGHTS = "config.toml", "tokenizer.json", "model.keras", "weights.npz"
-HISTORY, METADATA = "history.csv", "metadata.json"
-HASHED = (CONFIG, TOKENIZER, MODEL, WEIGHTS)
+HISTORY, METADATA, STATE = "history.csv", "metadata.json", "last.npz"
 NEEDED = (CONFIG, TOKENIZER, WEIGHTS, METADATA)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place."""
+def _stage(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a new temporary file next to ``path``; return the synced file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
+    fd, name = tempfile.mkstemp(
         prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
     )
     os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = Path(name)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
+        _discard([tmp])
+        raise
+    return tmp
+
+
+def _discard(paths: list[Path]) -> None:
+    for tmp in paths:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place."""
+    tmp = _stage(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _discard([tmp])
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -80,19 +98,37 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_model(run_dir: Path, model: Any) -> None:
-    """Write ``model.keras`` and ``weights.npz`` for the model's current weights."""
+def save_bundle(run_dir: Path, model: Any, config_text: str, metadata: dict[str, Any]) -> None:
+    """Write config.toml, model.keras, weights.npz and metadata.json as one unit.
+
+    Every file is first written in full under a temporary name; only when all of them
+    succeeded are they renamed into place, metadata (with the checksums) last. A failure
+    while writing (a full disk, say) leaves the previous bundle exactly as it was.
+    """
     from textgen.model import to_numpy
 
-    atomic_write(run_dir / MODEL, lambda tmp: model.save(tmp))
-    atomic_write(run_dir / WEIGHTS, to_numpy(model).save)
-
-
-def write_metadata(run_dir: Path, metadata: dict[str, Any]) -> None:
-    """Write ``metadata.json`` with the format version and the sha256 of the bundle files."""
-    files = {name: sha256_file(run_dir / name) for name in HASHED if (run_dir / name).exists()}
-    data = {"format_version": RUN_FORMAT_VERSION, **metadata, "files": files}
-    atomic_write_text(run_dir / METADATA, json.dumps(data, ensure_ascii=False, indent=1))
+    writers: dict[str, Callable[[Path], None]] = {
+        CONFIG: lambda tmp: tmp.write_text(config_text, encoding="utf-8"),
+        MODEL: lambda tmp: model.save(tmp),
+        WEIGHTS: to_numpy(model).save,
+    }
+    staged: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            staged[name] = _stage(run_dir / name, write)
+        files = {name: sha256_file(tmp) for name, tmp in staged.items()}
+        if (run_dir / TOKENIZER).exists():
+            files[TOKENIZER] = sha256_file(run_dir / TOKENIZER)
+        data = {"format_version": RUN_FORMAT_VERSION, **metadata, "files": files}
+        text = json.dumps(data, ensure_ascii=False, indent=1)
+        staged[METADATA] = _stage(
+            run_dir / METADATA, lambda tmp: tmp.write_text(text, encoding="utf-8")
+        )
+    except BaseException:
+        _discard(list(staged.values()))
+        raise
+    for name in (*writers, METADATA):
+        os.replace(staged[name], run_dir / name)
 
 
 def set_latest(run_dir: Path) -> None:
@@ -121,6 +157,50 @@ def resolve_run(model: str | Path | None, runs_root: str | Path = "runs") -> Pat
     if not path.is_dir():
         raise DataError(f"run directory not found: {model}")
     return path
+
+
+def save_state(
+    run_dir: Path, model_vars: list[np.ndarray], opt_vars: list[np.ndarray], info: dict[str, Any]
+) -> None:
+    """Write the resumable state (``last.npz``) in one atomic rename."""
+    arrays = {f"model_{i}": v for i, v in enumerate(model_vars)}
+    arrays |= {f"opt_{i}": v for i, v in enumerate(opt_vars)}
+    arrays["info"] = np.array(json.dumps({"format_version": RUN_FORMAT_VERSION, **info}))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    atomic_write(run_dir / STATE, write)
+
+
+def load_state(
+    run_dir: Path, *, info_only: bool = False
+) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+    """Read ``last.npz``: (model variables, optimizer variables, info).
+
+    ``info_only`` reads just the position and config (the arrays come back empty).
+    """
+    path = run_dir / STATE
+    if not path.is_file():
+        raise DataError(f"{run_dir} has no resumable state ({STATE}); it cannot be resumed")
+    model_vars: list[np.ndarray] = []
+    opt_vars: list[np.ndarray] = []
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            info = json.loads(str(data["info"]))
+            if not info_only:
+                model_vars = [data[f"model_{i}"] for i in range(_count(data.files, "model_"))]
+                opt_vars = [data[f"opt_{i}"] for i in range(_count(data.files, "opt_"))]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        raise DataError(f"{path} is corrupt ({type(err).__name__}); it cannot be resumed") from None
+    if info.get("format_version", 0) > RUN_FORMAT_VERSION:
+        raise DataError(f"{path} was written by a newer textgen; upgrade textgen")
+    return model_vars, opt_vars, info
+
+
+def _count(names: list[str], prefix: str) -> int:
+    return sum(1 for name in names if name.startswith(prefix))
 
 
 @dataclass

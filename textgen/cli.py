@@ -55,7 +55,6 @@ def main() -> None:
 @click.option(
     "--config",
     "config_path",
-    required=True,
     type=click.Path(dir_okay=True, path_type=Path),
     help="TOML config file ([data], [model], [train]).",
 )
@@ -73,39 +72,64 @@ def main() -> None:
     help="Override a config value; repeatable, e.g. --set train.epochs=3.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(path_type=Path),
+    help="Continue an interrupted run from its last saved step.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @_friendly
 def train(
-    config_path: Path,
+    config_path: Path | None,
     corpus: Path | None,
     out: Path | None,
     overrides: tuple[str, ...],
     overwrite: bool,
+    resume_dir: Path | None,
     quiet: bool,
 ) -> None:
     """Train a language model and write its run directory.
 
     The run directory (default runs/<config name>) gets the resolved config, the
-    tokenizer, the best model, history.csv and metadata.json; runs/latest points at it.
-    Relative paths inside the config resolve against the config file's folder.
+    tokenizer, the best model, history.csv, metadata.json and the resumable state
+    last.npz; runs/latest points at it. Relative paths inside the config resolve against
+    the config file's folder. Ctrl-C saves the state after the current step and prints
+    the command that resumes it; --resume continues exactly where it stopped (--set may
+    change e.g. train.epochs).
 
     \b
     Examples:
       textgen train --config configs/ko-toy.toml
       textgen train --config configs/shakespeare-char.toml \\
           --corpus ../shared/data/tinyshakespeare/input.txt --set train.epochs=1
+      textgen train --resume runs/shakespeare-char --set train.epochs=3
     """
     from textgen import config as config_mod
+    from textgen.errors import UsageError
+    from textgen.train import resume_config
     from textgen.train import train as run_training
 
-    cfg = config_mod.load(config_path)
-    if corpus is not None:
-        cfg = config_mod.with_corpus(cfg, corpus)
-    cfg = cfg.with_overrides(list(overrides))
-    run_dir = out or Path("runs") / config_path.stem
+    if resume_dir is not None:
+        if config_path or corpus or out or overwrite:
+            raise UsageError("--resume takes the run's own config; only --set may go with it")
+        cfg, run_dir = resume_config(resume_dir, list(overrides)), resume_dir
+    elif config_path is None:
+        raise UsageError("give --config FILE (or --resume RUN_DIR)")
+    else:
+        cfg = config_mod.load(config_path)
+        if corpus is not None:
+            cfg = config_mod.with_corpus(cfg, corpus)
+        cfg = cfg.with_overrides(list(overrides))
+        run_dir = out or Path("runs") / config_path.stem
     log = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_training(
-        cfg, run_dir, overwrite=overwrite, progress=None if not quiet else False, log=log
+        cfg,
+        run_dir,
+        overwrite=overwrite,
+        resume=resume_dir is not None,
+        progress=False if quiet else None,
+        log=log,
     )
     best = f"best epoch {result.best_epoch}, {result.metric} {result.best_loss:.4f}"
     log(f"saved {result.run_dir} ({best})")

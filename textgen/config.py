@@ -65,7 +65,7 @@ class TrainConfig:
     learning_rate: float = 0.002
     clipnorm: float = 5.0
     patience: int = 0
-    steps_per_execution: int = 1
+    save_every_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def _check_ranges(config: Config) -> None:
         (t.learning_rate > 0, "train.learning_rate must be > 0"),
         (t.clipnorm >= 0, "train.clipnorm must be >= 0 (0 = no clipping)"),
         (t.patience >= 0, "train.patience must be >= 0 (0 = no early stopping)"),
-        (t.steps_per_execution >= 1, "train.steps_per_execution must be >= 1"),
+        (t.save_every_steps >= 0, "train.save_every_steps must be >= 0 (0 = every epoch only)"),
     ]
     for ok, message in rules:
         if not ok:

@@ -39,6 +39,9 @@ class Examples:
     def __len__(self) -> int:
         return len(self.inputs)
 
+    def __getitem__(self, rows: slice) -> Examples:
+        return Examples(self.inputs[rows], self.targets[rows])
+
     @property
     def num_tokens(self) -> int:
         """Number of predicted (unmasked) positions: those whose input is not padding."""
@@ -147,10 +150,15 @@ def _split_point(text: str, val_split: float, level: str) -> int:
     return cut
 
 
-def prepare(cfg: DataConfig, corpus: str | Path | None = None) -> Prepared:
-    """Read the corpus named by ``cfg`` (or ``corpus``) and build train/validation examples."""
-    text, sha = read_corpus(corpus or cfg.corpus, cfg.encoding)
-    where = corpus or cfg.corpus
+def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
+    """Read the corpus named by ``cfg`` and build train/validation examples.
+
+    The vocabulary is counted on the training part, unless ``tokenizer`` is given (a
+    resumed run keeps the tokenizer it started with).
+    """
+    text, sha = read_corpus(cfg.corpus, cfg.encoding)
+    where = cfg.corpus
+    given = tokenizer
     word_eos = cfg.mode == "lines" or cfg.level == "word"
     fit = dict(
         level=cfg.level,
@@ -167,7 +175,7 @@ def prepare(cfg: DataConfig, corpus: str | Path | None = None) -> Prepared:
         if cfg.val_split > 0 and n_val == 0 and len(lines) >= 2:
             n_val = 1
         train_lines, val_lines = lines[: len(lines) - n_val], lines[len(lines) - n_val :]
-        tokenizer = Tokenizer.fit(train_lines, **fit)
+        tokenizer = given or Tokenizer.fit(train_lines, **fit)
         _check_vocab(tokenizer, where)
         length = cfg.max_len or 1 + max(len(tokenizer.split(line)) for line in lines)
         train, cut = line_examples(train_lines, tokenizer, length)
@@ -176,9 +184,8 @@ def prepare(cfg: DataConfig, corpus: str | Path | None = None) -> Prepared:
     else:
         cut_at = _split_point(text, cfg.val_split, cfg.level) if cfg.val_split > 0 else len(text)
         train_text, val_text = text[:cut_at], text[cut_at:]
-        tokenizer = Tokenizer.fit(
-            [train_text] if cfg.level == "char" else train_text.splitlines(), **fit
-        )
+        texts = [train_text] if cfg.level == "char" else train_text.splitlines()
+        tokenizer = given or Tokenizer.fit(texts, **fit)
         _check_vocab(tokenizer, where)
         train_ids = _stream_ids(train_text, tokenizer)
         if len(train_ids) < cfg.seq_len + 1:
@@ -204,14 +211,3 @@ def _check_vocab(tokenizer: Tokenizer, where: object) -> None:
     specials = 3 if tokenizer.eos_id is not None else 2
     if len(tokenizer.vocab) <= specials:
         raise DataError(f"corpus {where} has no tokens to learn at level {tokenizer.level!r}")
-
-
-def dataset(examples: Examples, batch_size: int, *, shuffle: bool, seed: int):  # -> tf.data.Dataset
-    """A batched, prefetched ``tf.data.Dataset`` of ``(inputs, targets)`` int32 pairs."""
-    from textgen._tf import tensorflow
-
-    tf = tensorflow()
-    ds = tf.data.Dataset.from_tensor_slices((examples.inputs, examples.targets))
-    if shuffle:
-        ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

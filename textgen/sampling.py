@@ -117,28 +117,35 @@ def decode(
     """
     rng = rng if rng is not None else np.random.default_rng()
     batch = logits.shape[0]
-    out: list[list[int]] = [[] for _ in range(batch)]
+    rows = np.arange(batch)
+    picked = np.zeros((length, batch), dtype=np.int64)
+    ends = np.full(batch, length)  # tokens kept per row (the stop token is not kept)
     logp_sum = np.zeros(batch)
     counts = np.zeros(batch)
-    done = np.zeros(batch, dtype=bool)
+    live = np.ones(batch, dtype=bool)
+    per_row = on_token is not None or should_stop is not None
     for t in range(length):
         ids = np.asarray(pick(logits, rng), dtype=np.int64)
-        logp = log_softmax(logits)[np.arange(batch), ids]
-        for row in np.flatnonzero(~done):
-            token = int(ids[row])
-            logp_sum[row] += logp[row]
-            counts[row] += 1
-            if stop_id is not None and token == stop_id:
-                done[row] = True
-                continue
-            out[row].append(token)
-            if on_token is not None:
-                on_token(int(row), token)
-            if should_stop is not None and should_stop(int(row), out[row]):
-                done[row] = True
-        if done.all() or t == length - 1:
+        picked[t] = ids
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        logp = shifted[rows, ids] - np.log(np.exp(shifted).sum(axis=-1))
+        logp_sum += np.where(live, logp, 0.0)
+        counts += live
+        if stop_id is not None:
+            stopped = live & (ids == stop_id)
+            ends[stopped] = t
+            live &= ~stopped
+        if per_row:  # streaming and stop strings need a look at every row
+            for row in np.flatnonzero(live):
+                if on_token is not None:
+                    on_token(int(row), int(ids[row]))
+                if should_stop is not None and should_stop(int(row), picked[: t + 1, row].tolist()):
+                    ends[row] = t + 1
+                    live[row] = False
+        if not live.any() or t == length - 1:
             break
         logits, state = next_fn(ids, state)
+    out = [picked[: ends[row], row].tolist() for row in range(batch)]
     return Decoded(out, (logp_sum / np.maximum(counts, 1)).tolist())
 
 

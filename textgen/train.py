@@ -4,47 +4,61 @@ Teacher forcing: the model sees ``tokens[:-1]`` and is scored on ``tokens[1:]`` 
 position at once. This is the same objective as the tutorial's prefix expansion (one
 example per prefix, scored on its last token) at O(L) instead of O(L²) cost per line.
 
-Progress goes to stderr (a tqdm bar on a terminal, one line per epoch otherwise); nothing
-here prints to stdout, so the CLI's stdout stays clean for pipes.
+The loop is our own (a ``tf.function`` step over numpy batches) rather than ``fit``, so
+that every piece of state is explicit and can be saved and restored exactly: the batch
+order of epoch ``e`` is a permutation drawn from ``(seed, e)``, so a run resumed at
+(epoch, step) sees the same batches as one that never stopped. Ctrl-C or SIGTERM saves
+the resumable state after the current step; a NaN loss stops before anything is saved.
+
+Progress goes to stderr; nothing here prints to stdout, so the CLI's stdout stays clean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from textgen import __version__, checkpoint
+from textgen import config as config_mod
 from textgen._tf import keras, tensorflow
 from textgen.config import Config
-from textgen.data import Prepared, dataset, prepare
-from textgen.errors import TextgenError, UsageError
+from textgen.data import Examples, Prepared, prepare
+from textgen.errors import DataError, TextgenError, UsageError
 from textgen.model import build_model, count_params
+from textgen.progress import Reporter
 
 HISTORY_FIELDS = (
-    "epoch",
-    "loss",
-    "val_loss",
-    "perplexity",
-    "bits_per_token",
-    "tokens_per_s",
-    "seconds",
-)
+    "epoch", "loss", "val_loss", "perplexity", "bits_per_token", "tokens_per_s", "seconds",
+)  # fmt: skip
+SAVE_INTERVAL_S = 2.0  # at most one best-model write per this many seconds (flushed at the end)
 
 
 class Interrupted(TextgenError):
-    """Training stopped by Ctrl-C; the best model so far has been saved."""
+    """Training stopped by a signal after saving its resumable state."""
 
-    exit_code = 130
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Diverged(TextgenError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -74,15 +88,13 @@ def _history_csv(rows: list[dict[str, float]]) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import numpy
-
     tf, k = tensorflow(), keras()
     return {
         "textgen": __version__,
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": k.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
     }
 
 
@@ -92,106 +104,298 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
             raise UsageError(
-                f"run directory {run_dir} already exists; pass --overwrite to replace it "
-                "or --out to choose another"
+                f"run directory {run_dir} already exists; pass --overwrite to replace it, "
+                f"--resume {run_dir} to continue it, or --out to choose another"
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _make_callback(
-    state: TrainResult,
-    *,
-    run_dir: Path,
-    prepared: Prepared,
-    steps: int,
-    epochs: int,
-    patience: int,
-    progress: bool,
-    log: Callable[[str], None],
-    save: Callable[[], None],
-) -> Any:
-    """The Keras callback that shows progress, keeps the best weights, writes history."""
-    from tqdm.auto import tqdm
+class _Signals:
+    """Turns the first SIGINT/SIGTERM into a flag checked after each step.
 
-    k = keras()
-    train_tokens = prepared.train.num_tokens
-    per_epoch_bars = steps > 1
-    log_every = 1 if epochs <= 20 else math.ceil(epochs / 10)
+    A second signal exits at once: every file is written by atomic rename, so stopping
+    anywhere leaves the last good files in place.
+    """
 
-    class Progress(k.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bar = None
-            self.best_weights = None
-            self.wait = 0
-            if progress and not per_epoch_bars:
-                self.bar = tqdm(total=epochs, desc="training", unit="epoch", file=sys.stderr)
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._saved: dict[int, Any] = {}
 
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.t0 = time.perf_counter()
-            if progress and per_epoch_bars:
-                self.bar = tqdm(
-                    total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=sys.stderr
-                )
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received is not None:
+            os._exit(128 + signum)
+        self.received = signum
+        _stderr("stopping after this step (press Ctrl-C again to quit at once)")
 
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            if self.bar is None or not per_epoch_bars:
-                return
-            self.bar.update(batch + 1 - self.bar.n)
-            rate = train_tokens * (batch + 1) / steps / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix(
-                loss=f"{float(logs['loss']):.4f}", tok_s=f"{rate:,.0f}", refresh=False
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
+def _batches(examples: Examples, batch_size: int, seed: int, epoch: int, start: int) -> Iterator:
+    """Batches of epoch ``epoch`` (from 1) in a permutation fixed by ``(seed, epoch)``."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(examples))
+    steps = math.ceil(len(examples) / batch_size)
+    for step in range(start, steps):
+        idx = np.sort(order[step * batch_size : (step + 1) * batch_size])
+        yield step + 1, examples.inputs[idx], examples.targets[idx]
+
+
+class _Steps:
+    """The compiled training and evaluation steps for one model and optimizer."""
+
+    def __init__(self, model: Any, optimizer: Any) -> None:
+        tf = tensorflow()
+        spec = tf.TensorSpec([None, None], tf.int32)
+        self.model, self.optimizer = model, optimizer
+
+        def token_loss(x: Any, y: Any, training: bool) -> tuple[Any, Any]:
+            logits = model(x, training=training)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            mask = tf.cast(tf.not_equal(x, 0), ce.dtype)  # padding predicts nothing
+            return tf.reduce_sum(ce * mask), tf.reduce_sum(mask)
+
+        @tf.function(input_signature=[spec, spec])
+        def train_step(x: Any, y: Any) -> tuple[Any, Any, Any]:
+            with tf.GradientTape() as tape:
+                total, count = token_loss(x, y, True)
+                loss = total / tf.maximum(count, 1.0)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+            # the loss is measured before the update; a step can still leave bad weights
+            finite = tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
             )
+            return total, count, finite
 
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            seconds = time.perf_counter() - self.t0
-            loss = float(logs["loss"])
-            val = float(logs["val_loss"]) if "val_loss" in logs else math.nan
+        @tf.function(input_signature=[spec, spec])
+        def eval_step(x: Any, y: Any) -> tuple[Any, Any]:
+            return token_loss(x, y, False)
+
+        self.train_step, self.eval_step = train_step, eval_step
+
+    def evaluate(self, examples: Examples, batch_size: int) -> float:
+        """Mean loss per predicted token over ``examples`` (exact, not a mean of batches)."""
+        total = count = 0.0
+        for start in range(0, len(examples), batch_size):
+            t, c = self.eval_step(
+                examples.inputs[start : start + batch_size],
+                examples.targets[start : start + batch_size],
+            )
+            total, count = total + float(t), count + float(c)
+        return total / max(count, 1.0)
+
+
+class _Run:
+    """One training run: owns the model, the optimizer and what is written to disk."""
+
+    def __init__(
+        self, config: Config, prepared: Prepared, run_dir: Path, log: Callable[[str], None]
+    ):
+        tf, k = tensorflow(), keras()
+        self.config, self.prepared, self.run_dir, self.log = config, prepared, run_dir, log
+        k.utils.set_random_seed(config.train.seed)
+        tf.config.experimental.enable_op_determinism()
+        mask = config.data.mode == "lines"
+        self.model = build_model(config.model, len(prepared.tokenizer.vocab), mask_padding=mask)
+        self.optimizer = k.optimizers.Adam(
+            learning_rate=config.train.learning_rate, clipnorm=config.train.clipnorm or None
+        )
+        self.optimizer.build(self.model.trainable_variables)
+        self.steps = _Steps(self.model, self.optimizer)
+        self.result = TrainResult(
+            run_dir,
+            params=count_params(self.model),
+            metric="val_loss" if prepared.val is not None else "loss",
+        )
+        self.epoch, self.step, self.wait = 1, 0, 0
+        self.total = self.count = 0.0  # loss sum and token count so far in this epoch
+        self.created = datetime.now(UTC).isoformat(timespec="seconds")
+        self.pending_weights: list[np.ndarray] | None = None
+        self.last_best_save = -math.inf
+
+    # -- state ---------------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Write ``last.npz``: all variables plus where training stands."""
+        info = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "wait": self.wait,
+            "total": self.total,
+            "count": self.count,
+            "history": self.result.history,
+            "best_epoch": self.result.best_epoch,
+            "best_loss": self.result.best_loss if math.isfinite(self.result.best_loss) else None,
+            "created": self.created,
+            "config": self.config.to_toml(),  # resume continues with the config in force
+        }
+        checkpoint.save_state(
+            self.run_dir,
+            [np.asarray(v) for v in self.model.variables],
+            [np.asarray(v) for v in self.optimizer.variables],
+            info,
+        )
+
+    def restore_state(self) -> None:
+        model_vars, opt_vars, info = checkpoint.load_state(self.run_dir)
+        for name, mine, theirs in (
+            ("model", self.model.variables, model_vars),
+            ("optimizer", self.optimizer.variables, opt_vars),
+        ):
+            if [tuple(v.shape) for v in mine] != [a.shape for a in theirs]:
+                raise DataError(f"{self.run_dir / checkpoint.STATE} does not match this {name}")
+            for variable, value in zip(mine, theirs, strict=True):
+                variable.assign(value)
+        # a --set on resume may change the learning rate; the config wins over the saved one
+        self.optimizer.learning_rate.assign(self.config.train.learning_rate)
+        self.epoch, self.step, self.wait = info["epoch"], info["step"], info["wait"]
+        self.total, self.count = info["total"], info["count"]
+        self.result.history = info["history"]
+        self.result.best_epoch = info["best_epoch"]
+        self.result.best_loss = info["best_loss"] if info["best_loss"] is not None else math.inf
+        self.created = info["created"]
+
+    def mark_best(self, final: bool) -> None:
+        """The current weights are the best so far: write them, or hold them briefly.
+
+        Tiny epochs can improve several times a second; writes are spaced at least
+        ``SAVE_INTERVAL_S`` apart and a held-back best is written by :meth:`flush`.
+        """
+        if final or time.monotonic() - self.last_best_save >= SAVE_INTERVAL_S:
+            self.pending_weights = None
+            self._write_best()
+        else:
+            self.pending_weights = self.model.get_weights()
+
+    def flush(self) -> None:
+        """Write a best model that :meth:`mark_best` held back."""
+        if self.pending_weights is None:
+            return
+        current = self.model.get_weights()
+        self.model.set_weights(self.pending_weights)
+        self._write_best()
+        self.model.set_weights(current)
+        self.pending_weights = None
+
+    def _write_best(self) -> None:
+        """Write the bundle (config, model, weights, metadata) for the model's weights."""
+        data, prepared = self.config.data, self.prepared
+        checkpoint.save_bundle(
+            self.run_dir,
+            self.model,
+            self.config.to_toml(),
+            {
+                "versions": _versions(),
+                "parameters": self.result.params,
+                "vocab_size": len(prepared.tokenizer.vocab),
+                "corpus": data.corpus,
+                "corpus_sha256": prepared.corpus_sha256,
+                "train_sequences": len(prepared.train),
+                "train_tokens": prepared.train.num_tokens,
+                "best_epoch": self.result.best_epoch,
+                "best_loss": self.result.best_loss,
+                "created": self.created,
+                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
+        self.last_best_save = time.monotonic()
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, reporter: Reporter, signals: _Signals) -> TrainResult:
+        cfg, prepared, result = self.config.train, self.prepared, self.result
+        tokens = prepared.train.num_tokens
+        patience = cfg.patience if prepared.val is not None else 0
+        while self.epoch <= cfg.epochs:
+            reporter.epoch_start(self.epoch, self.step)
+            t0 = time.perf_counter()
+            if self.step == 0:
+                self.total = self.count = 0.0
+            for step, x, y in _batches(
+                prepared.train, cfg.batch_size, cfg.seed, self.epoch, self.step
+            ):
+                t, c, finite = self.steps.train_step(x, y)
+                t, c = float(t), float(c)
+                if not (math.isfinite(t) and bool(finite)):
+                    what = f"loss became {t}" if not math.isfinite(t) else "weights became NaN/inf"
+                    raise Diverged(
+                        f"{what} at epoch {self.epoch}, step {step}; stopped. The last good "
+                        f"checkpoint in {self.run_dir} is kept (try a lower learning_rate)"
+                    )
+                self.step = step
+                self.total, self.count = self.total + t, self.count + c
+                reporter.step(step, self.total / max(self.count, 1.0))
+                if signals.received is not None:
+                    self.interrupt(reporter, signals.received)
+                if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+                    self.save_state()
+            seconds = time.perf_counter() - t0
+            loss = self.total / self.count if self.count else math.nan
+            val = self.steps.evaluate(prepared.val, cfg.batch_size) if prepared.val else math.nan
+            # the running loss was measured before each update: check the weights as they are
+            # now, before they can become a checkpoint
+            check = (
+                val
+                if prepared.val
+                else self.steps.evaluate(prepared.train[: cfg.batch_size], cfg.batch_size)
+            )
+            if not math.isfinite(check):
+                raise Diverged(
+                    f"loss became {check} at the end of epoch {self.epoch}; stopped. The last "
+                    f"good checkpoint in {self.run_dir} is kept (try a lower learning_rate)"
+                )
             score = val if prepared.val is not None else loss
             row = {
-                "epoch": epoch + 1,
+                "epoch": self.epoch,
                 "loss": loss,
                 "val_loss": val,
                 "perplexity": math.exp(min(score, 700.0)),
                 "bits_per_token": score / math.log(2),
-                "tokens_per_s": train_tokens / seconds,
+                "tokens_per_s": tokens / seconds,
                 "seconds": seconds,
             }
-            state.history.append(row)
-            improved = score < state.best_loss
+            result.history.append(row)
+            reporter.epoch_end(self.epoch, row)
+            improved = score < result.best_loss
             if improved:
-                state.best_loss, state.best_epoch, self.wait = score, epoch + 1, 0
-                self.best_weights = self.model.get_weights()
+                result.best_loss, result.best_epoch, self.wait = score, self.epoch, 0
             else:
                 self.wait += 1
-            checkpoint.atomic_write_text(run_dir / checkpoint.HISTORY, _history_csv(state.history))
-            if improved and per_epoch_bars:
-                save()
-            summary = f"loss {loss:.4f}" + (f", val_loss {val:.4f}" if not math.isnan(val) else "")
-            summary += f", {row['tokens_per_s']:,.0f} tok/s"
-            if self.bar is not None:
-                if per_epoch_bars:
-                    self.bar.set_postfix_str(summary, refresh=False)
-                    self.bar.close()
-                else:
-                    self.bar.update(1)
-                    self.bar.set_postfix_str(summary, refresh=False)
-            elif (epoch + 1) % log_every == 0 or epoch + 1 == epochs:
-                log(f"epoch {epoch + 1}/{epochs}: {summary}")
+            checkpoint.atomic_write_text(
+                self.run_dir / checkpoint.HISTORY, _history_csv(result.history)
+            )
+            self.epoch, self.step = self.epoch + 1, 0
+            if improved:
+                self.mark_best(final=self.epoch > cfg.epochs)
+            self.save_state()
             if patience and self.wait >= patience:
-                state.stopped_early = True
-                self.model.stop_training = True
-                log(
+                result.stopped_early = True
+                self.log(
                     f"early stop: no improvement for {patience} epochs "
-                    f"(best epoch {state.best_epoch})"
+                    f"(best epoch {result.best_epoch})"
                 )
+                break
+            if signals.received is not None:
+                self.interrupt(reporter, signals.received)
+        self.flush()
+        return result
 
-        def on_train_end(self, logs: Any = None) -> None:
-            if self.bar is not None:
-                self.bar.close()
-
-    return Progress()
+    def interrupt(self, reporter: Reporter, signum: int) -> None:
+        reporter.close()
+        self.flush()
+        self.save_state()
+        name = signal.Signals(signum).name
+        raise Interrupted(
+            f"{name}: training stopped at epoch {self.epoch}, step {self.step}; state saved. "
+            f"Resume with: textgen train --resume {self.run_dir}",
+            exit_code=128 + signum,
+        )
 
 
 def train(
@@ -199,20 +403,28 @@ def train(
     run_dir: str | Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = _stderr,
 ) -> TrainResult:
-    """Train ``config`` and write its run directory; return the history and best epoch.
+    """Train ``config`` into ``run_dir`` (or continue it with ``resume=True``).
 
     ``progress=None`` shows tqdm bars only when stderr is a terminal (one summary line per
-    epoch is logged otherwise). Deterministic for a given ``train.seed``.
+    epoch is logged otherwise). Deterministic for a given ``train.seed``, also across an
+    interruption and resume.
     """
     run_dir = Path(run_dir)
-    prepared = prepare(config.data)  # data errors surface before the run dir is touched
+    prepared = prepare(
+        config.data,
+        tokenizer=_saved_tokenizer(run_dir) if resume else None,
+    )  # data errors surface before the run dir is touched
+    if resume:
+        _check_same_corpus(run_dir, prepared)
+    else:
+        _prepare_run_dir(run_dir, overwrite)
     config = replace(
         config, data=replace(config.data, corpus=str(Path(config.data.corpus).resolve()))
     )
-    _prepare_run_dir(run_dir, overwrite)
     if progress is None:
         progress = sys.stderr.isatty()
     if prepared.split_lines:
@@ -221,86 +433,62 @@ def train(
             "into overlapping pieces"
         )
 
-    tf, k = tensorflow(), keras()
-    k.utils.set_random_seed(config.train.seed)
-    tf.config.experimental.enable_op_determinism()
-    mask = config.data.mode == "lines"
-    model = build_model(config.model, len(prepared.tokenizer.vocab), mask_padding=mask)
-    optimizer = k.optimizers.Adam(
-        learning_rate=config.train.learning_rate, clipnorm=config.train.clipnorm or None
-    )
-    model.compile(
-        optimizer=optimizer,
-        loss=k.losses.SparseCategoricalCrossentropy(from_logits=True),
-        steps_per_execution=config.train.steps_per_execution,
-    )
-    metric = "val_loss" if prepared.val is not None else "loss"
-    result = TrainResult(run_dir, params=count_params(model), metric=metric)
-    created = datetime.now(UTC).isoformat(timespec="seconds")
-    checkpoint.atomic_write_text(run_dir / checkpoint.CONFIG, config.to_toml())
-    checkpoint.atomic_write_text(run_dir / checkpoint.TOKENIZER, prepared.tokenizer.to_json())
-
-    def save() -> None:
-        current = model.get_weights()
-        model.set_weights(callback.best_weights)
-        checkpoint.save_model(run_dir, model)
-        model.set_weights(current)
-        checkpoint.write_metadata(
-            run_dir,
-            {
-                "versions": _versions(),
-                "parameters": result.params,
-                "vocab_size": len(prepared.tokenizer.vocab),
-                "corpus": config.data.corpus,
-                "corpus_sha256": prepared.corpus_sha256,
-                "train_sequences": len(prepared.train),
-                "train_tokens": prepared.train.num_tokens,
-                "best_epoch": result.best_epoch,
-                "best_loss": result.best_loss,
-                "created": created,
-                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
-        )
-
-    steps = math.ceil(len(prepared.train) / config.train.batch_size)
-    callback = _make_callback(
-        result,
-        run_dir=run_dir,
-        prepared=prepared,
-        steps=steps,
+    run = _Run(config, prepared, run_dir, log)
+    if resume:
+        run.restore_state()
+        log(f"resuming {run_dir} at epoch {run.epoch}, step {run.step}")
+    else:
+        checkpoint.atomic_write_text(run_dir / checkpoint.CONFIG, config.to_toml())
+        checkpoint.atomic_write_text(run_dir / checkpoint.TOKENIZER, prepared.tokenizer.to_json())
+    reporter = Reporter(
         epochs=config.train.epochs,
-        patience=config.train.patience if prepared.val is not None else 0,
-        progress=progress,
+        steps=math.ceil(len(prepared.train) / config.train.batch_size),
+        tokens_per_epoch=prepared.train.num_tokens,
+        bars=progress,
         log=log,
-        save=save,
-    )
-    seed = config.train.seed
-    train_ds = dataset(prepared.train, config.train.batch_size, shuffle=True, seed=seed)
-    val_ds = (
-        dataset(prepared.val, config.train.batch_size, shuffle=False, seed=seed)
-        if prepared.val
-        else None
     )
     try:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.train.epochs,
-            callbacks=[callback],
-            shuffle=False,
-            verbose=0,
-        )
-    except KeyboardInterrupt:
-        if callback.best_weights is not None:
-            save()
-            checkpoint.set_latest(run_dir)
-            raise Interrupted(
-                f"training interrupted; best model so far (epoch {result.best_epoch}) "
-                f"saved in {run_dir}"
-            ) from None
-        raise Interrupted(
-            f"training interrupted before the first epoch ended; nothing saved in {run_dir}"
+        with _Signals() as signals:
+            result = run.fit(reporter, signals)
+    except OSError as err:
+        raise DataError(
+            f"could not write to {run_dir}: {err.strerror or err}; "
+            "the previous checkpoint is intact"
         ) from None
-    save()
+    finally:
+        reporter.close()
     checkpoint.set_latest(run_dir)
     return result
+
+
+def _saved_tokenizer(run_dir: Path) -> Any:
+    from textgen.tokenizers import Tokenizer
+
+    if not (run_dir / checkpoint.STATE).is_file():
+        raise DataError(
+            f"{run_dir} has no resumable state ({checkpoint.STATE}); it cannot be resumed"
+        )
+    return Tokenizer.load(run_dir / checkpoint.TOKENIZER)
+
+
+def _check_same_corpus(run_dir: Path, prepared: Prepared) -> None:
+    meta_path = run_dir / checkpoint.METADATA
+    if not meta_path.is_file():
+        return  # interrupted before the first best model: nothing recorded to compare
+    import json
+
+    with contextlib.suppress(ValueError, OSError):
+        sha = json.loads(meta_path.read_text(encoding="utf-8")).get("corpus_sha256")
+        if sha and sha != prepared.corpus_sha256:
+            raise DataError(
+                f"the corpus changed since {run_dir} was trained (sha256 differs); cannot resume"
+            )
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config in force when the run's state was saved, plus ``--set`` overrides."""
+    if not run_dir.is_dir():
+        raise DataError(f"run directory not found: {run_dir}")
+    _, _, info = checkpoint.load_state(run_dir, info_only=True)
+    source = f"{run_dir / checkpoint.STATE} (config)"
+    return config_mod.loads(info["config"], source=source).with_overrides(overrides)

@@ -1,0 +1,197 @@
+"""Resume, interruption, divergence and failed saves: training never loses a good run."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from textgen import checkpoint
+from textgen.errors import DataError
+from textgen.generate import sentence_generation
+from textgen.train import Diverged, Interrupted, _Signals, train
+
+from .conftest import ROOT, small_config
+
+QUIET = {"progress": False, "log": lambda _m: None}
+
+
+def corpus_file(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    lines = [" ".join(rng.choice(words, size=rng.integers(3, 9))) for _ in range(160)]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def resumable_config(corpus: Path, epochs: int = 3):
+    return small_config(
+        corpus,
+        data={"val_split": 0.1},
+        model={"layers": 2, "dropout": 0.2},  # dropout: its RNG must resume exactly too
+        train={"epochs": epochs, "batch_size": 8, "save_every_steps": 5, "learning_rate": 0.01},
+    )
+
+
+def final_state(run_dir: Path) -> list[np.ndarray]:
+    model_vars, opt_vars, _ = checkpoint.load_state(run_dir)
+    return model_vars + opt_vars
+
+
+def interrupt_after(steps: int, monkeypatch):
+    """Send this process a real SIGINT as training step ``steps`` runs."""
+    import textgen.train as train_mod
+
+    original = train_mod._Steps.__init__
+    counter = {"n": 0}
+
+    def init(self, model, optimizer):
+        original(self, model, optimizer)
+        step = self.train_step
+
+        def counted(x, y):
+            counter["n"] += 1
+            if counter["n"] == steps:
+                os.kill(os.getpid(), signal.SIGINT)
+            return step(x, y)
+
+        self.train_step = counted
+
+    monkeypatch.setattr(train_mod._Steps, "__init__", init)
+
+
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    corpus = corpus_file(tmp_path)
+    cfg = resumable_config(corpus)
+    train(cfg, tmp_path / "straight", **QUIET)
+
+    with monkeypatch.context() as m:
+        interrupt_after(23, m)  # mid-epoch (18 steps per epoch), between state saves
+        with pytest.raises(Interrupted) as info:
+            train(cfg, tmp_path / "stopped", **QUIET)
+    assert info.value.exit_code == 130
+    assert "epoch 2, step 5" in str(info.value)
+    assert f"textgen train --resume {tmp_path / 'stopped'}" in str(info.value)
+    train(cfg, tmp_path / "stopped", resume=True, **QUIET)
+
+    for a, b in zip(
+        final_state(tmp_path / "straight"), final_state(tmp_path / "stopped"), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    straight = (tmp_path / "straight" / "history.csv").read_text().splitlines()
+    resumed = (tmp_path / "stopped" / "history.csv").read_text().splitlines()
+    # same losses per epoch (the tokens/s and seconds columns differ)
+    assert [r.split(",")[:5] for r in straight] == [r.split(",")[:5] for r in resumed]
+
+
+def test_resume_with_more_epochs(tmp_path):
+    corpus = corpus_file(tmp_path)
+    train(resumable_config(corpus, epochs=1), tmp_path / "run", **QUIET)
+    cfg = resumable_config(corpus, epochs=1).with_overrides(["train.epochs=2"])
+    result = train(cfg, tmp_path / "run", resume=True, **QUIET)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+
+
+def test_resume_refuses_a_changed_corpus(tmp_path):
+    corpus = corpus_file(tmp_path)
+    train(resumable_config(corpus, epochs=1), tmp_path / "run", **QUIET)
+    corpus.write_text(corpus.read_text() + "\nnew words here", encoding="utf-8")
+    with pytest.raises(DataError, match="corpus changed"):
+        train(resumable_config(corpus, epochs=2), tmp_path / "run", resume=True, **QUIET)
+
+
+def test_resume_without_state(tmp_path):
+    corpus = corpus_file(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"has no resumable state \(last\.npz\)"):
+        train(resumable_config(corpus), tmp_path / "empty", resume=True, **QUIET)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, toy_config):
+    run = tmp_path / "run"
+    train(toy_config, run, **QUIET)
+    before = (run / "weights.npz").read_bytes()
+    absurd = toy_config.with_overrides(["train.epochs=200", "train.learning_rate=1e30"])
+    with pytest.raises(Diverged, match=r"(loss|weights) became .* epoch 151"):
+        train(absurd, run, resume=True, **QUIET)
+    assert (run / "weights.npz").read_bytes() == before
+    bundle = checkpoint.load_bundle(run)
+    assert sentence_generation(bundle, bundle.tokenizer, "그의", 10) == "그의 말이 법이다"
+
+
+def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, toy_config, monkeypatch):
+    run = tmp_path / "run"
+    train(toy_config.with_overrides(["train.epochs=20"]), run, **QUIET)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.np, "savez", full)
+    cfg = toy_config.with_overrides(["train.epochs=40"])
+    with pytest.raises(
+        DataError, match="No space left on device; the previous checkpoint is intact"
+    ):
+        train(cfg, run, resume=True, **QUIET)
+    monkeypatch.undo()
+    assert not [p for p in run.iterdir() if ".tmp" in p.name], "temporary files left behind"
+    for name in ("weights.npz", "model.keras", "last.npz", "metadata.json"):
+        assert (run / name).read_bytes() == before[name], name
+    checkpoint.load_bundle(run)
+    checkpoint.load_state(run)
+
+
+def test_second_signal_exits_at_once(tmp_path):
+    code = (
+        "import os, signal, time\n"
+        "from textgen.train import _Signals\n"
+        "with _Signals() as s:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    assert s.received == signal.SIGINT\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "print('not reached')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and "not reached" not in proc.stdout
+
+
+def test_signals_restores_handlers():
+    before = signal.getsignal(signal.SIGINT)
+    with _Signals():
+        assert signal.getsignal(signal.SIGINT) != before
+    assert signal.getsignal(signal.SIGINT) == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_signal_saves_state_and_prints_resume_command(tmp_path, sig):
+    corpus = corpus_file(tmp_path)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[data]\ncorpus = "{corpus}"\n[model]\nunits = 16\nembedding_dim = 8\n'
+        "[train]\nepochs = 1000\nbatch_size = 4\n",
+        encoding="utf-8",
+    )
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "textgen", "train", "--config", str(config), "--out", str(run)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "last.npz").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "training did not start"
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig
+    assert f"textgen train --resume {run}" in err and "Traceback" not in err
+    checkpoint.load_bundle(run)
+    checkpoint.load_state(run)

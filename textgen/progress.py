@@ -1,0 +1,82 @@
+"""Training progress on stderr: tqdm bars on a terminal, summary lines otherwise.
+
+Kept apart from the training loop so the loop only reports numbers, and nothing below
+``train`` knows about tqdm. A corpus with one step per epoch (the toy) gets one bar over
+epochs instead of a bar per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class Reporter:
+    """Shows per-step and per-epoch progress of one training run."""
+
+    def __init__(
+        self,
+        *,
+        epochs: int,
+        steps: int,
+        tokens_per_epoch: int,
+        bars: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        self.epochs, self.steps, self.tokens = epochs, steps, tokens_per_epoch
+        self.bars, self.log = bars, log
+        self.per_epoch_bars = steps > 1
+        self.log_every = 1 if epochs <= 20 else math.ceil(epochs / 10)
+        self.bar: Any = None
+        self.t0 = time.perf_counter()
+        if bars and not self.per_epoch_bars:
+            self.bar = self._tqdm(total=epochs, desc="training", unit="epoch")
+
+    @staticmethod
+    def _tqdm(**kwargs: Any) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+    def epoch_start(self, epoch: int, first_step: int) -> None:
+        """``epoch`` counts from 1; ``first_step`` > 0 when resuming mid-epoch."""
+        self.t0 = time.perf_counter()
+        self.first_step = first_step
+        if self.bars and self.per_epoch_bars:
+            self.bar = self._tqdm(
+                total=self.steps,
+                initial=first_step,
+                desc=f"epoch {epoch}/{self.epochs}",
+                unit="step",
+            )
+
+    def step(self, step: int, loss: float) -> None:
+        """``step`` is the number of steps done in this epoch."""
+        if self.bar is None or not self.per_epoch_bars:
+            return
+        self.bar.update(step - self.bar.n)
+        done = (step - self.first_step) / self.steps * self.tokens
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
+
+    def epoch_end(self, epoch: int, row: dict[str, float]) -> None:
+        summary = f"loss {row['loss']:.4f}"
+        if not math.isnan(row["val_loss"]):
+            summary += f", val_loss {row['val_loss']:.4f}"
+        summary += f", {row['tokens_per_s']:,.0f} tok/s"
+        if self.bar is not None:
+            if not self.per_epoch_bars:
+                self.bar.update(1)
+            self.bar.set_postfix_str(summary, refresh=False)
+            if self.per_epoch_bars:
+                self.close()
+        elif epoch % self.log_every == 0 or epoch == self.epochs:
+            self.log(f"epoch {epoch}/{self.epochs}: {summary}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
