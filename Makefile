@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TEXTGEN := $(BIN)/textgen
 SHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
 
-.PHONY: install demo test test-fast lint fmt toy-sentences shakespeare clean
+.PHONY: install demo test lint fmt toy-sentences shakespeare soak bench-generate clean
 
 $(BIN)/textgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,7 @@ demo: install  ## train the Korean toy model and generate its three sentences
 	$(TEXTGEN) train --config configs/ko-toy.toml --out runs/ko-toy --overwrite
 	@for seed in 경마장에 그의 가는; do $(TEXTGEN) generate --model runs/ko-toy --seed "$$seed"; done
 
-test: install  ## the whole test suite (under 5 minutes on 2 cores)
-	$(BIN)/python -m pytest -q
-
-test-fast: install  ## unit tests only, no training runs
+test: install  ## the test suite (about a minute on 2 cores); `make soak` adds the kill trials
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
@@ -44,3 +41,10 @@ shakespeare: install  ## one epoch of the char model on tiny Shakespeare
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+soak: install  ## kill training at random moments (SOAK_TRIALS, default 20) and resume
+	$(BIN)/python -m pytest -q -s tests/test_soak.py
+
+bench-generate: install  ## decoding speed vs the tutorial's re-feed and PyTorch (needs .[bench])
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/generate.py

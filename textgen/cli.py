@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def main() -> None:
 @click.option(
     "--corpus", type=click.Path(path_type=Path), help="Corpus file (overrides data.corpus)."
 )
+@click.option("--encoding", help="Corpus encoding (overrides data.encoding, default utf-8).")
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<config name>]."
 )
@@ -83,6 +85,7 @@ def main() -> None:
 def train(
     config_path: Path | None,
     corpus: Path | None,
+    encoding: str | None,
     out: Path | None,
     overrides: tuple[str, ...],
     overwrite: bool,
@@ -111,7 +114,7 @@ def train(
     from textgen.train import train as run_training
 
     if resume_dir is not None:
-        if config_path or corpus or out or overwrite:
+        if config_path or corpus or encoding or out or overwrite:
             raise UsageError("--resume takes the run's own config; only --set may go with it")
         cfg, run_dir = resume_config(resume_dir, list(overrides)), resume_dir
     elif config_path is None:
@@ -120,6 +123,8 @@ def train(
         cfg = config_mod.load(config_path)
         if corpus is not None:
             cfg = config_mod.with_corpus(cfg, corpus)
+        if encoding is not None:
+            cfg = replace(cfg, data=replace(cfg.data, encoding=encoding))
         cfg = cfg.with_overrides(list(overrides))
         run_dir = out or Path("runs") / config_path.stem
     log = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))

@@ -208,6 +208,12 @@ def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
 
 
 def _check_vocab(tokenizer: Tokenizer, where: object) -> None:
-    specials = 3 if tokenizer.eos_id is not None else 2
-    if len(tokenizer.vocab) <= specials:
+    """A model needs at least two different tokens to predict (``<eos>`` counts)."""
+    ordinary = tokenizer.vocab.tokens[3 if tokenizer.eos_id is not None else 2 :]
+    if not ordinary:
         raise DataError(f"corpus {where} has no tokens to learn at level {tokenizer.level!r}")
+    if len(ordinary) + (tokenizer.eos_id is not None) < 2:
+        raise DataError(
+            f"corpus {where} has a single distinct token ({ordinary[0]!r}); "
+            "a language model needs at least two"
+        )
