@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TEXTGEN := $(BIN)/textgen
 SHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
 
-.PHONY: install demo test lint fmt toy-sentences shakespeare soak bench-generate clean
+.PHONY: install demo test lint fmt toy-sentences shakespeare soak bench-generate bench-train clean
 
 $(BIN)/textgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,7 @@ soak: install  ## kill training at random moments (SOAK_TRIALS, default 20) and 
 bench-generate: install  ## decoding speed vs the tutorial's re-feed and PyTorch (needs .[bench])
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/generate.py
+
+bench-train: install  ## training tokens/s vs PyTorch nn.LSTM on the same CPU (needs .[bench])
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/train_throughput.py

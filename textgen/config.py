@@ -67,6 +67,7 @@ class TrainConfig:
     clipnorm: float = 5.0
     patience: int = 0
     save_every_steps: int = 0
+    jit_compile: bool = True
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,37 @@ def to_numpy(model: Any) -> NumpyLM:
     if embedding is None or dense is None or cell is None:
         raise ValueError("model is not an Embedding → RNN → Dense language model")
     return NumpyLM(cell, embedding, layers, dense[0], dense[1])
+
+
+def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any:
+    """A function ``(ids, training) → logits`` for the training step.
+
+    For LSTM models it computes the same outputs as ``model(ids)`` through
+    :func:`textgen.fastrnn.lstm_recurrence` (input projections hoisted out of the time
+    loop, hand-written backward pass) over the model's own variables; for GRU and
+    SimpleRNN it is the Keras model itself.
+    """
+    if cfg.cell != "lstm":
+        return lambda ids, training: model(ids, training=training)
+    from textgen._tf import tensorflow
+    from textgen.fastrnn import lstm_recurrence
+
+    tf = tensorflow()
+    embedding = model.get_layer("embedding")
+    dense = model.get_layer("logits")
+    cells = [model.get_layer(f"rnn_{i}").cell for i in range(cfg.layers)]
+    dropouts = {i: model.get_layer(f"dropout_{i}") for i in range(1, cfg.layers) if cfg.dropout > 0}
+
+    def forward(ids: Any, training: bool) -> Any:
+        time_major = tf.transpose(ids)
+        x = tf.gather(embedding.embeddings, time_major)  # (time, batch, embedding)
+        mask = tf.cast(tf.not_equal(time_major, 0), x.dtype)[:, :, None] if mask_padding else None
+        for i, cell in enumerate(cells):
+            if i in dropouts:
+                x = dropouts[i](x, training=training)
+            xw = tf.tensordot(x, cell.kernel, 1) + cell.bias  # all time steps in one product
+            x = lstm_recurrence(xw, tf.convert_to_tensor(cell.recurrent_kernel), mask)
+        logits = tf.tensordot(x, dense.kernel, 1) + dense.bias
+        return tf.transpose(logits, [1, 0, 2])
+
+    return forward

@@ -40,7 +40,7 @@ from textgen._tf import keras, tensorflow
 from textgen.config import Config
 from textgen.data import Examples, Prepared, prepare
 from textgen.errors import DataError, TextgenError, UsageError
-from textgen.model import build_model, count_params
+from textgen.model import build_model, count_params, training_forward
 from textgen.progress import Reporter
 
 HISTORY_FIELDS = (
@@ -151,18 +151,18 @@ def _batches(examples: Examples, batch_size: int, seed: int, epoch: int, start: 
 class _Steps:
     """The compiled training and evaluation steps for one model and optimizer."""
 
-    def __init__(self, model: Any, optimizer: Any) -> None:
+    def __init__(self, model: Any, optimizer: Any, forward: Any, jit: bool) -> None:
         tf = tensorflow()
         spec = tf.TensorSpec([None, None], tf.int32)
         self.model, self.optimizer = model, optimizer
 
         def token_loss(x: Any, y: Any, training: bool) -> tuple[Any, Any]:
-            logits = model(x, training=training)
+            logits = forward(x, training)
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
             mask = tf.cast(tf.not_equal(x, 0), ce.dtype)  # padding predicts nothing
             return tf.reduce_sum(ce * mask), tf.reduce_sum(mask)
 
-        @tf.function(input_signature=[spec, spec])
+        @tf.function(input_signature=[spec, spec], jit_compile=jit)
         def train_step(x: Any, y: Any) -> tuple[Any, Any, Any]:
             with tf.GradientTape() as tape:
                 total, count = token_loss(x, y, True)
@@ -175,7 +175,7 @@ class _Steps:
             )
             return total, count, finite
 
-        @tf.function(input_signature=[spec, spec])
+        @tf.function(input_signature=[spec, spec], jit_compile=jit)
         def eval_step(x: Any, y: Any) -> tuple[Any, Any]:
             return token_loss(x, y, False)
 
@@ -206,15 +206,17 @@ class _Run:
         mask = config.data.mode == "lines"
         self.model = build_model(config.model, len(prepared.tokenizer.vocab), mask_padding=mask)
         self.optimizer = k.optimizers.Adam(
-            learning_rate=config.train.learning_rate, clipnorm=config.train.clipnorm or None
+            learning_rate=config.train.learning_rate, global_clipnorm=config.train.clipnorm or None
         )
         self.optimizer.build(self.model.trainable_variables)
-        self.steps = _Steps(self.model, self.optimizer)
+        forward = training_forward(self.model, config.model, mask_padding=mask)
+        self.steps = _Steps(self.model, self.optimizer, forward, config.train.jit_compile)
         self.result = TrainResult(
             run_dir,
             params=count_params(self.model),
             metric="val_loss" if prepared.val is not None else "loss",
         )
+        self.probe = prepared.train[: 4 * config.train.batch_size]  # see fit()
         self.epoch, self.step, self.wait = 1, 0, 0
         self.total = self.count = 0.0  # loss sum and token count so far in this epoch
         self.created = datetime.now(UTC).isoformat(timespec="seconds")
@@ -338,19 +340,14 @@ class _Run:
             seconds = time.perf_counter() - t0
             loss = self.total / self.count if self.count else math.nan
             val = self.steps.evaluate(prepared.val, cfg.batch_size) if prepared.val else math.nan
-            # the running loss was measured before each update: check the weights as they are
-            # now, before they can become a checkpoint
-            check = (
-                val
-                if prepared.val
-                else self.steps.evaluate(prepared.train[: cfg.batch_size], cfg.batch_size)
-            )
-            if not math.isfinite(check):
+            # The running loss was measured before each update, so it cannot judge the weights
+            # as they are now. Without validation, a fixed sample of the training set does.
+            score = val if prepared.val else self.steps.evaluate(self.probe, cfg.batch_size)
+            if not math.isfinite(score):
                 raise Diverged(
-                    f"loss became {check} at the end of epoch {self.epoch}; stopped. The last "
+                    f"loss became {score} at the end of epoch {self.epoch}; stopped. The last "
                     f"good checkpoint in {self.run_dir} is kept (try a lower learning_rate)"
                 )
-            score = val if prepared.val is not None else loss
             row = {
                 "epoch": self.epoch,
                 "loss": loss,

@@ -1,0 +1,264 @@
+"""Training throughput: textgen's training step against PyTorch's nn.LSTM, side by side.
+
+For each workload both frameworks train the same model (textgen's initial weights are
+copied into PyTorch, Adam with the same learning rate and gradient clipping) on the same
+batches, for ``--steps`` steps after ``--warmup`` steps, alternating A B A B ``--repeats``
+times in one process. Printed per workload: tokens/s of both (median and range), their
+ratio, the mean loss over the timed steps of each, and the fraction of the GEMM roofline
+(sgemm GFLOP/s measured in the same run; FLOPs per token = 3 × forward, forward per layer
+= 2·4H·(H+I), plus 2·H·V for the output layer).
+
+    .venv/bin/python bench/train_throughput.py                    # all workloads
+    .venv/bin/python bench/train_throughput.py --workload char --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from textgen import config as config_mod  # noqa: E402
+from textgen.data import prepare  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    corpus: Path
+    level: str
+    embedding: int
+    units: int
+    seq_len: int
+    batch: int
+    max_vocab: int = 0
+
+
+WORKLOADS = {
+    "char": Workload("char", DATA / "tinyshakespeare" / "input.txt", "char", 64, 256, 100, 64),
+    "word20": Workload("word20", DATA / "ptb" / "ptb.train.txt", "word", 200, 200, 20, 20, 10_002),
+    "word64": Workload("word64", DATA / "ptb" / "ptb.train.txt", "word", 200, 200, 20, 64, 10_002),
+}
+
+
+def textgen_config(w: Workload) -> config_mod.Config:
+    base = config_mod.Config()
+    return config_mod.Config(
+        data=replace(
+            base.data, corpus=str(w.corpus), level=w.level, mode="stream", seq_len=w.seq_len,
+            val_split=0.0, max_vocab=w.max_vocab,
+        ),
+        model=replace(base.model, cell="lstm", embedding_dim=w.embedding, units=w.units, layers=2),
+        train=replace(base.train, batch_size=w.batch, learning_rate=0.002, clipnorm=5.0),
+    )  # fmt: skip
+
+
+def sgemm_gflops(n: int = 1024, reps: int = 20) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def flops_per_token(w: Workload, vocab: int) -> float:
+    forward = 2 * 4 * w.units * (w.units + w.embedding) + 2 * 4 * w.units * (2 * w.units)
+    forward += 2 * w.units * vocab
+    return 3.0 * forward
+
+
+class TextgenSide:
+    """textgen's own training step (the one ``textgen train`` runs)."""
+
+    def __init__(self, cfg: config_mod.Config, prepared) -> None:
+        from textgen.train import _Run
+
+        self.run = _Run(cfg, prepared, Path("/nonexistent"), lambda _m: None)
+        self.step = self.run.steps.train_step
+
+    def initial_weights(self) -> dict[str, np.ndarray]:
+        from textgen.model import to_numpy
+
+        return to_numpy(self.run.model).arrays()
+
+    def train(self, batches) -> tuple[float, float]:
+        total = count = 0.0
+        start = time.perf_counter()
+        for x, y in batches:
+            t, c, _ = self.step(x, y)
+            total, count = total + float(t), count + float(c)
+        return time.perf_counter() - start, total / count
+
+
+class TorchSide:
+    """The same model in PyTorch: Embedding → nn.LSTM(2 layers) → Linear, Adam, clipping."""
+
+    def __init__(self, weights: dict[str, np.ndarray], lr: float, clipnorm: float) -> None:
+        import torch
+
+        vocab, emb = weights["embedding"].shape
+        units = weights["rnn_0_recurrent"].shape[0]
+        self.torch = torch
+        self.emb = torch.nn.Embedding(vocab, emb)
+        self.rnn = torch.nn.LSTM(emb, units, num_layers=2, batch_first=True)
+        self.out = torch.nn.Linear(units, vocab)
+        with torch.no_grad():  # the very same initial weights (Keras i,f,c,o = torch i,f,g,o)
+            self.emb.weight.copy_(torch.from_numpy(weights["embedding"]))
+            for i in range(2):
+                getattr(self.rnn, f"weight_ih_l{i}").copy_(
+                    torch.from_numpy(weights[f"rnn_{i}_kernel"].T.copy())
+                )
+                getattr(self.rnn, f"weight_hh_l{i}").copy_(
+                    torch.from_numpy(weights[f"rnn_{i}_recurrent"].T.copy())
+                )
+                getattr(self.rnn, f"bias_ih_l{i}").copy_(torch.from_numpy(weights[f"rnn_{i}_bias"]))
+                getattr(self.rnn, f"bias_hh_l{i}").zero_()
+            self.out.weight.copy_(torch.from_numpy(weights["out_kernel"].T.copy()))
+            self.out.bias.copy_(torch.from_numpy(weights["out_bias"]))
+        self.params = [*self.emb.parameters(), *self.rnn.parameters(), *self.out.parameters()]
+        self.opt = torch.optim.Adam(self.params, lr=lr, eps=1e-7)  # Keras' Adam epsilon
+        self.clipnorm = clipnorm
+
+    def train(self, batches) -> tuple[float, float]:
+        torch = self.torch
+        total = 0.0
+        n = 0
+        start = time.perf_counter()
+        for x, y in batches:
+            xt = torch.from_numpy(x.astype(np.int64))
+            yt = torch.from_numpy(y.astype(np.int64))
+            self.opt.zero_grad(set_to_none=True)
+            h, _ = self.rnn(self.emb(xt))
+            logits = self.out(h)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), yt.reshape(-1)
+            )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, self.clipnorm)
+            self.opt.step()
+            total += float(loss.detach()) * yt.numel()
+            n += yt.numel()
+        return time.perf_counter() - start, total / n
+
+
+def batches_for(prepared, batch: int, start: int, steps: int):
+    x, y = prepared.train.inputs, prepared.train.targets
+    order = np.random.default_rng(0).permutation(len(x))
+    for s in range(start, start + steps):
+        idx = order[(s * batch) % (len(x) - batch) :][:batch]
+        yield x[idx], y[idx]
+
+
+def run_workload(w: Workload, args, gflops: float) -> None:
+    import torch
+
+    cfg = textgen_config(w)
+    prepared = prepare(cfg.data)
+    vocab = len(prepared.tokenizer.vocab)
+    ours = TextgenSide(cfg, prepared)
+    theirs = TorchSide(ours.initial_weights(), cfg.train.learning_rate, cfg.train.clipnorm)
+    tokens = args.steps * w.batch * w.seq_len
+    ours.train(batches_for(prepared, w.batch, 0, args.warmup))  # trace, allocate, warm caches
+    theirs.train(batches_for(prepared, w.batch, 0, args.warmup))
+    times: dict[str, list[float]] = {"textgen": [], "pytorch": []}
+    losses: dict[str, list[float]] = {"textgen": [], "pytorch": []}
+    start = args.warmup
+    for _ in range(args.repeats):  # A B A B ...: both see the same batches in the same order
+        for name, side in (("textgen", ours), ("pytorch", theirs)):
+            secs, loss = side.train(batches_for(prepared, w.batch, start, args.steps))
+            times[name].append(secs)
+            losses[name].append(loss)
+        start += args.steps
+    rate = {k: tokens / statistics.median(v) for k, v in times.items()}
+    fpt = flops_per_token(w, vocab)
+    print(f"\n## {w.name}: vocab {vocab}, 2x{w.units} LSTM, embedding {w.embedding}, ", end="")
+    print(f"seq {w.seq_len}, batch {w.batch}")
+    print(
+        f"{args.steps} timed steps x {args.repeats} runs after {args.warmup} warm-up steps; ",
+        end="",
+    )
+    print(f"torch threads {torch.get_num_threads()}")
+    for name in ("textgen", "pytorch"):
+        spread = ", ".join(f"{tokens / s:,.0f}" for s in times[name])
+        roof = rate[name] * fpt / (gflops * 1e9)
+        print(
+            f"{name:8} {rate[name]:>9,.0f} tokens/s  (runs {spread})  roofline {roof:.0%}  ", end=""
+        )
+        print(f"loss {losses[name][-1]:.4f}")
+    gap = abs(losses["textgen"][-1] - losses["pytorch"][-1]) / losses["pytorch"][-1]
+    ratio = rate["textgen"] / rate["pytorch"]
+    print(f"textgen / pytorch  {ratio:.2f}x   loss gap after the same steps {gap:.1%}")
+
+
+FIRST_STEP = """
+import time, sys
+start = time.perf_counter()
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from textgen import config as config_mod
+from textgen.data import prepare
+from textgen.train import _Run, _batches
+cfg = config_mod.load({config!r}).with_overrides(['data.corpus="{corpus}"'])
+prepared = prepare(cfg.data)
+run = _Run(cfg, prepared, Path("/nonexistent"), lambda _m: None)
+_, x, y = next(_batches(prepared.train, cfg.train.batch_size, cfg.train.seed, 1, 0))
+float(run.steps.train_step(x, y)[0])
+print(time.perf_counter() - start)
+"""
+
+
+def time_to_first_step() -> float:
+    """Seconds from a fresh interpreter to the first optimizer step of the char config
+    (imports, reading and tokenizing the corpus, building and compiling included)."""
+    import subprocess
+
+    code = FIRST_STEP.format(
+        root=str(ROOT),
+        config=str(ROOT / "configs" / "shakespeare-char.toml"),
+        corpus=DATA / "tinyshakespeare" / "input.txt",
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-first-step", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    from textgen._tf import tensorflow
+
+    tf = tensorflow()
+    gflops = sgemm_gflops()
+    print(f"# {time.strftime('%Y-%m-%d')}  {platform.machine()}, {os.cpu_count()} cores, ", end="")
+    print(f"sgemm {gflops:.0f} GFLOP/s (numpy, 1024^3)")
+    print(f"# tensorflow {tf.__version__}, torch {torch.__version__}, numpy {np.__version__}")
+    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    for name in names:
+        run_workload(WORKLOADS[name], args, gflops)
+    if not args.skip_first_step:
+        runs = [time_to_first_step() for _ in range(2)]
+        detail = f"runs {runs[0]:.1f}, {runs[1]:.1f}"
+        print(f"\ntime to first step, char config: {min(runs):.1f} s ({detail})")
+
+
+if __name__ == "__main__":
+    main()
