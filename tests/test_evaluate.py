@@ -1,0 +1,66 @@
+"""textgen eval against cross-entropies computed by hand."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from textgen import config as config_mod
+from textgen.checkpoint import Bundle
+from textgen.cli import main
+from textgen.evaluate import evaluate_text
+from textgen.stepper import NumpyLM, RNNWeights
+from textgen.tokenizers import Tokenizer
+
+PROBS = {"<pad>": 0.05, "<unk>": 0.05, "<eos>": 0.3, "a": 0.2, "b": 0.4}
+
+
+def constant_bundle(mode: str) -> Bundle:
+    """A model whose next-token distribution is PROBS whatever the input."""
+    tok = Tokenizer.fit(["b b a"], "word", eos=True)
+    assert tok.vocab.tokens == ("<pad>", "<unk>", "<eos>", "b", "a")
+    vocab, units = len(tok.vocab), 3
+    layer = RNNWeights(np.zeros((2, 4 * units)), np.zeros((units, 4 * units)), np.zeros(4 * units))
+    bias = np.log([PROBS[t] for t in tok.vocab.tokens])
+    lm = NumpyLM("lstm", np.zeros((vocab, 2)), [layer], np.zeros((units, vocab)), bias)
+    cfg = config_mod.Config().with_overrides([f'data.mode="{mode}"'])
+    return Bundle(None, cfg, tok, lm, {})
+
+
+def test_stream_mode_by_hand():
+    result = evaluate_text(constant_bundle("stream"), "a b\nb\n")
+    # stream: a b <eos> b <eos>; predicted: b <eos> b <eos>
+    nll = -(2 * math.log(PROBS["b"]) + 2 * math.log(PROBS["<eos>"]))
+    assert result.tokens == 4 and result.characters == 6
+    assert result.nll == pytest.approx(nll, abs=1e-5)
+    assert result.cross_entropy == pytest.approx(nll / 4, abs=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(nll / 4), rel=1e-5)
+    assert result.bits_per_char == pytest.approx(nll / math.log(2) / 6, abs=1e-5)
+    assert result.oov_rate == 0
+
+
+def test_lines_mode_by_hand_with_unknown_words():
+    result = evaluate_text(constant_bundle("lines"), "a b\nb c\n")
+    # each line alone: (a) b <eos> | (b) <unk> <eos>
+    nll = -(math.log(PROBS["b"]) + 2 * math.log(PROBS["<eos>"]) + math.log(PROBS["<unk>"]))
+    assert result.tokens == 4
+    assert result.nll == pytest.approx(nll, abs=1e-5)
+    assert result.unknown == 1 and result.oov_rate == pytest.approx(0.25)
+
+
+def test_eval_cli(toy_run, tmp_path):
+    text = tmp_path / "held.txt"
+    text.write_text("그의 말이 법이다\n", encoding="utf-8")
+    out = CliRunner().invoke(main, ["eval", "--model", str(toy_run), str(text), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)[str(text)]
+    assert result["tokens"] == 3 and result["oov_rate"] == 0
+    assert 0 <= result["cross_entropy"] < 0.1  # the toy model has learned this line
+    out = CliRunner().invoke(main, ["eval", "--model", str(toy_run), str(text)])
+    assert out.stdout.startswith(f"{text}: 3 tokens, cross-entropy ")
+    missing = CliRunner().invoke(
+        main, ["eval", "--model", str(toy_run), str(tmp_path / "none.txt")]
+    )
+    assert missing.exit_code == 1 and "corpus not found" in missing.stderr

@@ -1,0 +1,100 @@
+"""Held-out quality of a trained model: cross-entropy, perplexity, bits per character.
+
+Texts are tokenized exactly as in training. A ``stream`` model reads the text as one
+stream with ``<eos>`` after every line (word level) and carries its recurrent state
+through the whole text, the convention of the PTB literature (Zaremba et al. 2014). A
+``lines`` model reads each line from a zero state, as it was trained, and predicts every
+token after the first, ``<eos>`` included. Bits per character divide the total
+log-loss by the number of characters of the (NFC) text, newlines included, so models with
+different tokenizations compare on the same text.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from textgen.checkpoint import Bundle
+from textgen.data import _stream_ids
+from textgen.sampling import log_softmax
+
+CHUNK = 512  # tokens per numpy call; bounds memory for the (chunk, vocab) logits
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Totals over the evaluated text; the rates derive from them."""
+
+    tokens: int
+    nll: float  # total negative log-likelihood in nats
+    characters: int
+    unknown: int  # tokens that map to <unk>
+
+    @property
+    def cross_entropy(self) -> float:
+        return self.nll / self.tokens if self.tokens else math.nan
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.cross_entropy, 700.0))
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nll / math.log(2) / self.characters if self.characters else math.nan
+
+    @property
+    def oov_rate(self) -> float:
+        return self.unknown / self.tokens if self.tokens else math.nan
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self) | {
+            "cross_entropy": self.cross_entropy,
+            "perplexity": self.perplexity,
+            "bits_per_char": self.bits_per_char,
+            "oov_rate": self.oov_rate,
+        }
+
+    def __add__(self, other: Evaluation) -> Evaluation:
+        return Evaluation(
+            self.tokens + other.tokens,
+            self.nll + other.nll,
+            self.characters + other.characters,
+            self.unknown + other.unknown,
+        )
+
+
+def _score(bundle: Bundle, ids: np.ndarray) -> float:
+    """Total NLL of ``ids[1:]`` given the prefix, state carried, in chunks."""
+    lm, state, nll = bundle.lm, None, 0.0
+    for start in range(0, len(ids) - 1, CHUNK):
+        inputs = ids[start : start + CHUNK]
+        targets = ids[start + 1 : start + 1 + CHUNK]
+        inputs = inputs[: len(targets)]
+        logits, state = lm.run(inputs[None, :], state)
+        logp = log_softmax(logits[0])
+        nll -= float(logp[np.arange(len(targets)), targets].sum())
+    return nll
+
+
+def evaluate_text(bundle: Bundle, text: str) -> Evaluation:
+    """Score one text with a loaded run."""
+    tok = bundle.tokenizer
+    lines = [line for line in text.splitlines() if line.strip()]
+    characters = sum(len(unicodedata.normalize("NFC", line)) + 1 for line in lines)
+    if bundle.line_mode:
+        total = Evaluation(0, 0.0, characters, 0)
+        for line in lines:
+            ids = tok.encode(line, eos=True)
+            if len(ids) >= 2:
+                nll = _score(bundle, ids)
+                unknown = int(np.count_nonzero(ids[1:] == tok.vocab.unk_id))
+                total = total + Evaluation(len(ids) - 1, nll, 0, unknown)
+        return total
+    ids = _stream_ids("\n".join(lines) + "\n", tok)
+    unknown = int(np.count_nonzero(ids[1:] == tok.vocab.unk_id))
+    return Evaluation(
+        max(len(ids) - 1, 0), _score(bundle, ids) if len(ids) >= 2 else 0.0, characters, unknown
+    )
