@@ -195,3 +195,54 @@ def test_cli_signal_saves_state_and_prints_resume_command(tmp_path, sig):
     assert f"textgen train --resume {run}" in err and "Traceback" not in err
     checkpoint.load_bundle(run)
     checkpoint.load_state(run)
+
+
+def test_subprocess_sigint_then_resume_equals_uninterrupted(tmp_path):
+    """`textgen train` in a subprocess gets a real SIGINT; resuming it gives the same run."""
+    corpus = corpus_file(tmp_path)
+    cfg = resumable_config(corpus, epochs=3).with_overrides(["train.save_every_steps=1"])
+    config = tmp_path / "c.toml"
+    config.write_text(cfg.to_toml(), encoding="utf-8")
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "textgen", "train", "--config", str(config), "--out", str(run)],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / "last.npz").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    _, _, info = checkpoint.load_state(run)
+    assert (info["epoch"], info["step"]) < (4, 0), "the run had finished before the signal"
+
+    train(cfg, run, resume=True, **QUIET)
+    train(cfg, tmp_path / "straight", **QUIET)
+    for a, b in zip(final_state(tmp_path / "straight"), final_state(run), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, toy_config):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work", encoding="utf-8")
+    from textgen.errors import UsageError
+
+    with pytest.raises(UsageError, match="is not a textgen run directory; refusing to delete it"):
+        train(toy_config, precious, overwrite=True, **QUIET)
+    assert (precious / "thesis.tex").read_text(encoding="utf-8") == "years of work"
+
+
+def test_run_name_must_stay_inside_runs(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from textgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "..toml"
+    config.write_text("[train]\nepochs = 1\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--overwrite"])
+    assert result.exit_code == 2
+    assert "cannot name a run after" in result.stderr

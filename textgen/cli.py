@@ -126,7 +126,7 @@ def train(
         if encoding is not None:
             cfg = replace(cfg, data=replace(cfg.data, encoding=encoding))
         cfg = cfg.with_overrides(list(overrides))
-        run_dir = out or Path("runs") / config_path.stem
+        run_dir = out or Path("runs") / _run_name(config_path)
     log = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_training(
         cfg,
@@ -270,6 +270,16 @@ def generate(
     seeds = [seed] if seed is not None else [ln.rstrip("\n") for ln in seeds_file if ln.strip()]
     for text_seed in seeds:
         run(text_seed)
+
+
+def _run_name(config_path: Path) -> str:
+    """The default run name: the config file's stem, which must be a plain folder name."""
+    from textgen.errors import UsageError
+
+    name = config_path.stem
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        raise UsageError(f"cannot name a run after {config_path}; pass --out runs/NAME")
+    return name
 
 
 @main.command(name="eval")

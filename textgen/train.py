@@ -46,6 +46,11 @@ from textgen.progress import Reporter
 HISTORY_FIELDS = (
     "epoch", "loss", "val_loss", "perplexity", "bits_per_token", "tokens_per_s", "seconds",
 )  # fmt: skip
+RUN_MARKERS = (
+    checkpoint.METADATA,
+    checkpoint.STATE,
+    checkpoint.TOKENIZER,
+)  # what --overwrite deletes
 SAVE_INTERVAL_S = 2.0  # at most one best-model write per this many seconds (flushed at the end)
 
 
@@ -106,6 +111,11 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             raise UsageError(
                 f"run directory {run_dir} already exists; pass --overwrite to replace it, "
                 f"--resume {run_dir} to continue it, or --out to choose another"
+            )
+        if not any((run_dir / name).exists() for name in RUN_MARKERS):
+            raise UsageError(
+                f"{run_dir} is not empty and is not a textgen run directory; "
+                "refusing to delete it with --overwrite"
             )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
