@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TEXTGEN := $(BIN)/textgen
 SHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
 
-.PHONY: install demo test lint fmt toy-sentences shakespeare soak bench-generate bench-train clean
+.PHONY: install demo test lint fmt toy-sentences shakespeare ptb-small soak bench-generate bench-train bench-ko clean
 
 $(BIN)/textgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ shakespeare: install  ## one epoch of the char model on tiny Shakespeare
 	$(TEXTGEN) train --config configs/shakespeare-char.toml --corpus $(SHAKESPEARE) --overwrite
 	$(TEXTGEN) generate --model runs/shakespeare-char --seed "ROMEO:" --length 200
 
+ptb-small: install  ## Zaremba et al.'s small PTB LSTM (about 50 min on 2 cores), then test perplexity
+	$(TEXTGEN) train --config configs/ptb-small.toml --out runs/ptb-small --overwrite
+	$(TEXTGEN) eval --model runs/ptb-small ../shared/data/ptb/ptb.test.txt
+
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
 
@@ -52,3 +56,6 @@ bench-generate: install  ## decoding speed vs the tutorial's re-feed and PyTorch
 bench-train: install  ## training tokens/s vs PyTorch nn.LSTM on the same CPU (needs .[bench])
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/train_throughput.py
+
+bench-ko: install  ## Korean levels (word, char, jamo, subword, morpheme), 3 min of training each
+	$(BIN)/python bench/ko_levels.py

@@ -160,11 +160,20 @@ def resolve_run(model: str | Path | None, runs_root: str | Path = "runs") -> Pat
 
 
 def save_state(
-    run_dir: Path, model_vars: list[np.ndarray], opt_vars: list[np.ndarray], info: dict[str, Any]
+    run_dir: Path,
+    model_vars: list[np.ndarray],
+    opt_vars: list[np.ndarray],
+    info: dict[str, Any],
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Write the resumable state (``last.npz``) in one atomic rename."""
+    """Write the resumable state (``last.npz``) in one atomic rename.
+
+    ``extra`` holds further named arrays (the carried recurrent state); :func:`load_state`
+    returns them in ``info["arrays"]``.
+    """
     arrays = {f"model_{i}": v for i, v in enumerate(model_vars)}
     arrays |= {f"opt_{i}": v for i, v in enumerate(opt_vars)}
+    arrays |= {f"extra_{name}": v for name, v in (extra or {}).items()}
     arrays["info"] = np.array(json.dumps({"format_version": RUN_FORMAT_VERSION, **info}))
 
     def write(tmp: Path) -> None:
@@ -192,6 +201,11 @@ def load_state(
             if not info_only:
                 model_vars = [data[f"model_{i}"] for i in range(_count(data.files, "model_"))]
                 opt_vars = [data[f"opt_{i}"] for i in range(_count(data.files, "opt_"))]
+                info["arrays"] = {
+                    name.removeprefix("extra_"): data[name]
+                    for name in data.files
+                    if name.startswith("extra_")
+                }
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         raise DataError(f"{path} is corrupt ({type(err).__name__}); it cannot be resumed") from None
     if info.get("format_version", 0) > RUN_FORMAT_VERSION:

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any
 
@@ -227,12 +227,7 @@ def generate(
     def run(text_seed: str) -> None:
         on_token = None
         if stream:
-            sep = " " if bundle.tokenizer.level == "word" else ""
-            click.echo(text_seed, nl=False)
-            vocab = bundle.tokenizer.vocab
-
-            def on_token(_row: int, token: int) -> None:
-                click.echo(sep + vocab.token(token), nl=False)
+            on_token = generator.printer(text_seed, partial(click.echo, nl=False))
 
         decoded = generator.continue_ids(
             text_seed,
@@ -244,6 +239,7 @@ def generate(
             on_token=on_token,
         )
         if stream:
+            on_token.finish(generator.join(text_seed, decoded.ids[0], stop))
             click.echo()
             return
         for ids, logp in zip(decoded.ids, decoded.mean_logprob, strict=True):
@@ -283,14 +279,19 @@ def _run_name(config_path: Path) -> str:
 
 
 @main.command(name="eval")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", default=None, help="Run directory [default: runs/latest].")
+@click.option(
+    "--valid", is_flag=True, help="Also score the validation text the run held out in training."
+)
 @click.option("--encoding", default="utf-8", show_default=True, help="Encoding of the files.")
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @_friendly
-def evaluate(files: tuple[Path, ...], model_dir: str | None, encoding: str, fmt: str) -> None:
+def evaluate(
+    files: tuple[Path, ...], model_dir: str | None, valid: bool, encoding: str, fmt: str
+) -> None:
     """Measure a model on held-out text: cross-entropy, perplexity, bits per character.
 
     Tokenizes each FILE as in training; a stream model carries its state through the
@@ -302,13 +303,22 @@ def evaluate(files: tuple[Path, ...], model_dir: str | None, encoding: str, fmt:
     Examples:
       textgen eval --model runs/ptb-small ../shared/data/ptb/ptb.test.txt
       textgen eval --model runs/shakespeare-char held-out.txt --format json
+      textgen eval --model runs/ko-constitution-jamo --valid
     """
     from textgen.checkpoint import load_bundle, resolve_run
-    from textgen.data import read_corpus
+    from textgen.data import held_out_text, read_corpus
+    from textgen.errors import DataError, UsageError
     from textgen.evaluate import evaluate_text
 
+    if not files and not valid:
+        raise UsageError("give FILES to score, or --valid for the run's own held-out text")
     bundle = load_bundle(resolve_run(model_dir))
     results = {}
+    if valid:
+        text = held_out_text(bundle.config.data)
+        if not text.strip():
+            raise DataError(f"{bundle.run_dir} held out no validation text (val_split = 0)")
+        results["validation"] = evaluate_text(bundle, text)
     for path in files:
         text, _ = read_corpus(path, encoding)
         results[str(path)] = evaluate_text(bundle, text)
@@ -321,6 +331,33 @@ def evaluate(files: tuple[Path, ...], model_dir: str | None, encoding: str, fmt:
             f"perplexity {r.perplexity:.2f}, {r.bits_per_char:.4f} bits/char, "
             f"OOV {r.oov_rate:.2%}"
         )
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path), help="PNG to write [default: RUN/loss.png]."
+)
+@click.option(
+    "--x", "x_axis", type=click.Choice(["epoch", "time"]), default="epoch", show_default=True
+)
+@_friendly
+def plot(run: str | None, out: Path | None, x_axis: str) -> None:
+    """Draw a run's train and validation loss per epoch (or per minute) as a PNG.
+
+    Needs matplotlib (pip install 'textgen[plot]'). Live curves of a run in progress:
+    tensorboard --logdir runs.
+
+    \b
+    Examples:
+      textgen plot runs/ptb-small
+      textgen plot runs/shakespeare-char --x time --out curves.png
+    """
+    from textgen.checkpoint import resolve_run
+    from textgen.plot import plot_history
+
+    run_dir = resolve_run(run)
+    click.echo(plot_history(run_dir, out or run_dir / "loss.png", x_axis))
 
 
 @main.command()

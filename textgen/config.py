@@ -21,10 +21,12 @@ from typing import Any
 
 from textgen.errors import UsageError
 
-LEVELS = ("word", "char")
+LEVELS = ("word", "char", "subword", "morpheme")
 MODES = ("lines", "stream")
 CELLS = ("lstm", "gru", "rnn")
-NORMALIZATIONS = ("nfc",)
+NORMALIZATIONS = ("nfc", "nfd")
+SUBWORD_MODELS = ("bpe", "unigram")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ class DataConfig:
     encoding: str = "utf-8"
     level: str = "word"
     mode: str = "lines"
-    normalize: str = "nfc"
+    normalize: str = "nfc"  # "nfd" at the char level: Hangul as conjoining jamo
+    subword_model: str = "unigram"  # subword level: sentencepiece "bpe" or "unigram"
+    vocab_size: int = 1000  # subword level: sentencepiece vocabulary, specials included
     lowercase: bool = False
     strip_punctuation: bool = False
     max_vocab: int = 0
@@ -43,6 +47,7 @@ class DataConfig:
     max_len: int = 0
     seq_len: int = 100
     val_split: float = 0.1
+    valid_corpus: str = ""  # a separate validation file (then val_split is not used)
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,11 @@ class ModelConfig:
     embedding_dim: int = 64
     units: int = 128
     layers: int = 1
-    dropout: float = 0.0
+    dropout: float = 0.0  # between recurrent layers
+    input_dropout: float = 0.0  # on the embeddings, before the first recurrent layer
+    output_dropout: float = 0.0  # on the last recurrent layer's outputs, before the logits
+    tie_weights: bool = False  # output projection = embedding matrix (embedding_dim == units)
+    init_scale: float = 0.0  # > 0: every weight uniform in [-init_scale, init_scale]
 
 
 @dataclass(frozen=True)
@@ -64,9 +73,17 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 0.002
+    optimizer: str = "adam"
+    momentum: float = 0.0  # sgd only
+    lr_decay: float = 1.0  # multiply the learning rate by this every epoch ...
+    lr_decay_after: int = 0  # ... after this many epochs
+    plateau_factor: float = 1.0  # multiply it by this when the validation loss does not improve
     clipnorm: float = 5.0
     patience: int = 0
+    max_minutes: float = 0.0  # stop after this much training time (0 = no limit)
+    carry_state: bool = False  # stream mode: batches continue each other, state carried (TBPTT)
     save_every_steps: int = 0
+    log_every_steps: int = 50  # TensorBoard scalars every this many steps (0 = epochs only)
     jit_compile: bool = True
 
 
@@ -105,7 +122,9 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "level"): LEVELS,
     ("data", "mode"): MODES,
     ("data", "normalize"): NORMALIZATIONS,
+    ("data", "subword_model"): SUBWORD_MODELS,
     ("model", "cell"): CELLS,
+    ("train", "optimizer"): OPTIMIZERS,
 }
 
 
@@ -181,10 +200,36 @@ def _check_ranges(config: Config) -> None:
         (d.min_freq >= 1, "data.min_freq must be >= 1"),
         (d.max_len == 0 or d.max_len >= 2, "data.max_len must be 0 (longest line) or >= 2"),
         (d.seq_len >= 1, "data.seq_len must be >= 1"),
+        (d.vocab_size >= 8, "data.vocab_size must be >= 8"),
+        (
+            d.normalize == "nfc" or d.level == "char",
+            'data.normalize = "nfd" (jamo) applies to data.level = "char" only',
+        ),
         (m.embedding_dim >= 1, "model.embedding_dim must be >= 1"),
         (m.units >= 1, "model.units must be >= 1"),
         (m.layers >= 1, "model.layers must be >= 1"),
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (0.0 <= m.input_dropout < 1.0, "model.input_dropout must be in [0, 1)"),
+        (0.0 <= m.output_dropout < 1.0, "model.output_dropout must be in [0, 1)"),
+        (m.init_scale >= 0, "model.init_scale must be >= 0 (0 = Keras defaults)"),
+        (
+            not m.tie_weights or m.embedding_dim == m.units,
+            f"model.tie_weights needs embedding_dim == units (got {m.embedding_dim} and {m.units})",
+        ),
+        (0.0 <= t.momentum < 1.0, "train.momentum must be in [0, 1)"),
+        (0.0 < t.lr_decay <= 1.0, "train.lr_decay must be in (0, 1]"),
+        (t.lr_decay_after >= 0, "train.lr_decay_after must be >= 0"),
+        (0.0 < t.plateau_factor <= 1.0, "train.plateau_factor must be in (0, 1] (1 = off)"),
+        (t.max_minutes >= 0, "train.max_minutes must be >= 0 (0 = no limit)"),
+        (t.log_every_steps >= 0, "train.log_every_steps must be >= 0"),
+        (
+            not t.carry_state or d.mode == "stream",
+            'train.carry_state needs data.mode = "stream" (lines start from a zero state)',
+        ),
+        (
+            not t.carry_state or m.cell == "lstm",
+            'train.carry_state is implemented for model.cell = "lstm" only',
+        ),
         (t.epochs >= 1, "train.epochs must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.learning_rate > 0, "train.learning_rate must be > 0"),
@@ -211,15 +256,19 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
 
 
 def loads(text: str, base_dir: Path | None = None, source: str = "<string>") -> Config:
-    """Parse TOML text into a :class:`Config`; ``data.corpus`` resolves against ``base_dir``."""
+    """Parse TOML text into a :class:`Config`; corpus paths resolve against ``base_dir``."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"{source}: not valid TOML: {err}") from None
     config = from_dict(raw)
-    corpus = config.data.corpus
-    if corpus and base_dir is not None and not Path(corpus).is_absolute():
-        config = replace(config, data=replace(config.data, corpus=str(base_dir / corpus)))
+    if base_dir is not None:
+        paths = {}
+        for key in ("corpus", "valid_corpus"):
+            value = getattr(config.data, key)
+            if value and not Path(value).is_absolute():
+                paths[key] = str(base_dir / value)
+        config = replace(config, data=replace(config.data, **paths))
     return config
 
 

@@ -13,7 +13,8 @@ Two ways to cut a corpus into sequences:
 Either way an example is ``inputs = tokens[:-1]`` and ``targets = tokens[1:]`` at every
 position. Padding ids are 0 and the model masks them, so they never count in the loss.
 The last ``val_split`` fraction of the corpus (lines, or characters in stream mode) is held
-out for validation; the vocabulary is counted on the training part only.
+out for validation, unless ``valid_corpus`` names a separate validation file (PTB's
+split); the vocabulary is counted on the training part only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 from textgen.config import DataConfig
 from textgen.errors import DataError
-from textgen.tokenizers import Tokenizer
+from textgen.tokenizers import Tokenizer, fit_tokenizer
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,32 @@ def _stream_ids(text: str, tokenizer: Tokenizer) -> np.ndarray:
 
 
 def _split_point(text: str, val_split: float, level: str) -> int:
-    """Character index where validation starts (moved to a word boundary at word level)."""
+    """Character index where validation starts: the first ``1 - val_split`` of the
+    characters, moved forward to the start of the next line (so every level, word to
+    jamo, holds out exactly the same text; at the word level this is also a token
+    boundary). A text without a later newline is cut at the next whitespace."""
     cut = int(len(text) * (1.0 - val_split))
-    while level == "word" and cut < len(text) and not text[cut].isspace():
+    newline = text.find("\n", cut)
+    if newline >= 0:
+        return newline + 1
+    while level != "char" and cut < len(text) and not text[cut].isspace():
         cut += 1
     return cut
+
+
+def held_out_text(cfg: DataConfig) -> str:
+    """The validation text a run held out: ``valid_corpus``, or the corpus' tail that
+    :func:`prepare` set aside (empty when ``val_split`` is 0)."""
+    if cfg.valid_corpus:
+        return read_corpus(cfg.valid_corpus, cfg.encoding)[0]
+    text, _ = read_corpus(cfg.corpus, cfg.encoding)
+    if cfg.val_split <= 0:
+        return ""
+    if cfg.mode == "lines":
+        lines = [line for line in text.splitlines() if line.strip()]
+        n_val = max(int(len(lines) * cfg.val_split), 1 if len(lines) >= 2 else 0)
+        return "\n".join(lines[len(lines) - n_val :]) + "\n" if n_val else ""
+    return text[_split_point(text, cfg.val_split, cfg.level) :]
 
 
 def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
@@ -158,11 +180,14 @@ def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
     """
     text, sha = read_corpus(cfg.corpus, cfg.encoding)
     where = cfg.corpus
+    valid_text = read_corpus(cfg.valid_corpus, cfg.encoding)[0] if cfg.valid_corpus else None
     given = tokenizer
-    word_eos = cfg.mode == "lines" or cfg.level == "word"
+    word_eos = cfg.mode == "lines" or cfg.level != "char"
     fit = dict(
         level=cfg.level,
         eos=word_eos,
+        subword_model=cfg.subword_model,
+        vocab_size=cfg.vocab_size,
         max_vocab=cfg.max_vocab,
         min_freq=cfg.min_freq,
         lowercase=cfg.lowercase,
@@ -171,21 +196,29 @@ def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
     )
     if cfg.mode == "lines":
         lines = [line for line in text.splitlines() if line.strip()]
-        n_val = int(len(lines) * cfg.val_split)
-        if cfg.val_split > 0 and n_val == 0 and len(lines) >= 2:
-            n_val = 1
-        train_lines, val_lines = lines[: len(lines) - n_val], lines[len(lines) - n_val :]
-        tokenizer = given or Tokenizer.fit(train_lines, **fit)
+        if valid_text is not None:
+            train_lines = lines
+            val_lines = [line for line in valid_text.splitlines() if line.strip()]
+            lines = lines + val_lines
+        else:
+            n_val = int(len(lines) * cfg.val_split)
+            if cfg.val_split > 0 and n_val == 0 and len(lines) >= 2:
+                n_val = 1
+            train_lines, val_lines = lines[: len(lines) - n_val], lines[len(lines) - n_val :]
+        tokenizer = given or fit_tokenizer(train_lines, **fit)
         _check_vocab(tokenizer, where)
         length = cfg.max_len or 1 + max(len(tokenizer.split(line)) for line in lines)
         train, cut = line_examples(train_lines, tokenizer, length)
         val, cut_val = line_examples(val_lines, tokenizer, length) if val_lines else (None, 0)
         split_lines = cut + cut_val
     else:
-        cut_at = _split_point(text, cfg.val_split, cfg.level) if cfg.val_split > 0 else len(text)
-        train_text, val_text = text[:cut_at], text[cut_at:]
+        if valid_text is not None:
+            train_text, val_text = text, valid_text
+        else:
+            cut = _split_point(text, cfg.val_split, cfg.level) if cfg.val_split > 0 else len(text)
+            train_text, val_text = text[:cut], text[cut:]
         texts = [train_text] if cfg.level == "char" else train_text.splitlines()
-        tokenizer = given or Tokenizer.fit(texts, **fit)
+        tokenizer = given or fit_tokenizer(texts, **fit)
         _check_vocab(tokenizer, where)
         train_ids = _stream_ids(train_text, tokenizer)
         if len(train_ids) < cfg.seq_len + 1:

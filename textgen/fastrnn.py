@@ -15,7 +15,7 @@ PyTorch do instead:
   (``sigmoid(z) = (tanh(z/2) + 1)/2``, the halving folded into the weights, exact).
 
 It is numerically the same LSTM as ``keras.layers.LSTM`` (gates i, f, c, o; zero initial
-state; masked steps keep the previous state), so ``model.keras`` stays a plain Keras
+state unless one is given; masked steps keep the previous state), so ``model.keras`` stays a plain Keras
 model. Tests compare outputs and gradients with Keras'.
 """
 
@@ -35,20 +35,30 @@ def _gate_constants(units: int, dtype: Any) -> tuple[Any, Any, Any]:
     return scale, scale, offset
 
 
-def lstm_recurrence(xw: Any, recurrent: Any, mask: Any | None = None) -> Any:
+def lstm_recurrence(
+    xw: Any, recurrent: Any, mask: Any | None = None, initial: tuple[Any, Any] | None = None
+) -> Any:
     """Run the LSTM recurrence; ``xw`` is (time, batch, 4H) with the bias added.
 
     ``mask`` is (time, batch, 1) float, 1 where the step is real (None: all real).
-    Returns the hidden states (time, batch, H).
+    ``initial`` is the state ``(h, c)`` to start from (None: zeros); it is a constant for
+    differentiation, as in truncated backpropagation through time.
+    Returns the hidden states (time, batch, H) when ``initial`` is None, else
+    ``(hidden states, (h_last, c_last))`` with the final state to carry into the next call.
     """
     tf = tensorflow()
     masked = mask is not None
     if mask is None:
         mask = tf.ones_like(xw[:1, :1, :1])  # unused placeholder input
+    units = recurrent.shape[0]
+    carried = initial is not None
+    if initial is None:
+        zeros = tf.zeros([tf.shape(xw)[1], units], xw.dtype)
+        initial = (zeros, zeros)
+    h0, c0 = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in initial)
 
     @tf.custom_gradient
-    def run(xw: Any, recurrent: Any, mask: Any) -> Any:
-        units = recurrent.shape[0]
+    def run(xw: Any, recurrent: Any, mask: Any, h0: Any, c0: Any) -> Any:
         batch = tf.shape(xw)[1]
         scale, a, b = _gate_constants(units, xw.dtype)
         zeros = tf.zeros([batch, units], xw.dtype)
@@ -68,12 +78,12 @@ def lstm_recurrence(xw: Any, recurrent: Any, mask: Any | None = None) -> Any:
 
         xs = xw * scale
         t0 = tf.zeros([batch, 4 * units], xw.dtype)
-        hs, cs, ts = tf.scan(step, (xs, mask) if masked else xs, initializer=(zeros, zeros, t0))
+        hs, cs, ts = tf.scan(step, (xs, mask) if masked else xs, initializer=(h0, c0, t0))
 
-        def grad(dhs: Any) -> tuple[Any, Any, Any]:
+        def grad(dhs: Any, _dcs: Any) -> tuple[Any, ...]:
             # per-step quantities that do not depend on the recurrence, all steps at once
             i, f, g, o = tf.split(ts * a + b, 4, axis=-1)
-            c_prev = tf.concat([zeros[None], cs[:-1]], axis=0)
+            c_prev = tf.concat([c0[None], cs[:-1]], axis=0)
             tc = tf.tanh(cs)
             m_all = mask if masked else 1.0
             o_dtc = m_all * o * (1.0 - tc * tc)  # d c / d h through h = o * tanh(c)
@@ -98,12 +108,15 @@ def lstm_recurrence(xw: Any, recurrent: Any, mask: Any | None = None) -> Any:
 
             seqs = (dhs, o_dtc, gci, tc, dz_dgate, f) + ((mask,) if masked else ())
             _, _, dzs = tf.scan(back, seqs, initializer=(zeros, zeros, t0), reverse=True)
-            h_prev = tf.concat([zeros[None], hs[:-1]], axis=0)
+            h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
             d_recurrent = tf.matmul(
                 tf.reshape(h_prev, [-1, units]), tf.reshape(dzs, [-1, 4 * units]), transpose_a=True
             )
-            return dzs, d_recurrent, tf.zeros_like(mask)
+            return dzs, d_recurrent, tf.zeros_like(mask), tf.zeros_like(h0), tf.zeros_like(c0)
 
-        return hs, grad
+        return (hs, cs[-1]), grad
 
-    return run(xw, recurrent, mask)
+    hs, c_last = run(xw, recurrent, mask, h0, c0)
+    if not carried:
+        return hs
+    return hs, (tf.stop_gradient(hs[-1]), tf.stop_gradient(c_last))

@@ -143,15 +143,36 @@ class Generator:
 
         With ``stop``, the generated text ends just before the first occurrence of it.
         """
-        text = self.tokenizer.decode(ids)
+        text = self.tokenizer.continuation(seed, ids)
         if stop and stop in text:
             text = text[: text.index(stop)]
-            if self.tokenizer.level == "word":
+            if self.tokenizer.level != "char":
                 text = text.rstrip()
-        if not text:
-            return seed
-        sep = " " if self.tokenizer.level == "word" else ""
-        return f"{seed}{sep}{text}"
+        return self.tokenizer.attach(seed, text)
+
+    def printer(self, seed: str, write: Callable[[str], None]) -> Callable[[int, int], None]:
+        """An ``on_token`` callback that writes the seed and then the text as it grows
+        (streaming to a terminal), holding back the characters a later token may still
+        change (a jamo-level syllable that can take a final consonant). Its ``finish(text)``
+        writes the rest of the final text."""
+        tok = self.tokenizer
+        ids: list[int] = []
+        start = tok.attach(seed, "")
+        shown = [start[: len(start) - tok.unstable_tail(start)]]
+        write(shown[0])
+
+        def show(text: str) -> None:
+            if text.startswith(shown[0]) and len(text) > len(shown[0]):
+                write(text[len(shown[0]) :])
+                shown[0] = text
+
+        def on_token(_row: int, token: int) -> None:
+            ids.append(token)
+            text = tok.attach(seed, tok.continuation(seed, ids))
+            show(text[: len(text) - tok.unstable_tail(text)])
+
+        on_token.finish = show  # type: ignore[attr-defined]
+        return on_token
 
     def generate(self, seed: str, *, length: int, num: int = 1, **kwargs: Any) -> list[str]:
         """Generate ``num`` texts, each the seed followed by up to ``length`` new tokens."""

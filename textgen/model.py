@@ -1,8 +1,12 @@
 """The Keras language model: Embedding → N stacked RNN layers → Dense logits.
 
 The recurrent layers use the library defaults that keep the fused kernels usable (tanh /
-sigmoid, no recurrent dropout, no unrolling), so a GPU gets cuDNN. Dropout, when set, sits
-between recurrent layers only. In ``lines`` mode the embedding masks id 0, so the
+sigmoid, no recurrent dropout, no unrolling), so a GPU gets cuDNN. Dropout sits on the
+non-recurrent connections only (Zaremba et al. 2014): on the embeddings
+(``input_dropout``), between recurrent layers (``dropout``) and before the logits
+(``output_dropout``). With ``tie_weights`` the output projection is the embedding matrix:
+training uses the embedding's transpose, and the Dense kernel holds a copy of it whenever
+the model is saved, so a saved model stays a plain Keras model. In ``lines`` mode the embedding masks id 0, so the
 pre-padding neither changes the recurrent state nor counts in the loss: a padded line and
 the same line fed alone from a zero state give the same outputs, which is what lets
 generation run statefully without any padding.
@@ -30,11 +34,37 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, mask_padding: bool) -> Any
     )
     rnn = getattr(k.layers, _LAYERS[cfg.cell])
     for i in range(cfg.layers):
-        if i > 0 and cfg.dropout > 0:
-            x = k.layers.Dropout(cfg.dropout, name=f"dropout_{i}")(x)
+        rate = cfg.input_dropout if i == 0 else cfg.dropout
+        if rate > 0:
+            x = k.layers.Dropout(rate, name=f"dropout_{i}")(x)
         x = rnn(cfg.units, return_sequences=True, name=f"rnn_{i}")(x)
+    if cfg.output_dropout > 0:
+        x = k.layers.Dropout(cfg.output_dropout, name="dropout_out")(x)
     logits = k.layers.Dense(vocab_size, name="logits")(x)
-    return k.Model(ids, logits, name="textgen_lm")
+    model = k.Model(ids, logits, name="textgen_lm")
+    if cfg.tie_weights:
+        dense = model.get_layer("logits")
+        dense.kernel.trainable = False  # training uses the embedding; see sync_tied()
+        sync_tied(model)
+    return model
+
+
+def sync_tied(model: Any) -> None:
+    """Copy the embedding's transpose into the output kernel (tied models, before saving)."""
+    dense = model.get_layer("logits")
+    dense.kernel.assign(model.get_layer("embedding").embeddings.value.numpy().T)
+
+
+def init_uniform(model: Any, scale: float, seed: int) -> None:
+    """Set every weight uniform in [-scale, scale], the initialisation of Zaremba et al."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for variable in model.trainable_variables:
+        shape = tuple(variable.shape)
+        variable.assign(rng.uniform(-scale, scale, shape).astype(variable.dtype))
+    if model.get_layer("logits").kernel.trainable is False:
+        sync_tied(model)
 
 
 def count_params(model: Any) -> int:
@@ -62,34 +92,55 @@ def to_numpy(model: Any) -> NumpyLM:
 
 
 def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any:
-    """A function ``(ids, training) → logits`` for the training step.
+    """A function ``(ids, training, state=None) → (logits, state)`` for the training step.
 
-    For LSTM models it computes the same outputs as ``model(ids)`` through
+    It computes what ``model(ids)`` computes, over the model's own variables, with two
+    additions the Keras graph cannot express: the tied output projection and a recurrent
+    state carried in and out (``state`` is a list of ``(h, c)`` per layer, LSTM only; None
+    starts from zeros and returns None). LSTM layers run through
     :func:`textgen.fastrnn.lstm_recurrence` (input projections hoisted out of the time
-    loop, hand-written backward pass) over the model's own variables; for GRU and
-    SimpleRNN it is the Keras model itself.
+    loop, hand-written backward pass); GRU and SimpleRNN layers are the Keras layers.
     """
-    if cfg.cell != "lstm":
-        return lambda ids, training: model(ids, training=training)
     from textgen._tf import tensorflow
     from textgen.fastrnn import lstm_recurrence
 
     tf = tensorflow()
+    names = {layer.name for layer in model.layers}
     embedding = model.get_layer("embedding")
     dense = model.get_layer("logits")
-    cells = [model.get_layer(f"rnn_{i}").cell for i in range(cfg.layers)]
-    dropouts = {i: model.get_layer(f"dropout_{i}") for i in range(1, cfg.layers) if cfg.dropout > 0}
+    layers = [model.get_layer(f"rnn_{i}") for i in range(cfg.layers)]
+    drop = {i: model.get_layer(f"dropout_{i}") for i in range(cfg.layers) if f"dropout_{i}" in names}
+    drop_out = model.get_layer("dropout_out") if "dropout_out" in names else None
+    lstm = cfg.cell == "lstm"
 
-    def forward(ids: Any, training: bool) -> Any:
-        time_major = tf.transpose(ids)
-        x = tf.gather(embedding.embeddings, time_major)  # (time, batch, embedding)
-        mask = tf.cast(tf.not_equal(time_major, 0), x.dtype)[:, :, None] if mask_padding else None
-        for i, cell in enumerate(cells):
-            if i in dropouts:
-                x = dropouts[i](x, training=training)
+    def forward(ids: Any, training: bool, state: list[Any] | None = None) -> tuple[Any, Any]:
+        # LSTM layers work time-major (time, batch, features); Keras layers batch-major
+        x = tf.gather(embedding.embeddings, tf.transpose(ids) if lstm else ids)
+        mask = None
+        if mask_padding:
+            mask = tf.not_equal(tf.transpose(ids) if lstm else ids, 0)
+        new_state = [] if state is not None else None
+        for i, layer in enumerate(layers):
+            if i in drop:
+                x = drop[i](x, training=training)
+            if not lstm:
+                x = layer(x, mask=mask, training=training)
+                continue
+            cell = layer.cell
             xw = tf.tensordot(x, cell.kernel, 1) + cell.bias  # all time steps in one product
-            x = lstm_recurrence(xw, tf.convert_to_tensor(cell.recurrent_kernel), mask)
-        logits = tf.tensordot(x, dense.kernel, 1) + dense.bias
-        return tf.transpose(logits, [1, 0, 2])
+            m = None if mask is None else tf.cast(mask, x.dtype)[:, :, None]
+            recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
+            if state is None:
+                x = lstm_recurrence(xw, recurrent, m)
+            else:
+                x, carried = lstm_recurrence(xw, recurrent, m, initial=state[i])
+                new_state.append(carried)
+        if drop_out is not None:
+            x = drop_out(x, training=training)
+        kernel = tf.transpose(embedding.embeddings) if cfg.tie_weights else dense.kernel
+        logits = tf.tensordot(x, kernel, 1) + dense.bias
+        if lstm:
+            logits = tf.transpose(logits, [1, 0, 2])
+        return logits, new_state
 
     return forward

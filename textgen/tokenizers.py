@@ -6,9 +6,17 @@
   symbols of the classic Keras ``Tokenizer`` filter into a space. Hangul syllables and
   jamo are letters, so they are never touched.
 * ``char``: Unicode code points after NFC, so a precomposed syllable such as ``말`` is one
-  token whether the file stored it composed or decomposed.
+  token whether the file stored it composed or decomposed. With ``normalize = "nfd"``
+  (jamo level) every Hangul syllable becomes its conjoining jamo (``말`` → ``ᄆ ᅡ ᆯ``, the
+  standard library's canonical decomposition), a vocabulary of a few dozen symbols instead
+  of hundreds of syllables; decoded text is recomposed to NFC, so nobody sees loose jamo.
+* ``subword`` (:mod:`textgen.subword`, sentencepiece) and ``morpheme``
+  (:mod:`textgen.morpheme`, kiwipiepy) subclass :class:`Tokenizer`; :func:`fit_tokenizer`
+  and :func:`tokenizer_from_dict` pick the class from the level.
 
 A tokenizer is saved as JSON with a format version and reloads to an identical object.
+Generated text is assembled by :meth:`Tokenizer.continuation` and :meth:`Tokenizer.attach`,
+which each level overrides where its tokens are not simply joined.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from textgen.errors import DataError
+from textgen.errors import DataError, UsageError
 from textgen.vocab import EOS, PAD, Vocab
+
+LEVELS = ("word", "char", "subword", "morpheme")
 
 FORMAT_VERSION = 1
 _KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'
@@ -42,6 +52,16 @@ class _PunctuationTable(dict):
 _PUNCT = _PunctuationTable()
 
 
+def _is_hangul(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        0xAC00 <= code <= 0xD7A3  # syllables
+        or 0x1100 <= code <= 0x11FF  # conjoining jamo
+        or 0xA960 <= code <= 0xA97F
+        or 0xD7B0 <= code <= 0xD7FF
+    )
+
+
 class Tokenizer:
     """Splits text into tokens and maps them to ids through a :class:`Vocab`."""
 
@@ -54,7 +74,7 @@ class Tokenizer:
         strip_punctuation: bool = False,
         normalize: str = "nfc",
     ) -> None:
-        if level not in ("word", "char"):
+        if level not in LEVELS:
             raise ValueError(f"unknown level {level!r}")
         self.level = level
         self.vocab = vocab
@@ -79,8 +99,30 @@ class Tokenizer:
         return text.split() if self.level == "word" else list(text)
 
     def join(self, tokens: Iterable[str]) -> str:
-        """Token strings → text: words joined by single spaces, characters concatenated."""
-        return (" " if self.level == "word" else "").join(tokens)
+        """Token strings → text: words joined by single spaces, characters concatenated
+        (and recomposed to NFC at the jamo level)."""
+        text = (" " if self.level == "word" else "").join(tokens)
+        return unicodedata.normalize("NFC", text) if self.normalize == "nfd" else text
+
+    def continuation(self, seed: str, ids: Iterable[int]) -> str:
+        """The text generated ``ids`` add after ``seed``, as it is printed after it
+        (with its leading space at the word level)."""
+        text = self.decode(ids)
+        return f" {text}" if text and self.level == "word" else text
+
+    def attach(self, seed: str, text: str) -> str:
+        """``seed`` followed by a :meth:`continuation` (recomposed at the jamo level, where
+        generated jamo may complete the seed's last syllable)."""
+        joined = seed + text
+        return unicodedata.normalize("NFC", joined) if self.normalize == "nfd" else joined
+
+    def unstable_tail(self, text: str) -> int:
+        """How many trailing characters of a continuation may still change as tokens are
+        added (a jamo-level syllable that can take a final consonant); streaming output
+        holds them back."""
+        if self.normalize == "nfd" and text and _is_hangul(text[-1]):
+            return 1
+        return 0
 
     # -- text ↔ ids ----------------------------------------------------------------------
     @property
@@ -181,10 +223,46 @@ class Tokenizer:
             raise DataError(f"tokenizer file not found: {path}") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataError(f"{path}: not a valid tokenizer JSON ({err})") from None
-        return cls.from_dict(data, source=str(path))
+        return tokenizer_from_dict(data, source=str(path))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_dict()))
+
+
+def _level_class(level: str) -> type[Tokenizer]:
+    if level == "subword":
+        from textgen.subword import SubwordTokenizer
+
+        return SubwordTokenizer
+    if level == "morpheme":
+        from textgen.morpheme import MorphemeTokenizer
+
+        return MorphemeTokenizer
+    if level not in LEVELS:
+        raise UsageError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
+    return Tokenizer
+
+
+def fit_tokenizer(texts: Iterable[str], level: str, **options: Any) -> Tokenizer:
+    """Fit the tokenizer of ``level`` on ``texts`` (``options`` as :meth:`Tokenizer.fit`,
+    plus ``subword_model`` and ``vocab_size`` for the subword level)."""
+    cls = _level_class(level)
+    if cls is Tokenizer:
+        options.pop("subword_model", None)
+        options.pop("vocab_size", None)
+    return cls.fit(texts, level, **options)
+
+
+def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer") -> Tokenizer:
+    """Rebuild a saved tokenizer of any level."""
+    level = data.get("level") if isinstance(data, dict) else None
+    cls = _level_class(level) if level in LEVELS else Tokenizer
+    return cls.from_dict(data, source)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Read a tokenizer JSON file of any level."""
+    return Tokenizer.load(path)

@@ -37,15 +37,17 @@ import numpy as np
 from textgen import __version__, checkpoint
 from textgen import config as config_mod
 from textgen._tf import keras, tensorflow
-from textgen.config import Config
+from textgen.config import Config, TrainConfig
 from textgen.data import Examples, Prepared, prepare
 from textgen.errors import DataError, TextgenError, UsageError
-from textgen.model import build_model, count_params, training_forward
+from textgen.model import build_model, count_params, init_uniform, sync_tied, training_forward
 from textgen.progress import Reporter
 
 HISTORY_FIELDS = (
     "epoch", "loss", "val_loss", "perplexity", "bits_per_token", "tokens_per_s", "seconds",
+    "elapsed", "learning_rate",
 )  # fmt: skip
+LOGS = "logs"  # TensorBoard event files, under the run directory
 RUN_MARKERS = (
     checkpoint.METADATA,
     checkpoint.STATE,
@@ -75,6 +77,7 @@ class TrainResult:
     best_epoch: int = 0
     best_loss: float = math.inf
     stopped_early: bool = False
+    out_of_time: bool = False  # stopped by train.max_minutes
     params: int = 0
     metric: str = "loss"  # what "best" is judged by: val_loss, or loss without validation
 
@@ -149,33 +152,71 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _batches(examples: Examples, batch_size: int, seed: int, epoch: int, start: int) -> Iterator:
-    """Batches of epoch ``epoch`` (from 1) in a permutation fixed by ``(seed, epoch)``."""
+def scheduled_learning_rate(cfg: TrainConfig, epoch: int, plateau_scale: float) -> float:
+    """The learning rate of ``epoch`` (from 1): multiplied by ``lr_decay`` once per epoch
+    after the first ``lr_decay_after`` epochs, times the reduce-on-plateau factor so far."""
+    decays = max(0, epoch - cfg.lr_decay_after) if cfg.lr_decay < 1.0 else 0
+    return cfg.learning_rate * cfg.lr_decay**decays * plateau_scale
+
+
+def steps_per_epoch(examples: Examples, batch_size: int, carry_state: bool) -> int:
+    """Batches per epoch: all examples, or whole rounds of the parallel streams (carry)."""
+    if carry_state:
+        return len(examples) // min(batch_size, len(examples))
+    return math.ceil(len(examples) / batch_size)
+
+
+def _batches(
+    examples: Examples, batch_size: int, seed: int, epoch: int, start: int, carry: bool = False
+) -> Iterator:
+    """Batches of epoch ``epoch`` (from 1) from step ``start``.
+
+    Shuffled: a permutation fixed by ``(seed, epoch)``. Carried state (truncated BPTT):
+    the consecutive windows form ``batch_size`` parallel streams, row ``b`` of batch ``i``
+    is window ``i`` of stream ``b``, so each batch continues the one before; the windows
+    left over when the count does not divide are not used.
+    """
+    steps = steps_per_epoch(examples, batch_size, carry)
+    if carry:
+        rows = min(batch_size, len(examples))
+        for step in range(start, steps):
+            idx = np.arange(rows) * steps + step
+            yield step + 1, examples.inputs[idx], examples.targets[idx]
+        return
     order = np.random.default_rng([seed, epoch]).permutation(len(examples))
-    steps = math.ceil(len(examples) / batch_size)
     for step in range(start, steps):
         idx = np.sort(order[step * batch_size : (step + 1) * batch_size])
         yield step + 1, examples.inputs[idx], examples.targets[idx]
 
 
 class _Steps:
-    """The compiled training and evaluation steps for one model and optimizer."""
+    """The compiled training and evaluation steps for one model and optimizer.
 
-    def __init__(self, model: Any, optimizer: Any, forward: Any, jit: bool) -> None:
+    With a carried state every step takes the state ``(layers, 2, batch, units)`` the
+    previous batch left and returns the new one; otherwise each batch starts from zeros.
+    """
+
+    def __init__(
+        self, model: Any, optimizer: Any, forward: Any, jit: bool, state_shape: tuple | None
+    ) -> None:
         tf = tensorflow()
         spec = tf.TensorSpec([None, None], tf.int32)
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer, self.state_shape = model, optimizer, state_shape
+        carry = state_shape is not None
+        state_spec = tf.TensorSpec([state_shape[0], 2, None, state_shape[1]] if carry else [])
 
-        def token_loss(x: Any, y: Any, training: bool) -> tuple[Any, Any]:
-            logits = forward(x, training)
+        def token_loss(x: Any, y: Any, state: Any, training: bool) -> tuple[Any, Any, Any]:
+            layers = [(state[i, 0], state[i, 1]) for i in range(state_shape[0])] if carry else None
+            logits, new = forward(x, training, layers)
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
             mask = tf.cast(tf.not_equal(x, 0), ce.dtype)  # padding predicts nothing
-            return tf.reduce_sum(ce * mask), tf.reduce_sum(mask)
+            new_state = tf.stack([tf.stack(pair) for pair in new]) if carry else state
+            return tf.reduce_sum(ce * mask), tf.reduce_sum(mask), new_state
 
-        @tf.function(input_signature=[spec, spec], jit_compile=jit)
-        def train_step(x: Any, y: Any) -> tuple[Any, Any, Any]:
+        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit)
+        def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
             with tf.GradientTape() as tape:
-                total, count = token_loss(x, y, True)
+                total, count, new_state = token_loss(x, y, state, True)
                 loss = total / tf.maximum(count, 1.0)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply(grads, model.trainable_variables)
@@ -183,21 +224,36 @@ class _Steps:
             finite = tf.reduce_all(
                 [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
             )
-            return total, count, finite
+            return total, count, finite, new_state
 
-        @tf.function(input_signature=[spec, spec], jit_compile=jit)
-        def eval_step(x: Any, y: Any) -> tuple[Any, Any]:
-            return token_loss(x, y, False)
+        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit)
+        def eval_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any]:
+            return token_loss(x, y, state, False)
 
         self.train_step, self.eval_step = train_step, eval_step
+
+    def zero_state(self, batch: int) -> np.ndarray:
+        """The state a stream starts from (a placeholder when no state is carried)."""
+        if self.state_shape is None:
+            return np.zeros((), np.float32)
+        layers, units = self.state_shape
+        return np.zeros((layers, 2, batch, units), np.float32)
 
     def evaluate(self, examples: Examples, batch_size: int) -> float:
         """Mean loss per predicted token over ``examples`` (exact, not a mean of batches)."""
         total = count = 0.0
+        if self.state_shape is not None:  # parallel streams, state carried through each
+            state = self.zero_state(min(batch_size, len(examples)))
+            for _, x, y in _batches(examples, batch_size, 0, 0, 0, carry=True):
+                t, c, state = self.eval_step(x, y, state)
+                total, count = total + float(t), count + float(c)
+            return total / max(count, 1.0)
+        none = self.zero_state(0)
         for start in range(0, len(examples), batch_size):
-            t, c = self.eval_step(
+            t, c, _ = self.eval_step(
                 examples.inputs[start : start + batch_size],
                 examples.targets[start : start + batch_size],
+                none,
             )
             total, count = total + float(t), count + float(c)
         return total / max(count, 1.0)
@@ -214,13 +270,26 @@ class _Run:
         k.utils.set_random_seed(config.train.seed)
         tf.config.experimental.enable_op_determinism()
         mask = config.data.mode == "lines"
+        cfg = config.train
         self.model = build_model(config.model, len(prepared.tokenizer.vocab), mask_padding=mask)
-        self.optimizer = k.optimizers.Adam(
-            learning_rate=config.train.learning_rate, global_clipnorm=config.train.clipnorm or None
-        )
+        if config.model.init_scale > 0:
+            init_uniform(self.model, config.model.init_scale, cfg.seed)
+        clip = cfg.clipnorm or None
+        if cfg.optimizer == "sgd":
+            self.optimizer = k.optimizers.SGD(
+                learning_rate=cfg.learning_rate, momentum=cfg.momentum, global_clipnorm=clip
+            )
+        else:
+            self.optimizer = k.optimizers.Adam(learning_rate=cfg.learning_rate, global_clipnorm=clip)
         self.optimizer.build(self.model.trainable_variables)
         forward = training_forward(self.model, config.model, mask_padding=mask)
-        self.steps = _Steps(self.model, self.optimizer, forward, config.train.jit_compile)
+        state_shape = (config.model.layers, config.model.units) if cfg.carry_state else None
+        self.steps = _Steps(self.model, self.optimizer, forward, cfg.jit_compile, state_shape)
+        self.carry = self.steps.zero_state(min(cfg.batch_size, len(prepared.train)))
+        self.lr_scale = 1.0  # reduce-on-plateau factor so far
+        self.elapsed = 0.0  # training seconds, summed over resumes
+        self.global_step = 0
+        self.writer: Any = None
         self.result = TrainResult(
             run_dir,
             params=count_params(self.model),
@@ -234,12 +303,20 @@ class _Run:
         self.last_best_save = -math.inf
 
     # -- state ---------------------------------------------------------------------------
+    def learning_rate(self) -> float:
+        return scheduled_learning_rate(self.config.train, self.epoch, self.lr_scale)
+
     def save_state(self) -> None:
         """Write ``last.npz``: all variables plus where training stands."""
+        if self.config.model.tie_weights:
+            sync_tied(self.model)
         info = {
             "epoch": self.epoch,
             "step": self.step,
             "wait": self.wait,
+            "lr_scale": self.lr_scale,
+            "elapsed": self.elapsed,
+            "global_step": self.global_step,
             "total": self.total,
             "count": self.count,
             "history": self.result.history,
@@ -253,6 +330,7 @@ class _Run:
             [np.asarray(v) for v in self.model.variables],
             [np.asarray(v) for v in self.optimizer.variables],
             info,
+            {"carry": np.asarray(self.carry)},
         )
 
     def restore_state(self) -> None:
@@ -265,9 +343,15 @@ class _Run:
                 raise DataError(f"{self.run_dir / checkpoint.STATE} does not match this {name}")
             for variable, value in zip(mine, theirs, strict=True):
                 variable.assign(value)
-        # a --set on resume may change the learning rate; the config wins over the saved one
-        self.optimizer.learning_rate.assign(self.config.train.learning_rate)
         self.epoch, self.step, self.wait = info["epoch"], info["step"], info["wait"]
+        self.lr_scale = info.get("lr_scale", 1.0)
+        self.elapsed = info.get("elapsed", 0.0)
+        self.global_step = info.get("global_step", 0)
+        carry = info.get("arrays", {}).get("carry")
+        if carry is not None and carry.shape == np.shape(self.carry):
+            self.carry = carry
+        # a --set on resume may change the learning rate; the config wins over the saved one
+        self.optimizer.learning_rate.assign(self.learning_rate())
         self.total, self.count = info["total"], info["count"]
         self.result.history = info["history"]
         self.result.best_epoch = info["best_epoch"]
@@ -284,6 +368,8 @@ class _Run:
             self.pending_weights = None
             self._write_best()
         else:
+            if self.config.model.tie_weights:
+                sync_tied(self.model)
             self.pending_weights = self.model.get_weights()
 
     def flush(self) -> None:
@@ -298,6 +384,8 @@ class _Run:
 
     def _write_best(self) -> None:
         """Write the bundle (config, model, weights, metadata) for the model's weights."""
+        if self.config.model.tie_weights:
+            sync_tied(self.model)
         data, prepared = self.config.data, self.prepared
         checkpoint.save_bundle(
             self.run_dir,
@@ -320,19 +408,50 @@ class _Run:
         self.last_best_save = time.monotonic()
 
     # -- the loop ------------------------------------------------------------------------
+    def _log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        """Write TensorBoard scalars (``tensorboard --logdir runs`` shows them).
+
+        TensorFlow writes the event files itself; the ``tensorboard`` package is needed
+        only to view them, so it is not a dependency.
+        """
+        tf = tensorflow()
+        if self.writer is None:
+            from tensorflow.core.framework import summary_pb2
+
+            self.writer = tf.summary.create_file_writer(str(self.run_dir / LOGS))
+            plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+            self.scalar_meta = summary_pb2.SummaryMetadata(plugin_data=plugin)
+        with self.writer.as_default():
+            for name, value in scalars.items():
+                if math.isfinite(value):
+                    tf.summary.write(
+                        name, tf.constant(value, tf.float32), step=step, metadata=self.scalar_meta
+                    )
+
+    def _out_of_time(self, since: float) -> bool:
+        limit = self.config.train.max_minutes * 60.0
+        return bool(limit) and self.elapsed + time.perf_counter() - since >= limit
+
     def fit(self, reporter: Reporter, signals: _Signals) -> TrainResult:
         cfg, prepared, result = self.config.train, self.prepared, self.result
         tokens = prepared.train.num_tokens
+        steps = steps_per_epoch(prepared.train, cfg.batch_size, cfg.carry_state)
         patience = cfg.patience if prepared.val is not None else 0
-        while self.epoch <= cfg.epochs:
+        out_of_time = False
+        while self.epoch <= cfg.epochs and not out_of_time:
             reporter.epoch_start(self.epoch, self.step)
+            lr = self.learning_rate()
+            self.optimizer.learning_rate.assign(lr)
             t0 = time.perf_counter()
+            first_step = self.step
             if self.step == 0:
                 self.total = self.count = 0.0
-            for step, x, y in _batches(
-                prepared.train, cfg.batch_size, cfg.seed, self.epoch, self.step
-            ):
-                t, c, finite = self.steps.train_step(x, y)
+                self.carry = self.steps.zero_state(np.shape(self.carry)[2] if cfg.carry_state else 0)
+            batches = _batches(
+                prepared.train, cfg.batch_size, cfg.seed, self.epoch, self.step, cfg.carry_state
+            )
+            for step, x, y in batches:
+                t, c, finite, carry = self.steps.train_step(x, y, self.carry)
                 t, c = float(t), float(c)
                 if not (math.isfinite(t) and bool(finite)):
                     what = f"loss became {t}" if not math.isfinite(t) else "weights became NaN/inf"
@@ -340,14 +459,22 @@ class _Run:
                         f"{what} at epoch {self.epoch}, step {step}; stopped. The last good "
                         f"checkpoint in {self.run_dir} is kept (try a lower learning_rate)"
                     )
-                self.step = step
+                self.carry = carry.numpy() if cfg.carry_state else self.carry
+                self.step, self.global_step = step, self.global_step + 1
                 self.total, self.count = self.total + t, self.count + c
                 reporter.step(step, self.total / max(self.count, 1.0))
+                if cfg.log_every_steps and self.global_step % cfg.log_every_steps == 0:
+                    self._log_scalars({"step/loss": t / max(c, 1.0)}, self.global_step)
                 if signals.received is not None:
+                    self.elapsed += time.perf_counter() - t0
                     self.interrupt(reporter, signals.received)
                 if cfg.save_every_steps and step % cfg.save_every_steps == 0:
                     self.save_state()
+                if self._out_of_time(t0):
+                    out_of_time = True
+                    break
             seconds = time.perf_counter() - t0
+            self.elapsed += seconds
             loss = self.total / self.count if self.count else math.nan
             val = self.steps.evaluate(prepared.val, cfg.batch_size) if prepared.val else math.nan
             # The running loss was measured before each update, so it cannot judge the weights
@@ -358,28 +485,46 @@ class _Run:
                     f"loss became {score} at the end of epoch {self.epoch}; stopped. The last "
                     f"good checkpoint in {self.run_dir} is kept (try a lower learning_rate)"
                 )
+            done = (self.step - first_step) / steps
             row = {
                 "epoch": self.epoch,
                 "loss": loss,
                 "val_loss": val,
                 "perplexity": math.exp(min(score, 700.0)),
                 "bits_per_token": score / math.log(2),
-                "tokens_per_s": tokens / seconds,
+                "tokens_per_s": tokens * done / seconds,
                 "seconds": seconds,
+                "elapsed": self.elapsed,
+                "learning_rate": lr,
             }
             result.history.append(row)
             reporter.epoch_end(self.epoch, row)
+            self._log_scalars(
+                {"epoch/loss": loss, "epoch/val_loss": val, "epoch/learning_rate": lr},
+                self.epoch,
+            )
             improved = score < result.best_loss
             if improved:
                 result.best_loss, result.best_epoch, self.wait = score, self.epoch, 0
             else:
                 self.wait += 1
+                if cfg.plateau_factor < 1.0:
+                    self.lr_scale *= cfg.plateau_factor
+                    self.log(f"no improvement: learning rate x{cfg.plateau_factor:g}")
             checkpoint.atomic_write_text(
                 self.run_dir / checkpoint.HISTORY, _history_csv(result.history)
             )
-            self.epoch, self.step = self.epoch + 1, 0
+            if out_of_time and self.step < steps:
+                result.out_of_time = True
+                self.log(
+                    f"time budget of {cfg.max_minutes:g} min reached at epoch {self.epoch}, "
+                    f"step {self.step}/{steps}"
+                )
+            else:
+                self.epoch, self.step = self.epoch + 1, 0
+                result.out_of_time = out_of_time
             if improved:
-                self.mark_best(final=self.epoch > cfg.epochs)
+                self.mark_best(final=self.epoch > cfg.epochs or out_of_time)
             self.save_state()
             if patience and self.wait >= patience:
                 result.stopped_early = True
@@ -391,6 +536,8 @@ class _Run:
             if signals.received is not None:
                 self.interrupt(reporter, signals.received)
         self.flush()
+        if self.writer is not None:
+            self.writer.flush()
         return result
 
     def interrupt(self, reporter: Reporter, signum: int) -> None:
@@ -429,9 +576,10 @@ def train(
         _check_same_corpus(run_dir, prepared)
     else:
         _prepare_run_dir(run_dir, overwrite)
-    config = replace(
-        config, data=replace(config.data, corpus=str(Path(config.data.corpus).resolve()))
-    )
+    absolute = {"corpus": str(Path(config.data.corpus).resolve())}
+    if config.data.valid_corpus:
+        absolute["valid_corpus"] = str(Path(config.data.valid_corpus).resolve())
+    config = replace(config, data=replace(config.data, **absolute))
     if progress is None:
         progress = sys.stderr.isatty()
     if prepared.split_lines:
@@ -449,7 +597,7 @@ def train(
         checkpoint.atomic_write_text(run_dir / checkpoint.TOKENIZER, prepared.tokenizer.to_json())
     reporter = Reporter(
         epochs=config.train.epochs,
-        steps=math.ceil(len(prepared.train) / config.train.batch_size),
+        steps=steps_per_epoch(prepared.train, config.train.batch_size, config.train.carry_state),
         tokens_per_epoch=prepared.train.num_tokens,
         bars=progress,
         log=log,

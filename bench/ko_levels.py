@@ -1,0 +1,91 @@
+"""Korean tokenization levels compared on the same held-out text (BENCHMARKS.md table).
+
+For each ``configs/ko-constitution-LEVEL.toml`` (same model, same training-time budget):
+train it with ``textgen train``, score the held-out 10% with ``textgen eval --valid``
+(bits per character of the NFC text, the yardstick every level shares), and sample three
+continuations of "대한민국은". Prints a Markdown table and the samples.
+
+    python bench/ko_levels.py                 # all levels, runs under runs/bench-ko/
+    python bench/ko_levels.py jamo char       # some of them
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LEVELS = ("word", "char", "jamo", "bpe", "unigram", "morpheme")
+SEED = "대한민국은"
+
+
+def textgen(*args: str) -> str:
+    cmd = [sys.executable, "-m", "textgen", *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def loose_jamo(text: str) -> int:
+    return sum(0x1100 <= ord(c) <= 0x11FF for c in text)
+
+
+def run_level(level: str, runs: Path) -> dict[str, object]:
+    config = ROOT / "configs" / f"ko-constitution-{level}.toml"
+    run_dir = runs / level
+    t0 = time.perf_counter()
+    textgen("train", "--config", str(config), "--out", str(run_dir), "--overwrite", "--quiet")
+    wall = time.perf_counter() - t0
+    with open(run_dir / "history.csv", encoding="utf-8") as fh:
+        history = list(csv.DictReader(fh))
+    scores = json.loads(textgen("eval", "--model", str(run_dir), "--valid", "--format", "json"))
+    valid = scores["validation"]
+    vocab = len(json.loads((run_dir / "tokenizer.json").read_text(encoding="utf-8"))["vocab"])
+    samples = textgen(
+        "generate", "--model", str(run_dir), "--seed", SEED, "--length", "60",
+        "--strategy", "sample", "--temperature", "0.7", "-n", "3", "--rng-seed", "1",
+    ).splitlines()  # fmt: skip
+    return {
+        "level": level,
+        "vocab": vocab,
+        "epochs": len(history),
+        "train_minutes": float(history[-1]["elapsed"]) / 60,
+        "wall_minutes": wall / 60,
+        "tokens": valid["tokens"],
+        "bits_per_char": valid["bits_per_char"],
+        "oov_rate": valid["oov_rate"],
+        "samples": samples,
+        "loose_jamo": sum(loose_jamo(s) for s in samples),
+    }
+
+
+def main() -> None:
+    levels = sys.argv[1:] or list(LEVELS)
+    runs = ROOT / "runs" / "bench-ko"
+    rows = []
+    for level in levels:
+        row = run_level(level, runs)
+        rows.append(row)
+        print(f"{level}: {row['bits_per_char']:.3f} bits/char", file=sys.stderr, flush=True)
+    print("| level | vocabulary | epochs | training min | held-out tokens | bits/char | OOV |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['level']} | {r['vocab']:,} | {r['epochs']} | {r['train_minutes']:.2f} | "
+            f"{r['tokens']:,} | {r['bits_per_char']:.3f} | {r['oov_rate']:.1%} |"
+        )
+    print()
+    for r in rows:
+        print(f"**{r['level']}** (loose jamo in samples: {r['loose_jamo']})")
+        for sample in r["samples"]:
+            print(f"- {sample}")
+        print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Training curves: a run's ``history.csv`` → a PNG of train and validation loss.
+
+matplotlib is an optional extra (``pip install 'textgen[plot]'``); without it the command
+says how to install it. Nothing here needs TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from textgen.checkpoint import HISTORY
+from textgen.errors import DataError, UsageError
+
+X_AXES = {"epoch": ("epoch", "epoch"), "time": ("elapsed", "training time (minutes)")}
+
+
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of ``run_dir/history.csv`` as floats (NaN where a value is missing)."""
+    path = run_dir / HISTORY
+    if not path.is_file():
+        raise DataError(f"{path} not found: the run has not finished an epoch yet")
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = [
+                {key: _number(value) for key, value in row.items() if key is not None}
+                for row in csv.DictReader(fh)
+            ]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path} is not a readable history file ({err})") from None
+    if not rows or "loss" not in rows[0]:
+        raise DataError(f"{path} has no epochs recorded")
+    return rows
+
+
+def _number(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def plot_history(run_dir: Path, out: Path, x_axis: str = "epoch") -> Path:
+    """Draw loss and validation loss per epoch (or per minute of training) into ``out``."""
+    rows = read_history(run_dir)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, never a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError(
+            "textgen plot needs matplotlib: pip install 'textgen[plot]' (or pip install matplotlib)"
+        ) from None
+    key, label = X_AXES[x_axis]
+    xs = [row.get(key, math.nan) / (60.0 if x_axis == "time" else 1.0) for row in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.plot(xs, [row["loss"] for row in rows], marker="o", markersize=3, label="train loss")
+    val = [row.get("val_loss", math.nan) for row in rows]
+    if any(math.isfinite(v) for v in val):
+        ax.plot(xs, val, marker="o", markersize=3, label="validation loss")
+    ax.set_xlabel(label)
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

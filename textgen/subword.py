@@ -1,0 +1,158 @@
+"""Subword level: a sentencepiece model (BPE or unigram) trained on the training split.
+
+sentencepiece is configured so that its ids *are* textgen's ids (``<pad>`` = 0, ``<unk>`` =
+1, ``<eos>`` = 2, no ``<s>``) and so that decoding is lossless: no normalization rule, no
+whitespace folding, no dummy prefix, every character covered and byte fallback for
+characters never seen in training. Spaces become the piece marker ``▁``, so the one
+character that does not survive a round trip is a literal U+2581 (``▁``), which reads
+back as a space.
+
+The trained model is stored inside ``tokenizer.json`` (base64 of its serialized proto),
+so a run directory stays self-contained and its checksums cover it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from textgen.errors import DataError, UsageError
+from textgen.tokenizers import FORMAT_VERSION, Tokenizer
+from textgen.vocab import EOS, PAD, UNK, Vocab
+
+MAX_SENTENCE_BYTES = 1 << 16  # longer lines are cut for training the pieces only
+
+
+def _spm() -> Any:
+    try:
+        import sentencepiece
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise UsageError(
+            "the subword level needs sentencepiece: pip install sentencepiece"
+        ) from None
+    return sentencepiece
+
+
+class SubwordTokenizer(Tokenizer):
+    """A :class:`Tokenizer` whose tokens are sentencepiece pieces."""
+
+    def __init__(self, model_proto: bytes, subword_model: str, normalize: str = "nfc") -> None:
+        self.model_proto = model_proto
+        self.subword_model = subword_model
+        self.processor = _spm().SentencePieceProcessor(model_proto=model_proto)
+        pieces = [self.processor.id_to_piece(i) for i in range(self.processor.get_piece_size())]
+        super().__init__("subword", Vocab(pieces), normalize=normalize)
+
+    # -- text ↔ tokens -------------------------------------------------------------------
+    def split(self, text: str) -> list[str]:
+        return self.processor.encode(self.normalize_text(text), out_type=str)
+
+    def join(self, tokens: Iterable[str]) -> str:
+        return self.processor.decode_pieces(list(tokens))
+
+    def encode(self, text: str, *, eos: bool = False) -> np.ndarray:
+        ids = self.processor.encode(self.normalize_text(text))
+        if eos:
+            ids.append(self.eos_id)
+        return np.asarray(ids, dtype=np.int32)
+
+    def unknown_tokens(self, text: str) -> list[str]:
+        return []  # byte fallback: every character has pieces
+
+    def decode(self, ids: Iterable[int]) -> str:
+        skip = {0, self.eos_id}
+        return self.processor.decode([int(i) for i in ids if int(i) not in skip])
+
+    def unstable_tail(self, text: str) -> int:
+        # an unfinished UTF-8 sequence of byte pieces decodes as U+FFFD until it completes
+        return 1 if text.endswith("\ufffd") else 0
+
+    # -- training and persistence ---------------------------------------------------------
+    @classmethod
+    def fit(  # type: ignore[override]
+        cls,
+        texts: Iterable[str],
+        level: str = "subword",
+        *,
+        eos: bool = True,
+        subword_model: str = "unigram",
+        vocab_size: int = 1000,
+        normalize: str = "nfc",
+        **_ignored: Any,
+    ) -> SubwordTokenizer:
+        """Train a sentencepiece model on the lines of ``texts``."""
+        import unicodedata
+
+        form = normalize.upper()
+        lines = [
+            unicodedata.normalize(form, line)[: MAX_SENTENCE_BYTES // 4]
+            for text in texts
+            for line in text.splitlines()
+            if line.strip()
+        ]
+        if not lines:
+            raise DataError("no text to train subword pieces on")
+        model = io.BytesIO()
+        try:
+            _spm().SentencePieceTrainer.train(
+                sentence_iterator=iter(lines),
+                model_writer=model,
+                model_type=subword_model,
+                vocab_size=vocab_size,
+                hard_vocab_limit=False,  # a small corpus may not fill vocab_size
+                character_coverage=1.0,
+                byte_fallback=True,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                split_digits=True,
+                max_sentence_length=MAX_SENTENCE_BYTES,
+                pad_id=0,
+                unk_id=1,
+                eos_id=2,
+                bos_id=-1,
+                pad_piece=PAD,
+                unk_piece=UNK,
+                eos_piece=EOS,
+                num_threads=2,
+                minloglevel=2,
+            )
+        except RuntimeError as err:
+            need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(err))
+            if need:
+                raise DataError(
+                    f"data.vocab_size = {vocab_size} is too small for this corpus: its "
+                    f"characters, 256 byte pieces and 3 specials need at least {need.group(1)}"
+                ) from None
+            raise DataError(
+                f"sentencepiece could not train {subword_model} pieces: {err}"
+            ) from None
+        return cls(model.getvalue(), subword_model, normalize)
+
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() | {
+            "subword_model": self.subword_model,
+            "sentencepiece": base64.b64encode(self.model_proto).decode("ascii"),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "tokenizer") -> SubwordTokenizer:
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            return Tokenizer.from_dict(data, source)  # raises the right error
+        try:
+            tok = cls(
+                base64.b64decode(data["sentencepiece"], validate=True),
+                data["subword_model"],
+                data["normalize"],
+            )
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise DataError(f"{source}: malformed subword tokenizer ({err})") from None
+        if list(tok.vocab.tokens) != data.get("vocab"):
+            raise DataError(f"{source}: the vocabulary does not match the sentencepiece model")
+        return tok
