@@ -15,8 +15,8 @@ PyTorch do instead:
   (``sigmoid(z) = (tanh(z/2) + 1)/2``, the halving folded into the weights, exact).
 
 It is numerically the same LSTM as ``keras.layers.LSTM`` (gates i, f, c, o; zero initial
-state unless one is given; masked steps keep the previous state), so ``model.keras`` stays a plain Keras
-model. Tests compare outputs and gradients with Keras'.
+state unless one is given; masked steps keep the previous state), so ``model.keras``
+stays a plain Keras model. Tests compare outputs and gradients with Keras'.
 """
 
 from __future__ import annotations

@@ -6,10 +6,12 @@ non-recurrent connections only (Zaremba et al. 2014): on the embeddings
 (``input_dropout``), between recurrent layers (``dropout``) and before the logits
 (``output_dropout``). With ``tie_weights`` the output projection is the embedding matrix:
 training uses the embedding's transpose, and the Dense kernel holds a copy of it whenever
-the model is saved, so a saved model stays a plain Keras model. In ``lines`` mode the embedding masks id 0, so the
-pre-padding neither changes the recurrent state nor counts in the loss: a padded line and
-the same line fed alone from a zero state give the same outputs, which is what lets
-generation run statefully without any padding.
+the model is saved, so a saved model stays a plain Keras model.
+
+In ``lines`` mode the embedding masks id 0, so the pre-padding neither changes the
+recurrent state nor counts in the loss: a padded line and the same line fed alone from a
+zero state give the same outputs, which is what lets generation run statefully without
+any padding.
 
 :func:`to_numpy` turns a trained model into its one-step twin (:class:`NumpyLM`).
 """
@@ -109,7 +111,9 @@ def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any
     embedding = model.get_layer("embedding")
     dense = model.get_layer("logits")
     layers = [model.get_layer(f"rnn_{i}") for i in range(cfg.layers)]
-    drop = {i: model.get_layer(f"dropout_{i}") for i in range(cfg.layers) if f"dropout_{i}" in names}
+    drop = {
+        i: model.get_layer(f"dropout_{i}") for i in range(cfg.layers) if f"dropout_{i}" in names
+    }
     drop_out = model.get_layer("dropout_out") if "dropout_out" in names else None
     lstm = cfg.cell == "lstm"
 

@@ -280,7 +280,9 @@ class _Run:
                 learning_rate=cfg.learning_rate, momentum=cfg.momentum, global_clipnorm=clip
             )
         else:
-            self.optimizer = k.optimizers.Adam(learning_rate=cfg.learning_rate, global_clipnorm=clip)
+            self.optimizer = k.optimizers.Adam(
+                learning_rate=cfg.learning_rate, global_clipnorm=clip
+            )
         self.optimizer.build(self.model.trainable_variables)
         forward = training_forward(self.model, config.model, mask_padding=mask)
         state_shape = (config.model.layers, config.model.units) if cfg.carry_state else None
@@ -446,7 +448,9 @@ class _Run:
             first_step = self.step
             if self.step == 0:
                 self.total = self.count = 0.0
-                self.carry = self.steps.zero_state(np.shape(self.carry)[2] if cfg.carry_state else 0)
+                self.carry = self.steps.zero_state(
+                    np.shape(self.carry)[2] if cfg.carry_state else 0
+                )
             batches = _batches(
                 prepared.train, cfg.batch_size, cfg.seed, self.epoch, self.step, cfg.carry_state
             )
