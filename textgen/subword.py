@@ -3,9 +3,10 @@
 sentencepiece is configured so that its ids *are* textgen's ids (``<pad>`` = 0, ``<unk>`` =
 1, ``<eos>`` = 2, no ``<s>``) and so that decoding is lossless: no normalization rule, no
 whitespace folding, no dummy prefix, every character covered and byte fallback for
-characters never seen in training. Spaces become the piece marker ``▁``, so the one
-character that does not survive a round trip is a literal U+2581 (``▁``), which reads
-back as a space.
+characters never seen in training. sentencepiece writes spaces as the piece marker ``▁``
+(U+2581), so a literal U+2581 in the text is escaped first (as ``ESC`` + ``s``, and ``ESC``
+itself as ``ESC`` + ``e``, with ``ESC`` a private-use character) and unescaped after
+decoding: ``decode(encode(x)) == x`` for every NFC string.
 
 The trained model is stored inside ``tokenizer.json`` (base64 of its serialized proto),
 so a run directory stays self-contained and its checksums cover it.
@@ -26,6 +27,22 @@ from textgen.tokenizers import FORMAT_VERSION, Tokenizer
 from textgen.vocab import EOS, PAD, UNK, Vocab
 
 MAX_SENTENCE_BYTES = 1 << 16  # longer lines are cut for training the pieces only
+ESC = "\U0010fffd"  # private use: escapes U+2581 (sentencepiece's space mark) and itself
+_ESCAPES = {ESC + "e": ESC, ESC + "s": "\u2581"}
+
+
+def escape(text: str) -> str:
+    """Make ``text`` free of U+2581 so sentencepiece's space mark is unambiguous."""
+    if ESC in text:
+        text = text.replace(ESC, ESC + "e")
+    return text.replace("\u2581", ESC + "s") if "\u2581" in text else text
+
+
+def unescape(text: str) -> str:
+    """Undo :func:`escape` (a lone ``ESC`` a model generated stays as it is)."""
+    if ESC not in text:
+        return text
+    return re.sub(ESC + "[es]", lambda m: _ESCAPES[m.group(0)], text)
 
 
 def _spm() -> Any:
@@ -49,11 +66,14 @@ class SubwordTokenizer(Tokenizer):
         super().__init__("subword", Vocab(pieces), normalize=normalize)
 
     # -- text ↔ tokens -------------------------------------------------------------------
+    def normalize_text(self, text: str) -> str:
+        return escape(super().normalize_text(text))
+
     def split(self, text: str) -> list[str]:
         return self.processor.encode(self.normalize_text(text), out_type=str)
 
     def join(self, tokens: Iterable[str]) -> str:
-        return self.processor.decode_pieces(list(tokens))
+        return unescape(self.processor.decode_pieces(list(tokens)))
 
     def encode(self, text: str, *, eos: bool = False) -> np.ndarray:
         ids = self.processor.encode(self.normalize_text(text))
@@ -66,7 +86,7 @@ class SubwordTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         skip = {0, self.eos_id}
-        return self.processor.decode([int(i) for i in ids if int(i) not in skip])
+        return unescape(self.processor.decode([int(i) for i in ids if int(i) not in skip]))
 
     def unstable_tail(self, text: str) -> int:
         # an unfinished UTF-8 sequence of byte pieces decodes as U+FFFD until it completes
