@@ -376,7 +376,12 @@ def info(run: str | None) -> None:
     meta = bundle.metadata
     click.echo(f"run: {bundle.run_dir}")
     tok, m = bundle.tokenizer, bundle.config.model
-    click.echo(f"level: {tok.level}, mode: {bundle.config.data.mode}, vocab: {len(tok.vocab)}")
+    level = tok.level
+    if tok.normalize == "nfd":
+        level += " (jamo: NFD)"
+    if tok.level == "subword":
+        level += f" ({bundle.config.data.subword_model})"
+    click.echo(f"level: {level}, mode: {bundle.config.data.mode}, vocab: {len(tok.vocab)}")
     click.echo(
         f"model: {m.layers}x{m.units} {m.cell}, embedding {m.embedding_dim}, "
         f"{meta.get('parameters')} parameters"

@@ -289,7 +289,8 @@ class _Run:
         self.steps = _Steps(self.model, self.optimizer, forward, cfg.jit_compile, state_shape)
         self.carry = self.steps.zero_state(min(cfg.batch_size, len(prepared.train)))
         self.lr_scale = 1.0  # reduce-on-plateau factor so far
-        self.elapsed = 0.0  # training seconds, summed over resumes
+        self.elapsed = 0.0  # training seconds of finished epoch segments, over resumes
+        self.segment_t0: float | None = None  # when the running epoch segment started
         self.global_step = 0
         self.writer: Any = None
         self.result = TrainResult(
@@ -317,7 +318,7 @@ class _Run:
             "step": self.step,
             "wait": self.wait,
             "lr_scale": self.lr_scale,
-            "elapsed": self.elapsed,
+            "elapsed": self.elapsed_now(),
             "global_step": self.global_step,
             "total": self.total,
             "count": self.count,
@@ -430,9 +431,14 @@ class _Run:
                         name, tf.constant(value, tf.float32), step=step, metadata=self.scalar_meta
                     )
 
-    def _out_of_time(self, since: float) -> bool:
+    def elapsed_now(self) -> float:
+        """Training seconds so far, the running epoch included (validation excluded)."""
+        running = time.perf_counter() - self.segment_t0 if self.segment_t0 is not None else 0.0
+        return self.elapsed + running
+
+    def _out_of_time(self) -> bool:
         limit = self.config.train.max_minutes * 60.0
-        return bool(limit) and self.elapsed + time.perf_counter() - since >= limit
+        return bool(limit) and self.elapsed_now() >= limit
 
     def fit(self, reporter: Reporter, signals: _Signals) -> TrainResult:
         cfg, prepared, result = self.config.train, self.prepared, self.result
@@ -444,7 +450,7 @@ class _Run:
             reporter.epoch_start(self.epoch, self.step)
             lr = self.learning_rate()
             self.optimizer.learning_rate.assign(lr)
-            t0 = time.perf_counter()
+            t0 = self.segment_t0 = time.perf_counter()
             first_step = self.step
             if self.step == 0:
                 self.total = self.count = 0.0
@@ -470,15 +476,14 @@ class _Run:
                 if cfg.log_every_steps and self.global_step % cfg.log_every_steps == 0:
                     self._log_scalars({"step/loss": t / max(c, 1.0)}, self.global_step)
                 if signals.received is not None:
-                    self.elapsed += time.perf_counter() - t0
                     self.interrupt(reporter, signals.received)
                 if cfg.save_every_steps and step % cfg.save_every_steps == 0:
                     self.save_state()
-                if self._out_of_time(t0):
+                if self._out_of_time():
                     out_of_time = True
                     break
             seconds = time.perf_counter() - t0
-            self.elapsed += seconds
+            self.elapsed, self.segment_t0 = self.elapsed + seconds, None
             loss = self.total / self.count if self.count else math.nan
             val = self.steps.evaluate(prepared.val, cfg.batch_size) if prepared.val else math.nan
             # The running loss was measured before each update, so it cannot judge the weights
