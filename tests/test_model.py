@@ -69,18 +69,3 @@ def test_dropout_sits_between_recurrent_layers_only():
     for layer in model.layers:
         if layer.name.startswith("rnn"):
             assert layer.recurrent_dropout == 0 and not layer.unroll
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_batch_split_over_two_threads_equals_one_call(cell):
-    lm = to_numpy(_model(cell))
-    ids = np.arange(1, 18) % 20  # 17 rows: an odd split
-    state = lm.run(ids[:, None])[1]
-    lm.threads = 1
-    one_logits, one_state = lm.step(ids, state)
-    lm.threads = 2
-    two_logits, two_state = lm.step(ids, state)
-    np.testing.assert_allclose(two_logits, one_logits, atol=1e-6)
-    for a, b in zip(one_state, two_state, strict=True):
-        for x, y in zip(a, b, strict=True):
-            np.testing.assert_allclose(y, x, atol=1e-6)

@@ -16,9 +16,7 @@ the weights (scaling by 0.5 is exact in floating point), so one ``tanh`` covers 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +25,6 @@ import numpy as np
 State = list[tuple[np.ndarray, ...]]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 TABLE_LIMIT = 1 << 24  # float32 entries (64 MiB) for the first layer's projection table
-SPLIT_ROWS = 8  # a decoding batch splits over two threads from 2 * SPLIT_ROWS rows
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -65,8 +62,6 @@ class NumpyLM:
         self.layers = layers
         self.out_kernel = np.asarray(out_kernel, dtype=np.float32)
         self.out_bias = np.asarray(out_bias, dtype=np.float32)
-        self.threads = min(2, os.cpu_count() or 1)
-        self._pool: ThreadPoolExecutor | None = None
         self._prepare()
 
     def _prepare(self) -> None:
@@ -181,33 +176,8 @@ class NumpyLM:
         return x @ self.out_kernel + self.out_bias, new_state
 
     def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """One token per sequence: ``ids`` (batch,) → logits (batch, vocab) and the new state.
-
-        A batch of at least ``2 * SPLIT_ROWS`` rows is split in two halves that step in
-        two threads at once (numpy releases the GIL inside its matrix products), so
-        several samples use both cores; the result is the same as one call.
-        """
+        """One token per sequence: ``ids`` (batch,) → logits (batch, vocab) and the new state."""
         ids = np.asarray(ids)
-        if self.threads > 1 and len(ids) >= 2 * SPLIT_ROWS:
-            return self._split_step(ids, state)
-        return self._step(ids, state)
-
-    def _split_step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        half = len(ids) // 2
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textgen-step")
-        second = self._pool.submit(
-            self._step, ids[half:], [tuple(a[half:] for a in s) for s in state]
-        )
-        logits_a, state_a = self._step(ids[:half], [tuple(a[:half] for a in s) for s in state])
-        logits_b, state_b = second.result()
-        merged = [
-            tuple(np.concatenate(pair) for pair in zip(a, b, strict=True))
-            for a, b in zip(state_a, state_b, strict=True)
-        ]
-        return np.concatenate([logits_a, logits_b]), merged
-
-    def _step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         new_state: State = []
         x = None
         for index, (layer, layer_state) in enumerate(zip(self._fast, state, strict=True)):
