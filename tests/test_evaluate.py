@@ -64,3 +64,28 @@ def test_eval_cli(toy_run, tmp_path):
         main, ["eval", "--model", str(toy_run), str(tmp_path / "none.txt")]
     )
     assert missing.exit_code == 1 and "corpus not found" in missing.stderr
+
+
+def test_eval_valid_reproduces_the_training_validation_loss(tmp_path):
+    """Blank lines are text too, and a window-trained model is scored in its windows."""
+    from textgen.checkpoint import load_bundle
+    from textgen.data import held_out_text
+    from textgen.evaluate import evaluate_text
+    from textgen.train import train
+
+    from .conftest import small_config
+
+    corpus = tmp_path / "play.txt"
+    corpus.write_text("ROMEO:\nO she doth teach\n\nJULIET:\ngood night\n\n" * 30, encoding="utf-8")
+    cfg = small_config(
+        corpus,
+        data={"level": "char", "mode": "stream", "seq_len": 12, "val_split": 0.2},
+        train={"epochs": 1, "jit_compile": False},
+    )
+    result = train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
+    bundle = load_bundle(tmp_path / "run")
+    held = held_out_text(bundle.config.data)
+    scored = evaluate_text(bundle, held)
+    assert scored.characters == len(held)  # blank lines and newlines counted
+    # training scores whole windows only; the eval also scores the short last window
+    assert abs(scored.cross_entropy - result.history[0]["val_loss"]) < 0.02

@@ -1,12 +1,16 @@
 """Held-out quality of a trained model: cross-entropy, perplexity, bits per character.
 
 Texts are tokenized exactly as in training. A ``stream`` model reads the text as one
-stream with ``<eos>`` after every line (word level) and carries its recurrent state
-through the whole text, the convention of the PTB literature (Zaremba et al. 2014). A
-``lines`` model reads each line from a zero state, as it was trained, and predicts every
-token after the first, ``<eos>`` included. Bits per character divide the total
-log-loss by the number of characters of the (NFC) text, newlines included, so models with
-different tokenizations compare on the same text.
+stream with ``<eos>`` after every line (word level). If it was trained with its state
+carried from batch to batch (``train.carry_state``) it carries its recurrent state
+through the whole text, the convention of the PTB literature (Zaremba et al. 2014);
+otherwise it reads consecutive windows of ``seq_len`` tokens from a zero state, as it was
+trained (the char-rnn / nanoGPT convention), because a model that never saw a state older
+than one window scores worse when the state runs on. A ``lines`` model reads each line
+from a zero state, as it was trained, and predicts every token after the first,
+``<eos>`` included. Bits per character divide the total
+log-loss by the number of characters of the whole (NFC) text, newlines and blank lines
+included, so models with different tokenizations compare on the same text.
 """
 
 from __future__ import annotations
@@ -80,21 +84,34 @@ def _score(bundle: Bundle, ids: np.ndarray) -> float:
 
 
 def evaluate_text(bundle: Bundle, text: str) -> Evaluation:
-    """Score one text with a loaded run."""
+    """Score one text with a loaded run.
+
+    Bits per character divide by the characters of the whole NFC text, blank lines and
+    newlines included (a final newline is assumed), whatever the level.
+    """
     tok = bundle.tokenizer
-    lines = [line for line in text.splitlines() if line.strip()]
-    characters = sum(len(unicodedata.normalize("NFC", line)) + 1 for line in lines)
+    if not text.endswith("\n"):
+        text += "\n"
+    characters = len(unicodedata.normalize("NFC", text))
     if bundle.line_mode:
         total = Evaluation(0, 0.0, characters, 0)
-        for line in lines:
+        for line in text.splitlines():
+            if not line.strip():
+                continue
             ids = tok.encode(line, eos=True)
             if len(ids) >= 2:
                 nll = _score(bundle, ids)
                 unknown = int(np.count_nonzero(ids[1:] == tok.vocab.unk_id))
                 total = total + Evaluation(len(ids) - 1, nll, 0, unknown)
         return total
-    ids = _stream_ids("\n".join(lines) + "\n", tok)
+    ids = _stream_ids(text, tok)  # the text as trained: blank lines are tokens at char level
     unknown = int(np.count_nonzero(ids[1:] == tok.vocab.unk_id))
-    return Evaluation(
-        max(len(ids) - 1, 0), _score(bundle, ids) if len(ids) >= 2 else 0.0, characters, unknown
-    )
+    if bundle.config.train.carry_state:
+        nll = _score(bundle, ids) if len(ids) >= 2 else 0.0
+    else:  # windows of seq_len inputs from a zero state, each scored on its next tokens
+        window = bundle.config.data.seq_len
+        nll = sum(
+            _score(bundle, ids[start : start + window + 1])
+            for start in range(0, len(ids) - 1, window)
+        )
+    return Evaluation(max(len(ids) - 1, 0), nll, characters, unknown)
