@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -166,10 +167,18 @@ def held_out_text(cfg: DataConfig) -> str:
     if cfg.val_split <= 0:
         return ""
     if cfg.mode == "lines":
-        lines = [line for line in text.splitlines() if line.strip()]
-        n_val = max(int(len(lines) * cfg.val_split), 1 if len(lines) >= 2 else 0)
-        return "\n".join(lines[len(lines) - n_val :]) + "\n" if n_val else ""
+        _, val_lines = _hold_out_lines([ln for ln in text.splitlines() if ln.strip()], cfg)
+        return "\n".join(val_lines) + "\n" if val_lines else ""
     return text[_split_point(text, cfg.val_split, cfg.level) :]
+
+
+def _hold_out_lines(lines: list[str], cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """(training lines, validation lines): the last ``val_split`` of them, at least one
+    when there is a split and two or more lines."""
+    n_val = int(len(lines) * cfg.val_split)
+    if cfg.val_split > 0 and n_val == 0 and len(lines) >= 2:
+        n_val = 1
+    return lines[: len(lines) - n_val], lines[len(lines) - n_val :]
 
 
 def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
@@ -183,17 +192,17 @@ def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
     valid_text = read_corpus(cfg.valid_corpus, cfg.encoding)[0] if cfg.valid_corpus else None
     given = tokenizer
     word_eos = cfg.mode == "lines" or cfg.level != "char"
-    fit = dict(
+    fit: dict[str, Any] = dict(
         level=cfg.level,
         eos=word_eos,
-        subword_model=cfg.subword_model,
-        vocab_size=cfg.vocab_size,
         max_vocab=cfg.max_vocab,
         min_freq=cfg.min_freq,
         lowercase=cfg.lowercase,
         strip_punctuation=cfg.strip_punctuation,
         normalize=cfg.normalize,
     )
+    if cfg.level == "subword":
+        fit |= dict(subword_model=cfg.subword_model, vocab_size=cfg.vocab_size)
     if cfg.mode == "lines":
         lines = [line for line in text.splitlines() if line.strip()]
         if valid_text is not None:
@@ -201,10 +210,7 @@ def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
             val_lines = [line for line in valid_text.splitlines() if line.strip()]
             lines = lines + val_lines
         else:
-            n_val = int(len(lines) * cfg.val_split)
-            if cfg.val_split > 0 and n_val == 0 and len(lines) >= 2:
-                n_val = 1
-            train_lines, val_lines = lines[: len(lines) - n_val], lines[len(lines) - n_val :]
+            train_lines, val_lines = _hold_out_lines(lines, cfg)
         tokenizer = given or fit_tokenizer(train_lines, **fit)
         _check_vocab(tokenizer, where)
         length = cfg.max_len or 1 + max(len(tokenizer.split(line)) for line in lines)

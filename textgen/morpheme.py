@@ -76,8 +76,4 @@ class MorphemeTokenizer(Tokenizer):
     @classmethod
     def fit(cls, texts: Iterable[str], level: str = "morpheme", **options: Any) -> Tokenizer:
         analyzer()  # fail early, with the install hint, before counting anything
-        options.pop("lowercase", None)
-        options.pop("strip_punctuation", None)
-        options.pop("subword_model", None)
-        options.pop("vocab_size", None)
         return super().fit(texts, "morpheme", **options)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from textgen.errors import DataError, UsageError
-from textgen.tokenizers import FORMAT_VERSION, Tokenizer
+from textgen.tokenizers import Tokenizer, check_format_version
 from textgen.vocab import EOS, PAD, UNK, Vocab
 
 MAX_SENTENCE_BYTES = 1 << 16  # longer lines are cut for training the pieces only
@@ -162,9 +162,7 @@ class SubwordTokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "tokenizer") -> SubwordTokenizer:
-        version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            return Tokenizer.from_dict(data, source)  # raises the right error
+        check_format_version(data, source)
         try:
             tok = cls(
                 base64.b64decode(data["sentencepiece"], validate=True),

@@ -52,6 +52,18 @@ class _PunctuationTable(dict):
 _PUNCT = _PunctuationTable()
 
 
+def check_format_version(data: dict[str, Any], source: str) -> None:
+    """Refuse a dict that is not a tokenizer this textgen can read."""
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise DataError(f"{source}: no format_version; not a textgen tokenizer")
+    if version > FORMAT_VERSION:
+        raise DataError(
+            f"{source}: format version {version} is newer than this textgen supports "
+            f"({FORMAT_VERSION}); upgrade textgen"
+        )
+
+
 def _is_hangul(ch: str) -> bool:
     code = ord(ch)
     return (
@@ -195,14 +207,7 @@ class Tokenizer:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "tokenizer") -> Tokenizer:
-        version = data.get("format_version")
-        if not isinstance(version, int):
-            raise DataError(f"{source}: no format_version; not a textgen tokenizer")
-        if version > FORMAT_VERSION:
-            raise DataError(
-                f"{source}: format version {version} is newer than this textgen supports "
-                f"({FORMAT_VERSION}); upgrade textgen"
-            )
+        check_format_version(data, source)
         try:
             return cls(
                 data["level"],
@@ -247,13 +252,9 @@ def _level_class(level: str) -> type[Tokenizer]:
 
 
 def fit_tokenizer(texts: Iterable[str], level: str, **options: Any) -> Tokenizer:
-    """Fit the tokenizer of ``level`` on ``texts`` (``options`` as :meth:`Tokenizer.fit`,
-    plus ``subword_model`` and ``vocab_size`` for the subword level)."""
-    cls = _level_class(level)
-    if cls is Tokenizer:
-        options.pop("subword_model", None)
-        options.pop("vocab_size", None)
-    return cls.fit(texts, level, **options)
+    """Fit the tokenizer of ``level`` on ``texts`` (``options`` as the level's ``fit``:
+    :meth:`Tokenizer.fit`, plus ``subword_model`` and ``vocab_size`` for subwords)."""
+    return _level_class(level).fit(texts, level, **options)
 
 
 def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer") -> Tokenizer:
@@ -261,8 +262,3 @@ def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer") -> Toke
     level = data.get("level") if isinstance(data, dict) else None
     cls = _level_class(level) if level in LEVELS else Tokenizer
     return cls.from_dict(data, source)
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Read a tokenizer JSON file of any level."""
-    return Tokenizer.load(path)

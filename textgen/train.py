@@ -287,7 +287,8 @@ class _Run:
         forward = training_forward(self.model, config.model, mask_padding=mask)
         state_shape = (config.model.layers, config.model.units) if cfg.carry_state else None
         self.steps = _Steps(self.model, self.optimizer, forward, cfg.jit_compile, state_shape)
-        self.carry = self.steps.zero_state(min(cfg.batch_size, len(prepared.train)))
+        self.carry_rows = min(cfg.batch_size, len(prepared.train))  # parallel streams
+        self.carry = self.steps.zero_state(self.carry_rows)
         self.lr_scale = 1.0  # reduce-on-plateau factor so far
         self.elapsed = 0.0  # training seconds of finished epoch segments, over resumes
         self.segment_t0: float | None = None  # when the running epoch segment started
@@ -454,9 +455,7 @@ class _Run:
             first_step = self.step
             if self.step == 0:
                 self.total = self.count = 0.0
-                self.carry = self.steps.zero_state(
-                    np.shape(self.carry)[2] if cfg.carry_state else 0
-                )
+                self.carry = self.steps.zero_state(self.carry_rows)
             batches = _batches(
                 prepared.train, cfg.batch_size, cfg.seed, self.epoch, self.step, cfg.carry_state
             )
