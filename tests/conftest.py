@@ -15,6 +15,14 @@ TOY_CONFIG = ROOT / "configs" / "ko-toy.toml"
 TOY_SENTENCES = [line for line in TOY_CORPUS.read_text(encoding="utf-8").splitlines() if line]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _corpus_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Prepared corpora go to a per-session folder, never the user's cache."""
+    import os
+
+    os.environ["TEXTGEN_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def toy_config() -> config_mod.Config:
     return config_mod.load(TOY_CONFIG)

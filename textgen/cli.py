@@ -141,6 +141,104 @@ def train(
 
 
 @main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file; its [data] section says what to prepare.",
+)
+@click.option(
+    "--corpus", type=click.Path(path_type=Path), help="Corpus file (overrides data.corpus)."
+)
+@click.option("--encoding", help="Corpus encoding (overrides data.encoding, default utf-8).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a config value; repeatable, e.g. --set data.level=word.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly
+def prepare(
+    config_path: Path,
+    corpus: Path | None,
+    encoding: str | None,
+    overrides: tuple[str, ...],
+    fmt: str,
+    quiet: bool,
+) -> None:
+    """Tokenize a stream-mode corpus once into the id cache that training reads.
+
+    One streaming pass with bounded memory (the vocabulary is counted in the same pass)
+    writes the token ids and the tokenizer to a cache folder keyed by the corpus' sha256
+    and every tokenizer setting ($TEXTGEN_CACHE, default ~/.cache/textgen). `textgen
+    train` does the same on its own when the cache has no entry, so this command is for
+    doing it ahead of time, on a machine of its own or for several runs at once.
+
+    \b
+    Examples:
+      textgen prepare --config configs/shakespeare-char.toml \\
+          --corpus ../shared/data/tinyshakespeare/input.txt
+      textgen prepare --config configs/ptb-small.toml --format json
+    """
+    import time
+
+    from textgen import config as config_mod
+    from textgen.errors import UsageError
+    from textgen.ids import prepare_ids
+    from textgen.progress import ByteBar
+
+    cfg = config_mod.load(config_path)
+    if corpus is not None:
+        cfg = config_mod.with_corpus(cfg, corpus)
+    if encoding is not None:
+        cfg = replace(cfg, data=replace(cfg.data, encoding=encoding))
+    cfg = cfg.with_overrides(list(overrides))
+    if cfg.data.mode != "stream":
+        raise UsageError(
+            'textgen prepare streams corpora in data.mode = "stream"; a "lines" corpus '
+            "is padded sentence by sentence in memory when training starts"
+        )
+    t0 = time.perf_counter()
+    with ByteBar(cfg.data.corpus, "tokenizing", enabled=not quiet and sys.stderr.isatty()) as bar:
+        entry = prepare_ids(cfg.data, progress=bar.update)
+    seconds = time.perf_counter() - t0
+    size = Path(cfg.data.corpus).stat().st_size
+    summary = {
+        "corpus": str(cfg.data.corpus),
+        "bytes": size,
+        "level": cfg.data.level,
+        "vocab_size": len(entry.tokenizer.vocab),
+        "train_tokens": len(entry.train),
+        "valid_tokens": len(entry.valid) if entry.valid is not None else 0,
+        "id_dtype": entry.train.dtype.name,
+        "cache": str(entry.folder),
+        "cached": entry.cached,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(size / 1e6 / seconds, 2) if seconds > 0 else None,
+    }
+    if fmt == "json":
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    how = "found in the cache" if entry.cached else f"tokenized in {seconds:.1f} s"
+    click.echo(
+        f"{summary['corpus']}: {size / 1e6:.1f} MB {how}"
+        + ("" if entry.cached else f" ({summary['mb_per_s']} MB/s)")
+    )
+    click.echo(
+        f"  {cfg.data.level} level, vocabulary {summary['vocab_size']:,}, "
+        f"{summary['train_tokens']:,} training + {summary['valid_tokens']:,} validation tokens "
+        f"({summary['id_dtype']})"
+    )
+    click.echo(f"  cache: {entry.folder}")
+
+
+@main.command()
 @click.option("--seed", "seed", default=None, help="Text to continue.")
 @click.argument("seeds_file", required=False, type=click.File("r", encoding="utf-8"))
 @click.option("--model", "model_dir", default=None, help="Run directory [default: runs/latest].")

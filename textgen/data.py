@@ -20,6 +20,7 @@ split); the vocabulary is counted on the training part only.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 
 from textgen.config import DataConfig
 from textgen.errors import DataError
+from textgen.ids import IdFile, Progress, prepare_ids, split_blocks, text_blocks
 from textgen.tokenizers import Tokenizer, fit_tokenizer
 
 
@@ -44,10 +46,68 @@ class Examples:
     def __getitem__(self, rows: slice) -> Examples:
         return Examples(self.inputs[rows], self.targets[rows])
 
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs, targets)`` of the examples at ``idx``."""
+        return self.inputs[idx], self.targets[idx]
+
     @property
     def num_tokens(self) -> int:
         """Number of predicted (unmasked) positions: those whose input is not padding."""
         return int(np.count_nonzero(self.inputs))
+
+
+class Windows:
+    """Consecutive windows of ``seq_len`` inputs over an id file, read when asked for.
+
+    The stream-mode counterpart of :class:`Examples` for corpora of any size: window ``i``
+    is ``ids[i*L : (i+1)*L]`` with targets shifted by one, so only the rows of the current
+    batch are ever in memory. A short stream gets shorter windows (as
+    :func:`stream_examples`).
+    """
+
+    def __init__(self, ids: IdFile, seq_len: int) -> None:
+        self.ids = ids
+        self.seq_len = min(seq_len, len(ids) - 1)
+        self.count = (len(ids) - 1) // self.seq_len if self.seq_len >= 1 else 0
+        self._tokens: int | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs, targets)`` of the windows at ``idx``: one read when they are
+        consecutive, one per window otherwise."""
+        idx = np.asarray(idx)
+        L = self.seq_len
+        if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and np.all(np.diff(idx) == 1):
+            flat = self.ids.read(int(idx[0]) * L, len(idx) * L + 1)
+            inputs = flat[:-1].reshape(len(idx), L)
+            targets = flat[1:].reshape(len(idx), L)
+            return inputs, targets
+        out = np.empty((len(idx), L + 1), np.int32)
+        for row, i in enumerate(idx):
+            out[row] = self.ids.read(int(i) * L, L + 1)
+        return out[:, :-1], out[:, 1:]
+
+    def __getitem__(self, rows: slice) -> Examples:
+        return Examples(*self.rows(np.arange(self.count)[rows]))
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """All inputs in memory (for small corpora and tests)."""
+        return self[:].inputs
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self[:].targets
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of predicted positions (inputs that are not ``<pad>``)."""
+        if self._tokens is None:
+            used = self.count * self.seq_len
+            self._tokens = used - self.ids.zeros(used)
+        return self._tokens
 
 
 @dataclass(frozen=True)
@@ -55,8 +115,8 @@ class Prepared:
     """Everything training needs from the corpus."""
 
     tokenizer: Tokenizer
-    train: Examples
-    val: Examples | None
+    train: Examples | Windows
+    val: Examples | Windows | None
     corpus_sha256: str
     split_lines: int = 0
 
@@ -144,32 +204,29 @@ def _stream_ids(text: str, tokenizer: Tokenizer) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
-def _split_point(text: str, val_split: float, level: str) -> int:
-    """Character index where validation starts: the first ``1 - val_split`` of the
-    characters, moved forward to the start of the next line (so every level, word to
-    jamo, holds out exactly the same text; at the word level this is also a token
-    boundary). A text without a later newline is cut at the next whitespace."""
-    cut = int(len(text) * (1.0 - val_split))
-    newline = text.find("\n", cut)
-    if newline >= 0:
-        return newline + 1
-    while level != "char" and cut < len(text) and not text[cut].isspace():
-        cut += 1
-    return cut
-
-
 def held_out_text(cfg: DataConfig) -> str:
     """The validation text a run held out: ``valid_corpus``, or the corpus' tail that
     :func:`prepare` set aside (empty when ``val_split`` is 0)."""
     if cfg.valid_corpus:
         return read_corpus(cfg.valid_corpus, cfg.encoding)[0]
-    text, _ = read_corpus(cfg.corpus, cfg.encoding)
     if cfg.val_split <= 0:
         return ""
     if cfg.mode == "lines":
+        text, _ = read_corpus(cfg.corpus, cfg.encoding)
         _, val_lines = _hold_out_lines([ln for ln in text.splitlines() if ln.strip()], cfg)
         return "\n".join(val_lines) + "\n" if val_lines else ""
-    return text[_split_point(text, cfg.val_split, cfg.level) :]
+    return "".join(
+        val for _, val in split_blocks(text_blocks(cfg.corpus, cfg.encoding), _cut(cfg), cfg.level)
+    )
+
+
+def _cut(cfg: DataConfig) -> int | None:
+    """The character where the held-out tail starts, before moving to a line start."""
+    from textgen.ids import scan
+
+    if cfg.valid_corpus or cfg.val_split <= 0:
+        return None
+    return int(scan(cfg.corpus, cfg.encoding)[1] * (1.0 - cfg.val_split))
 
 
 def _hold_out_lines(lines: list[str], cfg: DataConfig) -> tuple[list[str], list[str]]:
@@ -181,15 +238,20 @@ def _hold_out_lines(lines: list[str], cfg: DataConfig) -> tuple[list[str], list[
     return lines[: len(lines) - n_val], lines[len(lines) - n_val :]
 
 
-def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
-    """Read the corpus named by ``cfg`` and build train/validation examples.
+def prepare(
+    cfg: DataConfig,
+    tokenizer: Tokenizer | None = None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Prepared:
+    """Build train/validation examples from the corpus named by ``cfg``.
 
     The vocabulary is counted on the training part, unless ``tokenizer`` is given (a
-    resumed run keeps the tokenizer it started with).
+    resumed run keeps the tokenizer it started with). Stream mode goes through the id
+    cache of :mod:`textgen.ids` (any corpus size; ``progress`` gets bytes read); lines
+    mode pads sentences in memory.
     """
-    text, sha = read_corpus(cfg.corpus, cfg.encoding)
     where = cfg.corpus
-    valid_text = read_corpus(cfg.valid_corpus, cfg.encoding)[0] if cfg.valid_corpus else None
     given = tokenizer
     word_eos = cfg.mode == "lines" or cfg.level != "char"
     fit: dict[str, Any] = dict(
@@ -204,6 +266,8 @@ def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
     if cfg.level == "subword":
         fit |= dict(subword_model=cfg.subword_model, vocab_size=cfg.vocab_size)
     if cfg.mode == "lines":
+        text, sha = read_corpus(cfg.corpus, cfg.encoding)
+        valid_text = read_corpus(cfg.valid_corpus, cfg.encoding)[0] if cfg.valid_corpus else None
         lines = [line for line in text.splitlines() if line.strip()]
         if valid_text is not None:
             train_lines = lines
@@ -218,26 +282,17 @@ def prepare(cfg: DataConfig, tokenizer: Tokenizer | None = None) -> Prepared:
         val, cut_val = line_examples(val_lines, tokenizer, length) if val_lines else (None, 0)
         split_lines = cut + cut_val
     else:
-        if valid_text is not None:
-            train_text, val_text = text, valid_text
-        else:
-            cut = _split_point(text, cfg.val_split, cfg.level) if cfg.val_split > 0 else len(text)
-            train_text, val_text = text[:cut], text[cut:]
-        texts = [train_text] if cfg.level == "char" else train_text.splitlines()
-        tokenizer = given or fit_tokenizer(texts, **fit)
+        entry = prepare_ids(cfg, given, progress=progress, log=log)
+        tokenizer = entry.tokenizer
         _check_vocab(tokenizer, where)
-        train_ids = _stream_ids(train_text, tokenizer)
-        if len(train_ids) < cfg.seq_len + 1:
+        sha = entry.corpus_sha256
+        if len(entry.train) < cfg.seq_len + 1:
             raise DataError(
-                f"corpus {where} is too short for one window: {len(train_ids)} training tokens, "
-                f"data.seq_len = {cfg.seq_len} needs {cfg.seq_len + 1}"
+                f"corpus {where} is too short for one window: {len(entry.train)} training "
+                f"tokens, data.seq_len = {cfg.seq_len} needs {cfg.seq_len + 1}"
             )
-        train = stream_examples(train_ids, cfg.seq_len)
-        val = (
-            stream_examples(_stream_ids(val_text, tokenizer), cfg.seq_len)
-            if val_text.strip()
-            else None
-        )
+        train = Windows(entry.train, cfg.seq_len)
+        val = Windows(entry.valid, cfg.seq_len) if entry.valid is not None else None
         split_lines = 0
     if len(train) == 0:
         raise DataError(f"corpus {where} gives no training sequence of two or more tokens")

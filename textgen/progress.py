@@ -80,3 +80,35 @@ class Reporter:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class ByteBar:
+    """A tqdm bar over the bytes of a file being read (when ``enabled``); ``update(n)``
+    is the callback the streaming tokenizer calls. The bar opens at the first bytes read,
+    so a corpus found in the cache shows none."""
+
+    def __init__(self, path: object, desc: str, *, enabled: bool) -> None:
+        import os
+
+        self.enabled, self.desc = enabled, desc
+        try:
+            self.total = os.path.getsize(str(path)) if enabled else 0
+        except OSError:
+            self.total = 0
+        self.bar: Any = None
+
+    def update(self, n: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = Reporter._tqdm(
+                total=self.total, desc=self.desc, unit="B", unit_scale=True, unit_divisor=1024
+            )
+        self.bar.update(n)
+
+    def __enter__(self) -> ByteBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

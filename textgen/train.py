@@ -41,7 +41,7 @@ from textgen.config import Config, TrainConfig
 from textgen.data import Examples, Prepared, prepare
 from textgen.errors import DataError, TextgenError, UsageError
 from textgen.model import build_model, count_params, init_uniform, sync_tied, training_forward
-from textgen.progress import Reporter
+from textgen.progress import ByteBar, Reporter
 
 HISTORY_FIELDS = (
     "epoch", "loss", "val_loss", "perplexity", "bits_per_token", "tokens_per_s", "seconds",
@@ -180,13 +180,11 @@ def _batches(
     if carry:
         rows = min(batch_size, len(examples))
         for step in range(start, steps):
-            idx = np.arange(rows) * steps + step
-            yield step + 1, examples.inputs[idx], examples.targets[idx]
+            yield step + 1, *examples.rows(np.arange(rows) * steps + step)
         return
     order = np.random.default_rng([seed, epoch]).permutation(len(examples))
     for step in range(start, steps):
-        idx = np.sort(order[step * batch_size : (step + 1) * batch_size])
-        yield step + 1, examples.inputs[idx], examples.targets[idx]
+        yield step + 1, *examples.rows(np.sort(order[step * batch_size : (step + 1) * batch_size]))
 
 
 class _Steps:
@@ -250,11 +248,8 @@ class _Steps:
             return total / max(count, 1.0)
         none = self.zero_state(0)
         for start in range(0, len(examples), batch_size):
-            t, c, _ = self.eval_step(
-                examples.inputs[start : start + batch_size],
-                examples.targets[start : start + batch_size],
-                none,
-            )
+            x, y = examples.rows(np.arange(start, min(start + batch_size, len(examples))))
+            t, c, _ = self.eval_step(x, y, none)
             total, count = total + float(t), count + float(c)
         return total / max(count, 1.0)
 
@@ -576,10 +571,14 @@ def train(
     interruption and resume.
     """
     run_dir = Path(run_dir)
-    prepared = prepare(
-        config.data,
-        tokenizer=_saved_tokenizer(run_dir) if resume else None,
-    )  # data errors surface before the run dir is touched
+    if progress is None:
+        progress = sys.stderr.isatty()
+    with ByteBar(config.data.corpus, "tokenizing", enabled=progress) as bar:
+        prepared = prepare(
+            config.data,
+            tokenizer=_saved_tokenizer(run_dir) if resume else None,
+            progress=bar.update,
+        )  # data errors surface before the run dir is touched
     if resume:
         _check_same_corpus(run_dir, prepared)
     else:
@@ -588,8 +587,6 @@ def train(
     if config.data.valid_corpus:
         absolute["valid_corpus"] = str(Path(config.data.valid_corpus).resolve())
     config = replace(config, data=replace(config.data, **absolute))
-    if progress is None:
-        progress = sys.stderr.isatty()
     if prepared.split_lines:
         log(
             f"note: {prepared.split_lines} lines longer than data.max_len were cut "
