@@ -154,3 +154,20 @@ def test_prepare_command_refuses_lines_mode(tmp_path):
     )
     assert result.exit_code == 2
     assert "data.mode" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("encoding", ["cp949", "utf-16", "utf-8-sig"])
+def test_other_encodings_stream_like_utf8(tmp_path, monkeypatch, encoding):
+    monkeypatch.setattr(ids_mod, "BLOCK", 5)
+    text = "경마장에 있는 말이\n뛰고 있다\n그의 말이 법이다\n가는 말이 고와야\n"
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(text.encode(encoding))
+    cfg = DataConfig(
+        corpus=str(corpus), level="char", mode="stream", val_split=0.3, encoding=encoding
+    )
+    entry = ids_mod.prepare_ids(cfg)
+    held = held_out_text(cfg)
+    assert held == "가는 말이 고와야\n"
+    tok, expected = whole_text_ids(text[: -len(held)], "char")
+    assert entry.tokenizer == tok
+    np.testing.assert_array_equal(entry.train.read(0, len(entry.train)), expected)

@@ -80,6 +80,12 @@ def main() -> None:
     type=click.Path(path_type=Path),
     help="Continue an interrupted run from its last saved step.",
 )
+@click.option(
+    "--distribute",
+    type=click.Choice(["none", "mirrored", "multiworker"]),
+    default=None,
+    help="tf.distribute strategy (overrides train.distribute); multiworker reads TF_CONFIG.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @_friendly
 def train(
@@ -90,6 +96,7 @@ def train(
     overrides: tuple[str, ...],
     overwrite: bool,
     resume_dir: Path | None,
+    distribute: str | None,
     quiet: bool,
 ) -> None:
     """Train a language model and write its run directory.
@@ -107,6 +114,13 @@ def train(
       textgen train --config configs/shakespeare-char.toml \\
           --corpus ../shared/data/tinyshakespeare/input.txt --set train.epochs=1
       textgen train --resume runs/shakespeare-char --set train.epochs=3
+      TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+        "task": {"type": "worker", "index": 0}}' textgen train \\
+          --config configs/shakespeare-char.toml --distribute multiworker
+
+    With --distribute multiworker every worker runs the same command with its own
+    TF_CONFIG and the same --out on a shared filesystem; only the chief (worker 0)
+    writes it, and a restarted cluster continues from its last saved state.
     """
     from textgen import config as config_mod
     from textgen.errors import UsageError
@@ -127,6 +141,8 @@ def train(
             cfg = replace(cfg, data=replace(cfg.data, encoding=encoding))
         cfg = cfg.with_overrides(list(overrides))
         run_dir = out or Path("runs") / _run_name(config_path)
+    if distribute is not None:
+        cfg = cfg.with_overrides([f"train.distribute={distribute}"])
     log = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     result = run_training(
         cfg,
@@ -137,7 +153,10 @@ def train(
         log=log,
     )
     best = f"best epoch {result.best_epoch}, {result.metric} {result.best_loss:.4f}"
-    log(f"saved {result.run_dir} ({best})")
+    if result.chief:
+        log(f"saved {result.run_dir} ({best})")
+    else:
+        log(f"worker done; the chief saved {result.run_dir} ({best})")
 
 
 @main.command()

@@ -85,6 +85,11 @@ class TrainConfig:
     save_every_steps: int = 0
     log_every_steps: int = 50  # TensorBoard scalars every this many steps (0 = epochs only)
     jit_compile: bool = True
+    distribute: str = "none"  # none | mirrored (GPUs of one machine) | multiworker (TF_CONFIG)
+    peer_timeout: float = 120.0  # multiworker: seconds a step waits for a silent peer (0 = forever)
+
+
+DISTRIBUTE = ("none", "mirrored", "multiworker")
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,15 @@ def _check_ranges(config: Config) -> None:
             not t.carry_state or m.cell == "lstm",
             'train.carry_state is implemented for model.cell = "lstm" only',
         ),
+        (
+            t.distribute in DISTRIBUTE,
+            f"train.distribute must be one of {', '.join(DISTRIBUTE)} (got {t.distribute!r})",
+        ),
+        (
+            not t.carry_state or t.distribute == "none",
+            "train.carry_state is not supported with train.distribute yet",
+        ),
+        (t.peer_timeout >= 0, "train.peer_timeout must be >= 0 (0 = wait forever)"),
         (t.epochs >= 1, "train.epochs must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.learning_rate > 0, "train.learning_rate must be > 0"),

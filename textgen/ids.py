@@ -72,28 +72,23 @@ def _open_corpus(path: str | Path) -> Any:
 
 def scan(path: str | Path, encoding: str = "utf-8", count_chars: bool = True) -> tuple[str, int]:
     """One fast pass over the bytes: ``(sha256, number of characters)``; the count is the
-    length of the decoded text without a byte-order mark (-1 when not asked for)."""
-    sha = hashlib.sha256()
-    chars = 0
-    ascii_compatible = _ascii_compatible(encoding)
-    decoder = None if ascii_compatible else codecs.getincrementaldecoder(encoding)("replace")
+    length of the decoded text without a byte-order mark (-1 when not asked for). UTF-8
+    is counted without decoding: every byte that is not a continuation byte starts one."""
+    try:
+        utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+    except LookupError:
+        raise DataError(f"unknown encoding {encoding!r}") from None
+    decoder = None if utf8 else codecs.getincrementaldecoder(encoding)("replace")
+    sha, chars, first = hashlib.sha256(), 0, True
     with _open_corpus(path) as f:
-        first = True
         while block := f.read(BLOCK):
             sha.update(block)
-            if count_chars:
-                if encoding.replace("-", "").lower() in ("utf8", "utf8sig"):
-                    arr = np.frombuffer(block, np.uint8)
-                    chars += int(np.count_nonzero((arr & 0xC0) != 0x80))
-                    if first and block.startswith(codecs.BOM_UTF8):
-                        chars -= 1
-                else:
-                    dec = decoder or codecs.getincrementaldecoder(encoding)("replace")
-                    decoder = dec
-                    text = dec.decode(block)
-                    if first:
-                        text = text.removeprefix("\ufeff")
-                    chars += len(text)
+            if count_chars and decoder is None:
+                chars += int(np.count_nonzero((np.frombuffer(block, np.uint8) & 0xC0) != 0x80))
+                chars -= first and block.startswith(codecs.BOM_UTF8)
+            elif count_chars:
+                text = decoder.decode(block)
+                chars += len(text.removeprefix("\ufeff") if first else text)
             first = False
     return sha.hexdigest(), chars if count_chars else -1
 

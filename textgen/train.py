@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from textgen import __version__, checkpoint
+from textgen import __version__, checkpoint, distribute
 from textgen import config as config_mod
 from textgen._tf import keras, tensorflow
 from textgen.config import Config, TrainConfig
@@ -64,6 +64,10 @@ class Interrupted(TextgenError):
         self.exit_code = exit_code
 
 
+class PeerLost(TextgenError):
+    """Multi-worker training lost a worker; the chief's last saved state is the backup."""
+
+
 class Diverged(TextgenError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -80,6 +84,7 @@ class TrainResult:
     out_of_time: bool = False  # stopped by train.max_minutes
     params: int = 0
     metric: str = "loss"  # what "best" is judged by: val_loss, or loss without validation
+    chief: bool = True  # False on the workers of a multi-worker run that write nothing
 
 
 def _stderr(message: str) -> None:
@@ -187,6 +192,12 @@ def _batches(
         yield step + 1, *examples.rows(np.sort(order[step * batch_size : (step + 1) * batch_size]))
 
 
+def _rows_or_padding(part: np.ndarray) -> np.ndarray:
+    """A replica's row indices; one all-padding row (index -1 of the padded batch,
+    masked out of the loss) when the global batch has fewer rows than replicas."""
+    return part if len(part) else np.array([-1])
+
+
 class _Steps:
     """The compiled training and evaluation steps for one model and optimizer.
 
@@ -195,7 +206,14 @@ class _Steps:
     """
 
     def __init__(
-        self, model: Any, optimizer: Any, forward: Any, jit: bool, state_shape: tuple | None
+        self,
+        model: Any,
+        optimizer: Any,
+        forward: Any,
+        jit: bool,
+        state_shape: tuple | None,
+        strategy: Any = None,
+        clipnorm: float = 0.0,
     ) -> None:
         tf = tensorflow()
         spec = tf.TensorSpec([None, None], tf.int32)
@@ -229,6 +247,61 @@ class _Steps:
             return token_loss(x, y, state, False)
 
         self.train_step, self.eval_step = train_step, eval_step
+        if strategy is not None:
+            self.train_step = self._distributed(strategy, token_loss, clipnorm)
+
+    def _distributed(self, strategy: Any, token_loss: Any, clipnorm: float) -> Any:
+        """A train step that splits the global batch over the replicas of ``strategy``.
+
+        Each replica scores its rows and divides by the token count of the whole global
+        batch, so the replicas' gradients sum to the gradient of the global mean loss;
+        they are summed, clipped by global norm as one gradient (as without a strategy),
+        and handed to the optimizer divided by the replica count because the optimizer
+        sums them once more across replicas.
+        """
+        tf = tensorflow()
+        model, optimizer = self.model, self.optimizer
+        count = strategy.num_replicas_in_sync
+        sum_ = tf.distribute.ReduceOp.SUM
+
+        def replica_step(x: Any, y: Any) -> tuple[Any, Any, Any]:
+            ctx = tf.distribute.get_replica_context()
+            variables = model.trainable_variables
+            with tf.GradientTape() as tape:
+                total, tokens, _ = token_loss(x, y, tf.zeros([]), True)
+                all_tokens = ctx.all_reduce(sum_, tokens)
+                loss = total / tf.maximum(all_tokens, 1.0)
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+            grads = ctx.all_reduce(sum_, grads)
+            if clipnorm:
+                grads, _ = tf.clip_by_global_norm(grads, clipnorm)
+            optimizer.apply([g / count for g in grads], variables)
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+            return total, tokens, tf.cast(finite, tf.float32)
+
+        @tf.function(reduce_retracing=True)
+        def step(xs: Any, ys: Any) -> tuple[Any, Any, Any]:
+            total, tokens, finite = strategy.run(replica_step, args=(xs, ys))
+            return (
+                strategy.reduce(sum_, total, axis=None),
+                strategy.reduce(sum_, tokens, axis=None),
+                strategy.reduce(sum_, finite, axis=None) >= count,  # finite on every replica
+            )
+
+        def train_step(x: np.ndarray, y: np.ndarray, state: Any) -> tuple[Any, Any, Any, Any]:
+            parts = [_rows_or_padding(p) for p in np.array_split(np.arange(len(x)), count)]
+
+            def rows(of: np.ndarray) -> Any:
+                return strategy.experimental_distribute_values_from_function(
+                    lambda ctx: of[parts[ctx.replica_id_in_sync_group]]
+                )
+
+            padded_x = np.concatenate([x, np.zeros((1, x.shape[1]), x.dtype)])
+            padded_y = np.concatenate([y, np.zeros((1, y.shape[1]), y.dtype)])
+            total, tokens, finite = step(rows(padded_x), rows(padded_y))
+            return total, tokens, finite, state
+
+        return train_step
 
     def zero_state(self, batch: int) -> np.ndarray:
         """The state a stream starts from (a placeholder when no state is carried)."""
@@ -258,30 +331,42 @@ class _Run:
     """One training run: owns the model, the optimizer and what is written to disk."""
 
     def __init__(
-        self, config: Config, prepared: Prepared, run_dir: Path, log: Callable[[str], None]
+        self,
+        config: Config,
+        prepared: Prepared,
+        run_dir: Path,
+        log: Callable[[str], None],
+        strategy: Any = None,
     ):
         tf, k = tensorflow(), keras()
         self.config, self.prepared, self.run_dir, self.log = config, prepared, run_dir, log
+        self.strategy, self.chief = strategy, distribute.is_chief(strategy)
+        self.global_batch = config.train.batch_size * distribute.replicas(strategy)
         k.utils.set_random_seed(config.train.seed)
         tf.config.experimental.enable_op_determinism()
         mask = config.data.mode == "lines"
         cfg = config.train
-        self.model = build_model(config.model, len(prepared.tokenizer.vocab), mask_padding=mask)
-        if config.model.init_scale > 0:
-            init_uniform(self.model, config.model.init_scale, cfg.seed)
-        clip = cfg.clipnorm or None
-        if cfg.optimizer == "sgd":
-            self.optimizer = k.optimizers.SGD(
-                learning_rate=cfg.learning_rate, momentum=cfg.momentum, global_clipnorm=clip
-            )
-        else:
-            self.optimizer = k.optimizers.Adam(
-                learning_rate=cfg.learning_rate, global_clipnorm=clip
-            )
-        self.optimizer.build(self.model.trainable_variables)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            self.model = build_model(config.model, len(prepared.tokenizer.vocab), mask_padding=mask)
+            if config.model.init_scale > 0:
+                init_uniform(self.model, config.model.init_scale, cfg.seed)
+            # with a strategy the step clips the summed gradient itself (see _Steps)
+            clip = (cfg.clipnorm or None) if strategy is None else None
+            if cfg.optimizer == "sgd":
+                self.optimizer = k.optimizers.SGD(
+                    learning_rate=cfg.learning_rate, momentum=cfg.momentum, global_clipnorm=clip
+                )
+            else:
+                self.optimizer = k.optimizers.Adam(
+                    learning_rate=cfg.learning_rate, global_clipnorm=clip
+                )
+            self.optimizer.build(self.model.trainable_variables)
         forward = training_forward(self.model, config.model, mask_padding=mask)
         state_shape = (config.model.layers, config.model.units) if cfg.carry_state else None
-        self.steps = _Steps(self.model, self.optimizer, forward, cfg.jit_compile, state_shape)
+        jit = cfg.jit_compile and strategy is None
+        self.steps = _Steps(
+            self.model, self.optimizer, forward, jit, state_shape, strategy, cfg.clipnorm
+        )
         self.carry_rows = min(cfg.batch_size, len(prepared.train))  # parallel streams
         self.carry = self.steps.zero_state(self.carry_rows)
         self.lr_scale = 1.0  # reduce-on-plateau factor so far
@@ -306,7 +391,9 @@ class _Run:
         return scheduled_learning_rate(self.config.train, self.epoch, self.lr_scale)
 
     def save_state(self) -> None:
-        """Write ``last.npz``: all variables plus where training stands."""
+        """Write ``last.npz``: all variables plus where training stands (chief only)."""
+        if not self.chief:
+            return
         if self.config.model.tie_weights:
             sync_tied(self.model)
         info = {
@@ -323,6 +410,7 @@ class _Run:
             "best_loss": self.result.best_loss if math.isfinite(self.result.best_loss) else None,
             "created": self.created,
             "config": self.config.to_toml(),  # resume continues with the config in force
+            "global_batch": self.global_batch,
         }
         checkpoint.save_state(
             self.run_dir,
@@ -343,6 +431,12 @@ class _Run:
             for variable, value in zip(mine, theirs, strict=True):
                 variable.assign(value)
         self.epoch, self.step, self.wait = info["epoch"], info["step"], info["wait"]
+        saved_batch = info.get("global_batch", self.config.train.batch_size)
+        if self.step and saved_batch != self.global_batch:
+            raise DataError(
+                f"{self.run_dir} stopped mid-epoch with a global batch of {saved_batch} rows; "
+                f"resume it with the same batch_size x replicas (now {self.global_batch})"
+            )
         self.lr_scale = info.get("lr_scale", 1.0)
         self.elapsed = info.get("elapsed", 0.0)
         self.global_step = info.get("global_step", 0)
@@ -383,6 +477,8 @@ class _Run:
 
     def _write_best(self) -> None:
         """Write the bundle (config, model, weights, metadata) for the model's weights."""
+        if not self.chief:
+            return
         if self.config.model.tie_weights:
             sync_tied(self.model)
         data, prepared = self.config.data, self.prepared
@@ -414,6 +510,8 @@ class _Run:
         only to view them, so it is not a dependency.
         """
         tf = tensorflow()
+        if not self.chief:
+            return
         if self.writer is None:
             from tensorflow.core.framework import summary_pb2
 
@@ -439,7 +537,8 @@ class _Run:
     def fit(self, reporter: Reporter, signals: _Signals) -> TrainResult:
         cfg, prepared, result = self.config.train, self.prepared, self.result
         tokens = prepared.train.num_tokens
-        steps = steps_per_epoch(prepared.train, cfg.batch_size, cfg.carry_state)
+        batch = self.global_batch
+        steps = steps_per_epoch(prepared.train, batch, cfg.carry_state)
         patience = cfg.patience if prepared.val is not None else 0
         out_of_time = False
         while self.epoch <= cfg.epochs and not out_of_time:
@@ -452,10 +551,10 @@ class _Run:
                 self.total = self.count = 0.0
                 self.carry = self.steps.zero_state(self.carry_rows)
             batches = _batches(
-                prepared.train, cfg.batch_size, cfg.seed, self.epoch, self.step, cfg.carry_state
+                prepared.train, batch, cfg.seed, self.epoch, self.step, cfg.carry_state
             )
             for step, x, y in batches:
-                t, c, finite, carry = self.steps.train_step(x, y, self.carry)
+                t, c, finite, carry = self._train_step(x, y)
                 t, c = float(t), float(c)
                 if not (math.isfinite(t) and bool(finite)):
                     what = f"loss became {t}" if not math.isfinite(t) else "weights became NaN/inf"
@@ -514,9 +613,10 @@ class _Run:
                 if cfg.plateau_factor < 1.0:
                     self.lr_scale *= cfg.plateau_factor
                     self.log(f"no improvement: learning rate x{cfg.plateau_factor:g}")
-            checkpoint.atomic_write_text(
-                self.run_dir / checkpoint.HISTORY, _history_csv(result.history)
-            )
+            if self.chief:
+                checkpoint.atomic_write_text(
+                    self.run_dir / checkpoint.HISTORY, _history_csv(result.history)
+                )
             if out_of_time and self.step < steps:
                 result.out_of_time = True
                 self.log(
@@ -542,6 +642,20 @@ class _Run:
         if self.writer is not None:
             self.writer.flush()
         return result
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[Any, Any, Any, Any]:
+        """One optimizer step; with a strategy, a lost peer becomes a clear error."""
+        if self.strategy is None:
+            return self.steps.train_step(x, y, self.carry)
+        tf = tensorflow()
+        try:
+            return self.steps.train_step(x, y, self.carry)
+        except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as err:
+            raise PeerLost(
+                f"a peer worker stopped answering at epoch {self.epoch}, step {self.step + 1} "
+                f"({type(err).__name__}); restart every worker with the same command: training "
+                f"continues from {self.run_dir / checkpoint.STATE}"
+            ) from None
 
     def interrupt(self, reporter: Reporter, signum: int) -> None:
         reporter.close()
@@ -573,6 +687,18 @@ def train(
     run_dir = Path(run_dir)
     if progress is None:
         progress = sys.stderr.isatty()
+    # a multi-worker strategy must exist before TensorFlow runs anything else
+    strategy = distribute.make_strategy(config.train.distribute, config.train.peer_timeout)
+    chief = distribute.is_chief(strategy)
+    if strategy is not None:
+        log(f"distributed training: {distribute.describe(strategy)}")
+    if (
+        config.train.distribute == "multiworker"
+        and not resume
+        and (run_dir / checkpoint.STATE).is_file()
+    ):  # a restarted worker: every worker continues from the chief's backup
+        resume = True
+        log(f"found the backup {run_dir / checkpoint.STATE}; continuing from it")
     with ByteBar(config.data.corpus, "tokenizing", enabled=progress) as bar:
         prepared = prepare(
             config.data,
@@ -581,7 +707,7 @@ def train(
         )  # data errors surface before the run dir is touched
     if resume:
         _check_same_corpus(run_dir, prepared)
-    else:
+    elif chief:
         _prepare_run_dir(run_dir, overwrite)
     absolute = {"corpus": str(Path(config.data.corpus).resolve())}
     if config.data.valid_corpus:
@@ -593,16 +719,16 @@ def train(
             "into overlapping pieces"
         )
 
-    run = _Run(config, prepared, run_dir, log)
+    run = _Run(config, prepared, run_dir, log, strategy)
     if resume:
         run.restore_state()
         log(f"resuming {run_dir} at epoch {run.epoch}, step {run.step}")
-    else:
+    elif chief:
         checkpoint.atomic_write_text(run_dir / checkpoint.CONFIG, config.to_toml())
         checkpoint.atomic_write_text(run_dir / checkpoint.TOKENIZER, prepared.tokenizer.to_json())
     reporter = Reporter(
         epochs=config.train.epochs,
-        steps=steps_per_epoch(prepared.train, config.train.batch_size, config.train.carry_state),
+        steps=steps_per_epoch(prepared.train, run.global_batch, config.train.carry_state),
         tokens_per_epoch=prepared.train.num_tokens,
         bars=progress,
         log=log,
@@ -617,7 +743,9 @@ def train(
         ) from None
     finally:
         reporter.close()
-    checkpoint.set_latest(run_dir)
+    if chief:
+        checkpoint.set_latest(run_dir)
+    result.chief = chief
     return result
 
 
