@@ -150,6 +150,10 @@ def test_plateau_lowers_the_rate_and_time_budget_stops(tmp_path):
     result = train(budget, tmp_path / "short", **QUIET)
     assert result.out_of_time and len(result.history) == 1
     assert "1,1" not in (tmp_path / "short" / "history.csv").read_text()
+    # resumed without the budget, the cut epoch is finished and still has one row
+    more = budget.with_overrides(["train.max_minutes=0", "train.epochs=2"])
+    result = train(more, tmp_path / "short", resume=True, **QUIET)
+    assert [row["epoch"] for row in result.history] == [1, 2]
 
 
 def test_separate_validation_file(tmp_path):

@@ -4,8 +4,8 @@ A corpus larger than memory never exists here as one string. It is read in block
 at a line break, each block is normalized and tokenized, and the ids go straight to a file:
 
 1. a fast byte pass: the corpus' sha256 (the cache key) and, when a validation tail is held
-   out, its length in characters (the split rule of :func:`textgen.data.split_point` needs
-   it before the first training token is written);
+   out, its length in characters (the split rule of :func:`split_blocks` needs it before
+   the first training token is written);
 2. the tokenizing pass. At the char and word levels the vocabulary is counted in the same
    pass: every new token gets a provisional id in order of first appearance (the tie order
    of :class:`~textgen.vocab.Vocab`), the provisional ids are written as int32, and a
@@ -154,10 +154,13 @@ def _bad_bytes(path: object, encoding: str, offset: int, byte: int) -> DataError
 
 
 def split_blocks(blocks: Iterator[str], cut: int | None, level: str) -> Iterator[tuple[str, str]]:
-    """``(training part, validation part)`` of each block, splitting the text at the
-    character ``cut`` moved forward to the next line start (or, without a later line
-    break, to the next whitespace except at the char level) — :func:`textgen.data.split_point`
-    applied to blocks. ``cut=None``: everything is training text."""
+    """``(training part, validation part)`` of each block: the held-out tail starts at
+    character ``cut`` moved forward to the start of the next line, so every level (word
+    to jamo) holds out the same text; a text with no later line break is cut at the next
+    whitespace (at the char level exactly at ``cut``). ``cut=None``: all is training text.
+
+    This is the one split rule: training, ``textgen eval --valid`` and the benchmarks
+    all go through it."""
     seen = 0
     for text in blocks:
         if cut is None or seen + len(text) <= cut:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import math
 import os
 import platform
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,35 @@ def _rows_or_padding(part: np.ndarray) -> np.ndarray:
     return part if len(part) else np.array([-1])
 
 
+def _run_batches(
+    examples: Examples,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    step: int,
+    epochs: int,
+    carry: bool,
+) -> Iterator:
+    """The batches of epochs ``epoch``..``epochs``, the first from ``step`` (a resume)."""
+    for e in range(epoch, epochs + 1):
+        yield from _batches(examples, batch_size, seed, e, step if e == epoch else 0, carry)
+
+
+def _prefetched(batches: Callable[[], Iterator]) -> Iterator:
+    """The batches of ``batches()`` through a ``tf.data`` pipeline that reads ahead.
+
+    The rows of the next batches are read (from the id file, for a stream corpus) in
+    tf.data's background thread while the current step runs; the order and content are
+    exactly those of ``batches()``, so resuming at a step still sees the same batches.
+    """
+    tf = tensorflow()
+    ids = tf.TensorSpec([None, None], tf.int32)
+    spec = (tf.TensorSpec([], tf.int64), ids, ids)
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
+    for step, x, y in dataset:
+        yield int(step), x, y
+
+
 class _Steps:
     """The compiled training and evaluation steps for one model and optimizer.
 
@@ -288,7 +319,8 @@ class _Steps:
                 strategy.reduce(sum_, finite, axis=None) >= count,  # finite on every replica
             )
 
-        def train_step(x: np.ndarray, y: np.ndarray, state: Any) -> tuple[Any, Any, Any, Any]:
+        def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
+            x, y = np.asarray(x), np.asarray(y)
             parts = [_rows_or_padding(p) for p in np.array_split(np.arange(len(x)), count)]
 
             def rows(of: np.ndarray) -> Any:
@@ -541,6 +573,13 @@ class _Run:
         steps = steps_per_epoch(prepared.train, batch, cfg.carry_state)
         patience = cfg.patience if prepared.val is not None else 0
         out_of_time = False
+        # one read-ahead pipeline for the whole run, from where it stands
+        stream = _prefetched(
+            partial(
+                _run_batches, prepared.train, batch, cfg.seed, self.epoch, self.step,
+                cfg.epochs, cfg.carry_state,
+            )
+        )  # fmt: skip
         while self.epoch <= cfg.epochs and not out_of_time:
             reporter.epoch_start(self.epoch, self.step)
             lr = self.learning_rate()
@@ -550,10 +589,7 @@ class _Run:
             if self.step == 0:
                 self.total = self.count = 0.0
                 self.carry = self.steps.zero_state(self.carry_rows)
-            batches = _batches(
-                prepared.train, batch, cfg.seed, self.epoch, self.step, cfg.carry_state
-            )
-            for step, x, y in batches:
+            for step, x, y in itertools.islice(stream, steps - self.step):
                 t, c, finite, carry = self._train_step(x, y)
                 t, c = float(t), float(c)
                 if not (math.isfinite(t) and bool(finite)):
@@ -588,6 +624,11 @@ class _Run:
                     f"good checkpoint in {self.run_dir} is kept (try a lower learning_rate)"
                 )
             done = (self.step - first_step) / steps
+            if result.history and result.history[-1]["epoch"] == self.epoch:
+                # the rest of an epoch a time budget cut short: one row for the whole epoch
+                earlier = result.history.pop()
+                seconds += earlier["seconds"]
+                done = self.step / steps
             row = {
                 "epoch": self.epoch,
                 "loss": loss,
