@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TEXTGEN := $(BIN)/textgen
 SHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
 
-.PHONY: install demo test lint fmt toy-sentences shakespeare ptb-small soak bench-generate bench-train bench-ko clean
+.PHONY: install demo test lint fmt toy-sentences shakespeare ptb-small ptb-best soak bench-generate bench-train bench-ko bench-prepare bench-reg clean
 
 $(BIN)/textgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ ptb-small: install  ## Zaremba et al.'s small PTB LSTM (about 50 min on 2 cores)
 	$(TEXTGEN) train --config configs/ptb-small.toml --out runs/ptb-small --overwrite
 	$(TEXTGEN) eval --model runs/ptb-small ../shared/data/ptb/ptb.test.txt
 
+ptb-best: install  ## the best PTB model for one hour of training on 2 cores, then test perplexity
+	$(TEXTGEN) train --config configs/ptb-best-cpu.toml --out runs/ptb-best-cpu --overwrite
+	$(TEXTGEN) eval --model runs/ptb-best-cpu ../shared/data/ptb/ptb.test.txt
+
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
 
@@ -59,3 +63,9 @@ bench-train: install  ## training tokens/s vs PyTorch nn.LSTM on the same CPU (n
 
 bench-ko: install  ## Korean levels (word, char, jamo, subword, morpheme), 3 min of training each
 	$(BIN)/python bench/ko_levels.py
+
+bench-prepare: install  ## textgen prepare on a 200 MB corpus: MB/s, peak RSS, training RSS
+	$(BIN)/python bench/prepare.py
+
+bench-reg: install  ## each regularization / schedule key against the ptb-small base (~35 min)
+	$(BIN)/python bench/regularization.py

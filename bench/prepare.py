@@ -56,7 +56,7 @@ def run(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="textgen prepare on a large corpus: MB/s, RSS")
     parser.add_argument("--mb", type=float, default=200.0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/textgen-bench"))
     parser.add_argument("--train-seconds", type=float, default=30.0)

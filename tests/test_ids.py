@@ -77,7 +77,8 @@ def test_split_matches_held_out_text_and_vocab_counts_training_part(tmp_path):
     )
 
 
-def test_cache_is_reused_keyed_by_settings_and_repaired_when_damaged(tmp_path):
+def test_cache_is_reused_keyed_by_settings_and_repaired_when_damaged(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTGEN_CACHE", str(tmp_path / "cache"))  # not shared with other tests
     cfg = DataConfig(corpus=str(TOY_CORPUS), level="char", mode="stream", val_split=0.0)
     first = ids_mod.prepare_ids(cfg)
     again = ids_mod.prepare_ids(cfg)
