@@ -87,7 +87,7 @@ class TextgenSide:
         from textgen.train import _Run
 
         self.run = _Run(cfg, prepared, Path("/nonexistent"), lambda _m: None)
-        self.step = self.run.steps.train_step
+        self.step = self.run._train_step  # the step `textgen train` runs, state handling included
 
     def initial_weights(self) -> dict[str, np.ndarray]:
         from textgen.model import to_numpy
@@ -98,9 +98,17 @@ class TextgenSide:
         total = count = 0.0
         start = time.perf_counter()
         for x, y in batches:
-            t, c, _ = self.step(x, y)
+            t, c, _, _ = self.step(x, y)
             total, count = total + float(t), count + float(c)
         return time.perf_counter() - start, total / count
+
+
+# Keras' Adam adds its epsilon to sqrt(v) before the bias correction, PyTorch's after it:
+# Keras' step is lr·m̂ / (sqrt(v̂) + ε/sqrt(1 - β2^t)). The PyTorch side sets its epsilon
+# to that value before every step, so both run the same update rule. (With a constant
+# epsilon the first updates differ: early LSTM gradients are small enough, about 1e-6,
+# for the placement to matter.)
+KERAS_EPSILON = 1e-7
 
 
 class TorchSide:
@@ -125,12 +133,24 @@ class TorchSide:
                     torch.from_numpy(weights[f"rnn_{i}_recurrent"].T.copy())
                 )
                 getattr(self.rnn, f"bias_ih_l{i}").copy_(torch.from_numpy(weights[f"rnn_{i}_bias"]))
+                # nn.LSTM adds a second bias (bias_hh); a trained second bias doubles the
+                # bias' Adam step, so it stays at zero, frozen: one bias, as in Keras
                 getattr(self.rnn, f"bias_hh_l{i}").zero_()
+                getattr(self.rnn, f"bias_hh_l{i}").requires_grad_(False)
             self.out.weight.copy_(torch.from_numpy(weights["out_kernel"].T.copy()))
             self.out.bias.copy_(torch.from_numpy(weights["out_bias"]))
-        self.params = [*self.emb.parameters(), *self.rnn.parameters(), *self.out.parameters()]
-        self.opt = torch.optim.Adam(self.params, lr=lr, eps=1e-7)  # Keras' Adam epsilon
+        modules = (self.emb, self.rnn, self.out)
+        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=lr, eps=KERAS_EPSILON)
         self.clipnorm = clipnorm
+        self.steps = 0
+
+    def keras_epsilon(self) -> None:
+        """Make this step's Adam update Keras' (see KERAS_EPSILON)."""
+        self.steps += 1
+        beta2 = self.opt.param_groups[0]["betas"][1]
+        for group in self.opt.param_groups:
+            group["eps"] = KERAS_EPSILON / (1.0 - beta2**self.steps) ** 0.5
 
     def train(self, batches) -> tuple[float, float]:
         torch = self.torch
@@ -148,6 +168,7 @@ class TorchSide:
             )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, self.clipnorm)
+            self.keras_epsilon()
             self.opt.step()
             total += float(loss.detach()) * yt.numel()
             n += yt.numel()
@@ -215,7 +236,7 @@ cfg = config_mod.load({config!r}).with_overrides(['data.corpus="{corpus}"'])
 prepared = prepare(cfg.data)
 run = _Run(cfg, prepared, Path("/nonexistent"), lambda _m: None)
 _, x, y = next(_batches(prepared.train, cfg.train.batch_size, cfg.train.seed, 1, 0))
-float(run.steps.train_step(x, y)[0])
+float(run._train_step(x, y)[0])
 print(time.perf_counter() - start)
 """
 
