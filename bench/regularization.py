@@ -13,7 +13,6 @@ thing from the base and trains for the same number of epochs with the same seed.
 
 from __future__ import annotations
 
-import csv
 import math
 import subprocess
 import sys
@@ -21,6 +20,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from textgen.errors import DataError  # noqa: E402
+from textgen.plot import read_history  # noqa: E402
+
 PTB = ROOT.parent / "shared" / "data" / "ptb"
 CONFIG = ROOT / "configs" / "ptb-small.toml"
 WORK = Path("/tmp/textgen-bench/regularization")
@@ -63,19 +67,21 @@ def run_variant(name: str, sets: list[str], train: Path, valid: Path) -> dict[st
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
-    history = out / "history.csv"
-    rows = list(csv.DictReader(history.open(encoding="utf-8"))) if history.is_file() else []
+    try:
+        rows = read_history(out)
+    except DataError:  # the run failed before its first epoch ended
+        rows = []
     result: dict[str, object] = {"name": name, "wall": wall, "epochs": len(rows)}
     if done.returncode != 0:
         result["error"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"
     if rows:
-        val = [float(r["val_loss"]) for r in rows]
+        val = [r["val_loss"] for r in rows]
         best = min(range(len(val)), key=val.__getitem__)
         result |= {
             "best_ppl": math.exp(val[best]),
             "best_epoch": best + 1,
             "last_ppl": math.exp(val[-1]),
-            "train_ppl_at_best": math.exp(float(rows[best]["loss"])),
+            "train_ppl_at_best": math.exp(rows[best]["loss"]),
         }
     return result
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ from textgen import checkpoint
 from textgen.cli import main
 from textgen.errors import UsageError
 from textgen.generate import sentence_generation
+from textgen.plot import read_history
 from textgen.train import train
 
 from .conftest import ROOT, TOY_CONFIG, TOY_SENTENCES
@@ -30,8 +30,7 @@ QUIET = {"progress": False, "log": lambda _m: None}
 
 
 def losses(run: Path) -> list[float]:
-    rows = csv.DictReader((run / checkpoint.HISTORY).open(encoding="utf-8"))
-    return [float(r["loss"]) for r in rows]
+    return [row["loss"] for row in read_history(run)]
 
 
 def generates_toy_sentences(run: Path) -> bool:

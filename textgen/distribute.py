@@ -10,9 +10,10 @@
   index). Worker 0 (or the task named ``chief``) is the chief.
 
 ``train.batch_size`` is the batch of one replica; a step takes ``batch_size × replicas``
-rows of the epoch's order, and replica ``r`` (counted over the whole cluster) reads rows
-``r`` of that global batch split in equal parts. So each worker reads only its own rows,
-and a run resumed at (epoch, step) sees the same batches whatever worker restarted.
+rows of the epoch's order, every worker reads that global batch (a few kilobytes of ids),
+and replica ``r`` (counted over the whole cluster) trains on part ``r`` of it split in
+equal consecutive parts (:func:`replica_rows`). So a run resumed at (epoch, step) sees the
+same batches whatever worker restarted.
 
 Only the chief writes the run directory. Every worker reads it back on a restart: the
 resumable state there plays the part of ``keras.callbacks.BackupAndRestore`` (the training
@@ -46,16 +47,14 @@ def make_strategy(kind: str, peer_timeout: float = 0.0) -> Any:
     tf = tensorflow()
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if kind == "multiworker":
-        options = tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=peer_timeout or None,
-            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-        )
-        try:
-            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-        except (ValueError, RuntimeError) as err:
-            raise UsageError(f"cannot start multi-worker training ({cluster}): {err}") from None
-    raise UsageError(f"unknown train.distribute {kind!r}")
+    options = tf.distribute.experimental.CommunicationOptions(  # multiworker (config-checked)
+        timeout_seconds=peer_timeout or None,
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+    )
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"cannot start multi-worker training ({cluster}): {err}") from None
 
 
 def _tf_config() -> str:
@@ -105,7 +104,11 @@ def describe(strategy: Any) -> str:
     return f"{name}, {replicas(strategy)} replicas in sync{where}"
 
 
-def replica_rows(idx: np.ndarray, replica: int, count: int) -> np.ndarray:
-    """The rows of global batch ``idx`` that replica ``replica`` of ``count`` trains on:
-    ``idx`` split into ``count`` nearly equal consecutive parts."""
-    return np.array_split(idx, count)[replica]
+def replica_rows(rows: int, count: int) -> list[np.ndarray]:
+    """Which rows of a global batch of ``rows`` rows each of ``count`` replicas trains on:
+    nearly equal consecutive parts. A replica left without a row gets index -1, the
+    all-padding row the caller appends (padding is masked out of the loss), because every
+    replica must take part in each step's all-reduce."""
+    return [
+        part if len(part) else np.array([-1]) for part in np.array_split(np.arange(rows), count)
+    ]

@@ -194,12 +194,6 @@ def _batches(
         yield step + 1, *examples.rows(np.sort(order[step * batch_size : (step + 1) * batch_size]))
 
 
-def _rows_or_padding(part: np.ndarray) -> np.ndarray:
-    """A replica's row indices; one all-padding row (index -1 of the padded batch,
-    masked out of the loss) when the global batch has fewer rows than replicas."""
-    return part if len(part) else np.array([-1])
-
-
 def _run_batches(
     examples: Examples,
     batch_size: int,
@@ -321,7 +315,7 @@ class _Steps:
 
         def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
             x, y = np.asarray(x), np.asarray(y)
-            parts = [_rows_or_padding(p) for p in np.array_split(np.arange(len(x)), count)]
+            parts = distribute.replica_rows(len(x), count)
 
             def rows(of: np.ndarray) -> Any:
                 return strategy.experimental_distribute_values_from_function(
@@ -541,9 +535,9 @@ class _Run:
         TensorFlow writes the event files itself; the ``tensorboard`` package is needed
         only to view them, so it is not a dependency.
         """
-        tf = tensorflow()
         if not self.chief:
             return
+        tf = tensorflow()
         if self.writer is None:
             from tensorflow.core.framework import summary_pb2
 
