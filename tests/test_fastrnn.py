@@ -8,8 +8,9 @@ from textgen.config import ModelConfig
 from textgen.model import build_model, training_forward
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
 @pytest.mark.parametrize("mask", [False, True])
-def test_outputs_and_gradients_match_keras(mask):
+def test_outputs_and_gradients_match_keras(mask, compiled):
     tf = tensorflow()
     cfg = ModelConfig(cell="lstm", embedding_dim=6, units=10, layers=2)
     model = build_model(cfg, 13, mask_padding=mask)
@@ -32,16 +33,24 @@ def test_outputs_and_gradients_match_keras(mask):
         weight = tf.cast(x != 0, ce.dtype)
         return tf.reduce_sum(ce * weight) / tf.reduce_sum(weight)
 
-    with tf.GradientTape(persistent=True) as tape:
+    with tf.GradientTape() as tape:
         ref_logits = model(x, training=True)
-        fast_logits, _ = fast(x, True)
-        ref_loss, fast_loss = loss(ref_logits), loss(fast_logits)
+        ref_loss = loss(ref_logits)
+    ref_grads = tape.gradient(ref_loss, model.trainable_variables)
+
+    def fast_logits_and_grads():
+        with tf.GradientTape() as tape:
+            logits, _ = fast(x, True)
+            fast_loss = loss(logits)
+        return logits, tape.gradient(fast_loss, model.trainable_variables)
+
+    if compiled:  # the training step's path: one XLA computation
+        fast_logits_and_grads = tf.function(fast_logits_and_grads, jit_compile=True)
+    fast_logits, fast_grads = fast_logits_and_grads()
     real = x != 0  # masked positions' outputs are never used
     np.testing.assert_allclose(
         np.asarray(fast_logits)[real], np.asarray(ref_logits)[real], atol=1e-5
     )
-    ref_grads = tape.gradient(ref_loss, model.trainable_variables)
-    fast_grads = tape.gradient(fast_loss, model.trainable_variables)
     for var, a, b in zip(model.trainable_variables, ref_grads, fast_grads, strict=True):
         np.testing.assert_allclose(
             np.asarray(tf.convert_to_tensor(b)),
@@ -59,3 +68,91 @@ def test_other_cells_use_the_keras_model():
         np.asarray(training_forward(model, cfg, mask_padding=False)(x, False)[0]),
         np.asarray(model(x)),
     )
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+def test_carried_state_matches_keras_initial_state(compiled):
+    """A carried (h, c) starts the layer where Keras' initial_state does; it is a constant."""
+    from textgen._tf import keras
+    from textgen.fastrnn import lstm_layer
+
+    tf, k = tensorflow(), keras()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 7, 5)).astype(np.float32)  # batch-major for Keras
+    h0, c0 = (rng.standard_normal((3, 4)).astype(np.float32) for _ in range(2))
+    layer = k.layers.LSTM(4, return_sequences=True, return_state=True)
+    layer(x)
+    layer.set_weights([w + 0.3 * rng.standard_normal(w.shape) for w in layer.get_weights()])
+    weights = layer.trainable_variables  # kernel, recurrent kernel, bias
+    target = rng.standard_normal((3, 7, 4)).astype(np.float32)
+
+    with tf.GradientTape() as tape:
+        ref_h, ref_last_h, ref_last_c = layer(x, initial_state=[h0, c0])
+        ref_loss = tf.reduce_sum(ref_h * target)
+    ref_grads = tape.gradient(ref_loss, weights)
+
+    def fast():
+        kernel, recurrent, bias = (tf.convert_to_tensor(w) for w in weights)
+        with tf.GradientTape() as tape:
+            tape.watch([kernel, recurrent, bias])
+            hs, (last_h, last_c) = lstm_layer(
+                tf.transpose(x, [1, 0, 2]), kernel, bias, recurrent, initial=(h0, c0)
+            )
+            fast_loss = tf.reduce_sum(tf.transpose(hs, [1, 0, 2]) * target)
+        return hs, last_h, last_c, tape.gradient(fast_loss, [kernel, recurrent, bias])
+
+    if compiled:
+        fast = tf.function(fast, jit_compile=True)
+    hs, last_h, last_c, grads = fast()
+    np.testing.assert_allclose(np.transpose(hs, [1, 0, 2]), ref_h, atol=1e-5)
+    np.testing.assert_allclose(last_h, ref_last_h, atol=1e-5)
+    np.testing.assert_allclose(last_c, ref_last_c, atol=1e-5)
+    for a, b in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+def test_masked_steps_inside_a_sequence_keep_the_state_as_in_keras(compiled):
+    """A masked step in the middle passes state forward and gradients back unchanged."""
+    from textgen._tf import keras
+    from textgen.fastrnn import lstm_layer
+
+    tf, k = tensorflow(), keras()
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 8, 5)).astype(np.float32)
+    mask = np.ones((3, 8), bool)
+    mask[0, 2:4] = mask[2, 5] = False
+    layer = k.layers.LSTM(4, return_sequences=True, return_state=True)
+    layer(x)
+    layer.set_weights([w + 0.3 * rng.standard_normal(w.shape) for w in layer.get_weights()])
+    weights = layer.trainable_variables
+    target = rng.standard_normal((3, 8, 4)).astype(np.float32) * mask[:, :, None]
+
+    with tf.GradientTape() as tape:
+        ref_h, _, ref_last_c = layer(x, mask=mask)
+        ref_loss = tf.reduce_sum(ref_h * target)
+    ref_grads = tape.gradient(ref_loss, weights)
+
+    def fast():
+        kernel, recurrent, bias = (tf.convert_to_tensor(w) for w in weights)
+        zeros = tf.zeros([3, 4])
+        with tf.GradientTape() as tape:
+            tape.watch([kernel, recurrent, bias])
+            m = tf.cast(tf.transpose(mask), tf.float32)[:, :, None]
+            hs, (_, last_c) = lstm_layer(
+                tf.transpose(x, [1, 0, 2]), kernel, bias, recurrent, m, initial=(zeros, zeros)
+            )
+            fast_loss = tf.reduce_sum(tf.transpose(hs, [1, 0, 2]) * target)
+        grads = tape.gradient(fast_loss, [kernel, recurrent, bias])
+        return hs, last_c, grads
+
+    if compiled:
+        fast = tf.function(fast, jit_compile=True)
+    hs, last_c, grads = fast()
+    real = mask  # outputs at masked steps are not compared (never used)
+    np.testing.assert_allclose(
+        np.transpose(hs, [1, 0, 2])[real], np.asarray(ref_h)[real], atol=1e-5
+    )
+    np.testing.assert_allclose(last_c, ref_last_c, atol=1e-5)
+    for a, b in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -1,22 +1,30 @@
-"""A faster LSTM recurrence for training on CPU, over the Keras layer's own variables.
+"""A faster LSTM layer for training on CPU, over the Keras layer's own variables.
 
 Keras' CPU LSTM runs its cell once per time step, input projection included, and lets
 autodiff accumulate the weight gradients step by step. This module does what cuDNN and
 PyTorch do instead:
 
 * the input projection ``x @ kernel + bias`` of all time steps is one large matrix
-  product before the recurrence (done by the caller, differentiated by TensorFlow);
+  product before the recurrence (differentiated by TensorFlow);
 * the recurrence carries only ``h @ recurrent_kernel`` per step, with a hand-written
   backward pass (a ``tf.custom_gradient``) that returns the per-step gradients, so the
   recurrent kernel's gradient is one large product ``H_prevᵀ @ dZ`` after the loop;
-* everything that does not depend on the previous step (activation derivatives, tanh of
-  the cell states) is computed for all steps at once outside the loops, because on a CPU
-  every small op inside a loop costs scheduling time; one ``tanh`` yields all four gates
-  (``sigmoid(z) = (tanh(z/2) + 1)/2``, the halving folded into the weights, exact).
+* one ``tanh`` yields all four gates (``sigmoid(z) = (tanh(z/2) + 1)/2``); the halving is
+  folded into the weights before the products (exact: the factors are 1/2 and 1), so no
+  pass over the (time, batch, 4·units) pre-activations is spent on it;
+* every large per-step array lives in a ``TensorArray`` that the loop writes in place: the
+  gate activations overwrite the pre-activations they came from, and the states are
+  stored with the initial state in slot 0, so ``h_prev``/``c_prev`` are slices, not
+  copies. The backward loop computes each step's elementwise terms from those slots
+  rather than materialising them for all steps first.
+
+Measured on the benchmark machine (BENCHMARKS.md, issue 4), the large buffers matter more
+than the loop's small operations: most of what remained was memory traffic.
 
 It is numerically the same LSTM as ``keras.layers.LSTM`` (gates i, f, c, o; zero initial
 state unless one is given; masked steps keep the previous state), so ``model.keras``
-stays a plain Keras model. Tests compare outputs and gradients with Keras'.
+stays a plain Keras model. Tests compare outputs and gradients with Keras', eagerly and
+under XLA.
 """
 
 from __future__ import annotations
@@ -26,97 +34,120 @@ from typing import Any
 from textgen._tf import tensorflow
 
 
-def _gate_constants(units: int, dtype: Any) -> tuple[Any, Any, Any]:
-    """(scale, a, b) with gates = a * tanh(scale * z) + b for the i, f, c, o blocks."""
+def _gate_constants(units: int, dtype: Any) -> tuple[Any, Any]:
+    """(scale, offset) with gates = scale * tanh(scale * z) + offset for blocks i, f, c, o."""
     tf = tensorflow()
     half, one, zero = (tf.fill([units], v) for v in (0.5, 1.0, 0.0))
     scale = tf.cast(tf.concat([half, half, one, half], 0), dtype)
     offset = tf.cast(tf.concat([half, half, zero, half], 0), dtype)
-    return scale, scale, offset
+    return scale, offset
 
 
-def lstm_recurrence(
-    xw: Any, recurrent: Any, mask: Any | None = None, initial: tuple[Any, Any] | None = None
+def lstm_layer(
+    x: Any,
+    kernel: Any,
+    bias: Any,
+    recurrent: Any,
+    mask: Any | None = None,
+    initial: tuple[Any, Any] | None = None,
 ) -> Any:
-    """Run the LSTM recurrence; ``xw`` is (time, batch, 4H) with the bias added.
+    """Run one LSTM layer over time-major ``x`` (time, batch, features).
 
-    ``mask`` is (time, batch, 1) float, 1 where the step is real (None: all real).
-    ``initial`` is the state ``(h, c)`` to start from (None: zeros); it is a constant for
-    differentiation, as in truncated backpropagation through time.
+    ``kernel`` (features, 4H), ``bias`` (4H) and ``recurrent`` (H, 4H) are the Keras
+    layer's weights. ``mask`` is (time, batch, 1) float, 1 where the step is real (None:
+    all real). ``initial`` is the state ``(h, c)`` to start from (None: zeros); it is a
+    constant for differentiation, as in truncated backpropagation through time.
     Returns the hidden states (time, batch, H) when ``initial`` is None, else
     ``(hidden states, (h_last, c_last))`` with the final state to carry into the next call.
     """
     tf = tensorflow()
-    masked = mask is not None
-    if mask is None:
-        mask = tf.ones_like(xw[:1, :1, :1])  # unused placeholder input
     units = recurrent.shape[0]
+    scale, offset = _gate_constants(units, x.dtype)
+    # the gates' 1/2 goes into the weights (exact), autodiff carries it to their gradients
+    xs = tf.tensordot(x, kernel * scale, 1) + bias * scale
     carried = initial is not None
     if initial is None:
-        zeros = tf.zeros([tf.shape(xw)[1], units], xw.dtype)
+        zeros = tf.zeros([tf.shape(x)[1], units], x.dtype)
         initial = (zeros, zeros)
     h0, c0 = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in initial)
-
-    @tf.custom_gradient
-    def run(xw: Any, recurrent: Any, mask: Any, h0: Any, c0: Any) -> Any:
-        batch = tf.shape(xw)[1]
-        scale, a, b = _gate_constants(units, xw.dtype)
-        zeros = tf.zeros([batch, units], xw.dtype)
-        rec_scaled = recurrent * scale
-
-        def step(carry: Any, inputs: Any) -> Any:
-            h_prev, c_prev, _ = carry
-            xs_t, m = inputs if masked else (inputs, None)
-            t = tf.tanh(xs_t + tf.matmul(h_prev, rec_scaled))
-            i, f, g, o = tf.split(t * a + b, 4, axis=-1)
-            c = f * c_prev + i * g
-            h = o * tf.tanh(c)
-            if masked:
-                c = c_prev + m * (c - c_prev)
-                h = h_prev + m * (h - h_prev)
-            return h, c, t
-
-        xs = xw * scale
-        t0 = tf.zeros([batch, 4 * units], xw.dtype)
-        hs, cs, ts = tf.scan(step, (xs, mask) if masked else xs, initializer=(h0, c0, t0))
-
-        def grad(dhs: Any, _dcs: Any) -> tuple[Any, ...]:
-            # per-step quantities that do not depend on the recurrence, all steps at once
-            i, f, g, o = tf.split(ts * a + b, 4, axis=-1)
-            c_prev = tf.concat([c0[None], cs[:-1]], axis=0)
-            tc = tf.tanh(cs)
-            m_all = mask if masked else 1.0
-            o_dtc = m_all * o * (1.0 - tc * tc)  # d c / d h through h = o * tanh(c)
-            gci = tf.concat([g, c_prev, i], axis=-1)  # dc times these: d i, d f, d g
-            dz_dgate = (a * scale) * (1.0 - ts * ts) * m_all
-            recurrent_t = tf.transpose(recurrent)
-
-            def back(carry: Any, inputs: Any) -> Any:
-                dh_next, dc_next, _ = carry
-                if masked:
-                    dh_out, o_dtc_t, gci_t, tc_t, dz_dgate_t, f_t, m = inputs
-                else:
-                    dh_out, o_dtc_t, gci_t, tc_t, dz_dgate_t, f_t = inputs
-                dh = dh_out + dh_next
-                dc = dc_next + dh * o_dtc_t
-                dgates = tf.concat([tf.tile(dc, [1, 3]) * gci_t, dh * tc_t], axis=-1)
-                dz = dgates * dz_dgate_t
-                dh_prev = tf.matmul(dz, recurrent_t)
-                if masked:  # a masked step passes its gradients straight through
-                    return dh_prev + (1.0 - m) * dh, dc * (m * f_t + (1.0 - m)), dz
-                return dh_prev, dc * f_t, dz
-
-            seqs = (dhs, o_dtc, gci, tc, dz_dgate, f) + ((mask,) if masked else ())
-            _, _, dzs = tf.scan(back, seqs, initializer=(zeros, zeros, t0), reverse=True)
-            h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
-            d_recurrent = tf.matmul(
-                tf.reshape(h_prev, [-1, units]), tf.reshape(dzs, [-1, 4 * units]), transpose_a=True
-            )
-            return dzs, d_recurrent, tf.zeros_like(mask), tf.zeros_like(h0), tf.zeros_like(c0)
-
-        return (hs, cs[-1]), grad
-
-    hs, c_last = run(xw, recurrent, mask, h0, c0)
+    hs, c_last = _recurrence(xs, recurrent * scale, mask, h0, c0, scale, offset)
     if not carried:
         return hs
     return hs, (tf.stop_gradient(hs[-1]), tf.stop_gradient(c_last))
+
+
+def _recurrence(
+    xs: Any, rec: Any, mask: Any | None, h0: Any, c0: Any, scale: Any, offset: Any
+) -> tuple[Any, Any]:
+    """The scaled recurrence: gates = scale·tanh(xs_t + h_{t-1} @ rec) + offset."""
+    tf = tensorflow()
+    masked = mask is not None
+    units = rec.shape[0]
+    dtype = xs.dtype
+
+    def slots(size: Any, width: int) -> Any:
+        return tf.TensorArray(dtype, size=size, element_shape=[None, width], clear_after_read=False)
+
+    @tf.custom_gradient
+    def run(xs: Any, rec: Any) -> Any:
+        steps = tf.shape(xs)[0]
+
+        def step(t: Any, h: Any, c: Any, ts: Any, hs: Any, cs: Any) -> tuple[Any, ...]:
+            gate_tanh = tf.tanh(ts.read(t) + tf.matmul(h, rec))
+            i, f, g, o = tf.split(gate_tanh * scale + offset, 4, axis=-1)
+            c_new = f * c + i * g
+            h_new = o * tf.tanh(c_new)
+            if masked:  # a masked step keeps the previous state
+                m = mask[t]
+                c_new = c + m * (c_new - c)
+                h_new = h + m * (h_new - h)
+            return (
+                t + 1, h_new, c_new,
+                ts.write(t, gate_tanh), hs.write(t + 1, h_new), cs.write(t + 1, c_new),
+            )  # fmt: skip
+
+        start = (
+            0, h0, c0,
+            slots(steps, 4 * units).unstack(xs),  # overwritten step by step with tanh(z)
+            slots(steps + 1, units).write(0, h0),
+            slots(steps + 1, units).write(0, c0),
+        )  # fmt: skip
+        _, _, c_last, ts, hs, cs = tf.while_loop(lambda t, *_: t < steps, step, start)
+        h_all = hs.stack()  # (time + 1, batch, H): the initial state, then every step's
+
+        def grad(dhs: Any, _dc_last: Any) -> tuple[Any, Any]:
+            rec_t = tf.transpose(rec)
+            zeros = tf.zeros_like(h0)
+
+            def back(s: Any, dh_next: Any, dc_next: Any, dzs: Any) -> tuple[Any, ...]:
+                t = steps - 1 - s
+                gate_tanh = ts.read(t)
+                i, f, g, o = tf.split(gate_tanh * scale + offset, 4, axis=-1)
+                c, c_prev = cs.read(t + 1), cs.read(t)
+                tc = tf.tanh(c)
+                dh = dhs[t] + dh_next
+                m = mask[t] if masked else 1.0
+                dc = dc_next + m * dh * o * (1.0 - tc * tc)  # h = o * tanh(c)
+                dgates = tf.concat([dc * g, dc * c_prev, dc * i, dh * tc], axis=-1)
+                dz = dgates * (scale * (1.0 - gate_tanh * gate_tanh))
+                if masked:  # a masked step passes its gradients straight through
+                    dz = dz * m
+                    dh_prev = tf.matmul(dz, rec_t) + (1.0 - m) * dh
+                    dc_prev = dc * (m * f + (1.0 - m))
+                else:
+                    dh_prev, dc_prev = tf.matmul(dz, rec_t), dc * f
+                return s + 1, dh_prev, dc_prev, dzs.write(t, dz)
+
+            start = (0, zeros, zeros, slots(steps, 4 * units))
+            _, _, _, dzs = tf.while_loop(lambda s, *_: s < steps, back, start)
+            dzs = dzs.stack()
+            d_rec = tf.matmul(
+                tf.reshape(h_all[:-1], [-1, units]),
+                tf.reshape(dzs, [-1, 4 * units]),
+                transpose_a=True,
+            )
+            return dzs, d_rec
+
+        return (h_all[1:], c_last), grad
+
+    return run(xs, rec)

@@ -100,11 +100,11 @@ def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any
     additions the Keras graph cannot express: the tied output projection and a recurrent
     state carried in and out (``state`` is a list of ``(h, c)`` per layer, LSTM only; None
     starts from zeros and returns None). LSTM layers run through
-    :func:`textgen.fastrnn.lstm_recurrence` (input projections hoisted out of the time
+    :func:`textgen.fastrnn.lstm_layer` (input projections hoisted out of the time
     loop, hand-written backward pass); GRU and SimpleRNN layers are the Keras layers.
     """
     from textgen._tf import tensorflow
-    from textgen.fastrnn import lstm_recurrence
+    from textgen.fastrnn import lstm_layer
 
     tf = tensorflow()
     names = {layer.name for layer in model.layers}
@@ -131,13 +131,13 @@ def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any
                 x = layer(x, mask=mask, training=training)
                 continue
             cell = layer.cell
-            xw = tf.tensordot(x, cell.kernel, 1) + cell.bias  # all time steps in one product
+            weights = [tf.convert_to_tensor(w) for w in (cell.kernel, cell.bias)]
+            weights.append(tf.convert_to_tensor(cell.recurrent_kernel))
             m = None if mask is None else tf.cast(mask, x.dtype)[:, :, None]
-            recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
             if state is None:
-                x = lstm_recurrence(xw, recurrent, m)
+                x = lstm_layer(x, *weights, m)
             else:
-                x, carried = lstm_recurrence(xw, recurrent, m, initial=state[i])
+                x, carried = lstm_layer(x, *weights, m, initial=state[i])
                 new_state.append(carried)
         if drop_out is not None:
             x = drop_out(x, training=training)
