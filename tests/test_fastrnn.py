@@ -70,41 +70,48 @@ def test_other_cells_use_the_keras_model():
     )
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
-def test_carried_state_matches_keras_initial_state(compiled):
-    """A carried (h, c) starts the layer where Keras' initial_state does; it is a constant."""
+def compare_layer_with_keras(x, compiled, mask=None, initial=None):
+    """Run ``lstm_layer`` and a Keras LSTM with the same (non-trivial) weights on batch-major
+    ``x``; assert equal outputs at real steps, final state and weight gradients."""
     from textgen._tf import keras
     from textgen.fastrnn import lstm_layer
 
     tf, k = tensorflow(), keras()
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((3, 7, 5)).astype(np.float32)  # batch-major for Keras
-    h0, c0 = (rng.standard_normal((3, 4)).astype(np.float32) for _ in range(2))
+    rng = np.random.default_rng(x.shape[1])
+    batch, steps = x.shape[:2]
     layer = k.layers.LSTM(4, return_sequences=True, return_state=True)
     layer(x)
     layer.set_weights([w + 0.3 * rng.standard_normal(w.shape) for w in layer.get_weights()])
     weights = layer.trainable_variables  # kernel, recurrent kernel, bias
-    target = rng.standard_normal((3, 7, 4)).astype(np.float32)
+    real = np.ones((batch, steps), bool) if mask is None else mask
+    target = rng.standard_normal((batch, steps, 4)).astype(np.float32) * real[:, :, None]
 
     with tf.GradientTape() as tape:
-        ref_h, ref_last_h, ref_last_c = layer(x, initial_state=[h0, c0])
+        keras_state = None if initial is None else list(initial)
+        ref_h, ref_last_h, ref_last_c = layer(x, mask=mask, initial_state=keras_state)
         ref_loss = tf.reduce_sum(ref_h * target)
     ref_grads = tape.gradient(ref_loss, weights)
 
     def fast():
         kernel, recurrent, bias = (tf.convert_to_tensor(w) for w in weights)
+        zeros = tf.zeros([batch, 4])
+        m = None if mask is None else tf.cast(tf.transpose(mask), tf.float32)[:, :, None]
         with tf.GradientTape() as tape:
             tape.watch([kernel, recurrent, bias])
             hs, (last_h, last_c) = lstm_layer(
-                tf.transpose(x, [1, 0, 2]), kernel, bias, recurrent, initial=(h0, c0)
-            )
+                tf.transpose(x, [1, 0, 2]), kernel, bias, recurrent, m,
+                initial=(zeros, zeros) if initial is None else initial,
+            )  # fmt: skip
             fast_loss = tf.reduce_sum(tf.transpose(hs, [1, 0, 2]) * target)
         return hs, last_h, last_c, tape.gradient(fast_loss, [kernel, recurrent, bias])
 
-    if compiled:
+    if compiled:  # the training step's path: one XLA computation
         fast = tf.function(fast, jit_compile=True)
     hs, last_h, last_c, grads = fast()
-    np.testing.assert_allclose(np.transpose(hs, [1, 0, 2]), ref_h, atol=1e-5)
+    # outputs at masked steps are not compared (never used)
+    np.testing.assert_allclose(
+        np.transpose(hs, [1, 0, 2])[real], np.asarray(ref_h)[real], atol=1e-5
+    )
     np.testing.assert_allclose(last_h, ref_last_h, atol=1e-5)
     np.testing.assert_allclose(last_c, ref_last_c, atol=1e-5)
     for a, b in zip(grads, ref_grads, strict=True):
@@ -112,47 +119,18 @@ def test_carried_state_matches_keras_initial_state(compiled):
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+def test_carried_state_matches_keras_initial_state(compiled):
+    """A carried (h, c) starts the layer where Keras' initial_state does; it is a constant."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 7, 5)).astype(np.float32)
+    initial = tuple(rng.standard_normal((3, 4)).astype(np.float32) for _ in range(2))
+    compare_layer_with_keras(x, compiled, initial=initial)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
 def test_masked_steps_inside_a_sequence_keep_the_state_as_in_keras(compiled):
     """A masked step in the middle passes state forward and gradients back unchanged."""
-    from textgen._tf import keras
-    from textgen.fastrnn import lstm_layer
-
-    tf, k = tensorflow(), keras()
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((3, 8, 5)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((3, 8, 5)).astype(np.float32)
     mask = np.ones((3, 8), bool)
     mask[0, 2:4] = mask[2, 5] = False
-    layer = k.layers.LSTM(4, return_sequences=True, return_state=True)
-    layer(x)
-    layer.set_weights([w + 0.3 * rng.standard_normal(w.shape) for w in layer.get_weights()])
-    weights = layer.trainable_variables
-    target = rng.standard_normal((3, 8, 4)).astype(np.float32) * mask[:, :, None]
-
-    with tf.GradientTape() as tape:
-        ref_h, _, ref_last_c = layer(x, mask=mask)
-        ref_loss = tf.reduce_sum(ref_h * target)
-    ref_grads = tape.gradient(ref_loss, weights)
-
-    def fast():
-        kernel, recurrent, bias = (tf.convert_to_tensor(w) for w in weights)
-        zeros = tf.zeros([3, 4])
-        with tf.GradientTape() as tape:
-            tape.watch([kernel, recurrent, bias])
-            m = tf.cast(tf.transpose(mask), tf.float32)[:, :, None]
-            hs, (_, last_c) = lstm_layer(
-                tf.transpose(x, [1, 0, 2]), kernel, bias, recurrent, m, initial=(zeros, zeros)
-            )
-            fast_loss = tf.reduce_sum(tf.transpose(hs, [1, 0, 2]) * target)
-        grads = tape.gradient(fast_loss, [kernel, recurrent, bias])
-        return hs, last_c, grads
-
-    if compiled:
-        fast = tf.function(fast, jit_compile=True)
-    hs, last_c, grads = fast()
-    real = mask  # outputs at masked steps are not compared (never used)
-    np.testing.assert_allclose(
-        np.transpose(hs, [1, 0, 2])[real], np.asarray(ref_h)[real], atol=1e-5
-    )
-    np.testing.assert_allclose(last_c, ref_last_c, atol=1e-5)
-    for a, b in zip(grads, ref_grads, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    compare_layer_with_keras(x, compiled, mask=mask)

@@ -131,8 +131,8 @@ def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any
                 x = layer(x, mask=mask, training=training)
                 continue
             cell = layer.cell
-            weights = [tf.convert_to_tensor(w) for w in (cell.kernel, cell.bias)]
-            weights.append(tf.convert_to_tensor(cell.recurrent_kernel))
+            weights = (cell.kernel, cell.bias, cell.recurrent_kernel)  # lstm_layer's order
+            weights = [tf.convert_to_tensor(w) for w in weights]
             m = None if mask is None else tf.cast(mask, x.dtype)[:, :, None]
             if state is None:
                 x = lstm_layer(x, *weights, m)
