@@ -8,7 +8,9 @@ traceback. TensorFlow is imported only by the commands that train, so ``--help``
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial, wraps
@@ -23,19 +25,40 @@ from textgen.errors import TextgenError
 STRATEGY_NAMES = ("greedy", "sample", "beam")  # textgen.generate.STRATEGIES, without numpy
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and cleanup runs."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
 def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn :class:`TextgenError` into one line on stderr and its exit code."""
+    """Turn :class:`TextgenError` into one line on stderr and its exit code.
+
+    SIGTERM stops a command the way Ctrl-C does (exit 143): temporary files and folders
+    are removed on the way out instead of being left behind by the default handler.
+    """
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return func(*args, **kwargs)
         except TextgenError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+        except Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(143)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -328,12 +351,9 @@ def generate(
     """
     from textgen.checkpoint import load_bundle, resolve_run
     from textgen.errors import UsageError
-    from textgen.generate import Generator, Strategy
+    from textgen.generate import Generator, Strategy, check_sizes
 
-    if num_samples < 1:
-        raise UsageError(f"-n/--num-samples must be at least 1, got {num_samples}")
-    if length < 1:
-        raise UsageError(f"--length must be at least 1, got {length}")
+    check_sizes(length, num_samples)
     if sum(x is not None and x is not False for x in (seed, seeds_file, interactive or None)) != 1:
         raise UsageError("give exactly one of --seed TEXT, - (seeds from stdin) or --interactive")
     plan = Strategy(strategy, temperature, top_k, top_p, beam_width, length_penalty)
@@ -432,7 +452,7 @@ def evaluate(
     bundle = load_bundle(resolve_run(model_dir))
     results = {}
     if valid:
-        text = held_out_text(bundle.config.data)
+        text = held_out_text(bundle.config.data, bundle.metadata.get("corpus_sha256"))
         if not text.strip():
             raise DataError(f"{bundle.run_dir} held out no validation text (val_split = 0)")
         results["validation"] = evaluate_text(bundle, text)
@@ -487,7 +507,7 @@ def info(run: str | None) -> None:
     Example:
       textgen info runs/ko-toy
     """
-    from textgen.checkpoint import HISTORY, load_bundle, resolve_run
+    from textgen.checkpoint import load_bundle, resolve_run
 
     bundle = load_bundle(resolve_run(run))
     meta = bundle.metadata
@@ -505,6 +525,5 @@ def info(run: str | None) -> None:
     )
     click.echo(f"corpus: {meta.get('corpus')} (sha256 {str(meta.get('corpus_sha256'))[:12]})")
     click.echo(f"best epoch: {meta.get('best_epoch')}, loss {meta.get('best_loss')}")
-    history = bundle.run_dir / HISTORY
-    if history.exists():
-        click.echo(history.read_text(encoding="utf-8").rstrip())
+    if bundle.history:
+        click.echo(bundle.history.rstrip())

@@ -244,6 +244,7 @@ def _check_ranges(config: Config) -> None:
             "train.carry_state is not supported with train.distribute yet",
         ),
         (t.peer_timeout >= 0, "train.peer_timeout must be >= 0 (0 = wait forever)"),
+        (0 <= t.seed < 2**32, "train.seed must be in [0, 2**32)"),
         (t.epochs >= 1, "train.epochs must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.learning_rate > 0, "train.learning_rate must be > 0"),

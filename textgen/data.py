@@ -32,6 +32,8 @@ from textgen.errors import DataError
 from textgen.ids import IdFile, Progress, prepare_ids, split_blocks, text_blocks
 from textgen.tokenizers import Tokenizer, fit_tokenizer
 
+MAX_PADDED_IDS = 1 << 28  # lines mode, max_len = 0: at most this many padded ids (1 GB)
+
 
 @dataclass(frozen=True)
 class Examples:
@@ -132,6 +134,10 @@ def read_corpus(path: str | Path, encoding: str = "utf-8") -> tuple[str, str]:
         raise DataError("no corpus given: set data.corpus in the config or pass --corpus")
     if path.is_dir():
         raise DataError(f"corpus {path} is a folder, not a text file")
+    if path.exists() and not path.is_file():
+        raise DataError(
+            f"corpus {path} is not a regular file (a device or a pipe); give a text file"
+        )
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -204,13 +210,26 @@ def _stream_ids(text: str, tokenizer: Tokenizer) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
-def held_out_text(cfg: DataConfig) -> str:
+def held_out_text(cfg: DataConfig, corpus_sha256: str | None = None) -> str:
     """The validation text a run held out: ``valid_corpus``, or the corpus' tail that
-    :func:`prepare` set aside (empty when ``val_split`` is 0)."""
+    :func:`prepare` set aside (empty when ``val_split`` is 0).
+
+    With ``corpus_sha256`` (the run's record) the corpus must still be that file: a run
+    copied from elsewhere names paths of another machine, and the tail of a different
+    file is not what the run held out.
+    """
     if cfg.valid_corpus:
         return read_corpus(cfg.valid_corpus, cfg.encoding)[0]
     if cfg.val_split <= 0:
         return ""
+    if corpus_sha256 is not None:
+        from textgen.ids import scan
+
+        if scan(cfg.corpus, cfg.encoding, count_chars=False)[0] != corpus_sha256:
+            raise DataError(
+                f"corpus {cfg.corpus} is not the file this run was trained on (sha256 "
+                "differs), so its held-out tail is unknown; score a file instead"
+            )
     if cfg.mode == "lines":
         text, _ = read_corpus(cfg.corpus, cfg.encoding)
         _, val_lines = _hold_out_lines([ln for ln in text.splitlines() if ln.strip()], cfg)
@@ -277,7 +296,7 @@ def prepare(
             train_lines, val_lines = _hold_out_lines(lines, cfg)
         tokenizer = given or fit_tokenizer(train_lines, **fit)
         _check_vocab(tokenizer, where)
-        length = cfg.max_len or 1 + max(len(tokenizer.split(line)) for line in lines)
+        length = cfg.max_len or _longest_line(lines, tokenizer, where)
         train, cut = line_examples(train_lines, tokenizer, length)
         val, cut_val = line_examples(val_lines, tokenizer, length) if val_lines else (None, 0)
         split_lines = cut + cut_val
@@ -299,6 +318,24 @@ def prepare(
     if val is not None and len(val) == 0:
         val = None
     return Prepared(tokenizer, train, val, sha, split_lines)
+
+
+def _longest_line(lines: list[str], tokenizer: Tokenizer, where: object) -> int:
+    """The padded length for ``data.max_len = 0``: the longest line plus ``<eos>``.
+
+    Every line is padded to it, so one very long line multiplies the memory of all; past
+    :data:`MAX_PADDED_IDS` ids that is an error naming the line, not an out-of-memory.
+    """
+    sizes = [len(tokenizer.split(line)) for line in lines]
+    longest = int(np.argmax(sizes))
+    length = 1 + sizes[longest]
+    if len(lines) * length > MAX_PADDED_IDS:
+        raise DataError(
+            f"corpus {where}: non-blank line {longest + 1} has {sizes[longest]:,} tokens, and "
+            f"padding all {len(lines):,} lines to it needs {len(lines) * length * 8 / 1e9:.1f} GB; "
+            "set data.max_len (e.g. 200) to cut long lines into pieces"
+        )
+    return length
 
 
 def _check_vocab(tokenizer: Tokenizer, where: object) -> None:

@@ -21,6 +21,9 @@ from textgen.stepper import NumpyLM
 from textgen.tokenizers import Tokenizer
 
 STRATEGIES = ("greedy", "sample", "beam")
+MAX_LENGTH = 1_000_000  # new tokens per text: the picked ids are kept in one array
+MAX_SAMPLES = 10_000  # texts per seed, decoded as one batch
+PREFILL_LOGITS = 1 << 24  # logits (floats) of one chunk of the seed, at most
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,18 @@ class Strategy:
             raise UsageError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
         if self.beam_width < 1:
             raise UsageError(f"--beam-width must be >= 1, got {self.beam_width}")
+
+
+def check_sizes(length: int, num: int) -> None:
+    """Refuse a --length or -n that is not positive or would not fit in memory."""
+    if length < 1:
+        raise UsageError(f"--length must be at least 1, got {length}")
+    if length > MAX_LENGTH:
+        raise UsageError(f"--length must be at most {MAX_LENGTH:,}, got {length:,}")
+    if num < 1:
+        raise UsageError(f"-n/--num-samples must be at least 1, got {num}")
+    if num > MAX_SAMPLES:
+        raise UsageError(f"-n/--num-samples must be at most {MAX_SAMPLES:,}, got {num:,}")
 
 
 def _warn(message: str) -> None:
@@ -99,14 +114,13 @@ class Generator:
         Beam search returns the ``num`` best beams of a single search.
         """
         strategy = strategy or Strategy()
-        if length < 1:
-            raise UsageError(f"--length must be at least 1, got {length}")
+        check_sizes(length, num)
         seed_ids = self.encode_seed(seed)
         if strategy.name == "beam":
-            logits, state = self.lm.run(seed_ids[None, :])
+            last, state = self.prefill(seed_ids, 1)
             return beam_search(
                 self.lm.step,
-                logits[:, -1],
+                last,
                 state,
                 width=strategy.beam_width,
                 length=length,
@@ -114,7 +128,7 @@ class Generator:
                 alpha=strategy.length_alpha,
                 num=num,
             )
-        logits, state = self.lm.run(np.tile(seed_ids, (num, 1)))
+        last, state = self.prefill(seed_ids, num)
         pick = (
             greedy
             if strategy.name == "greedy"
@@ -122,7 +136,7 @@ class Generator:
         )
         return decode(
             self.lm.step,
-            logits[:, -1],
+            last,
             state,
             length=length,
             pick=pick,
@@ -131,6 +145,20 @@ class Generator:
             rng=np.random.default_rng(rng_seed),
             on_token=on_token,
         )
+
+    def prefill(self, seed_ids: np.ndarray, rows: int) -> tuple[np.ndarray, Any]:
+        """Run the seed through the network for ``rows`` sequences; return the logits after
+        its last token (rows, vocab) and the state.
+
+        The seed goes in chunks that carry the state, sized so that the logits of one
+        chunk stay under :data:`PREFILL_LOGITS`: a seed of a megabyte costs time in
+        proportion, never gigabytes of output projections.
+        """
+        chunk = max(1, min(len(seed_ids), PREFILL_LOGITS // (rows * self.lm.vocab_size)))
+        state = None
+        for start in range(0, len(seed_ids), chunk):
+            logits, state = self.lm.run(np.tile(seed_ids[start : start + chunk], (rows, 1)), state)
+        return logits[:, -1], state
 
     def _stop_test(self, stop: str | None) -> Callable[[int, list[int]], bool] | None:
         if not stop:

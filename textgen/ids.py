@@ -24,9 +24,11 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
+import tempfile
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,9 +42,12 @@ from textgen.tokenizers import Tokenizer, fit_tokenizer
 from textgen.vocab import EOS, PAD, UNK, Vocab
 
 BLOCK = 4 << 20  # bytes read at a time
+MAX_LINE_BYTES = 256 << 20  # a longer line is refused: it would be held whole in memory
+MAX_DISTINCT = 5_000_000  # distinct tokens counted before the vocabulary is cut to size
 CACHE_FORMAT = 1
 CACHE_ENV = "TEXTGEN_CACHE"
 TRAIN, VALID, META, TOKENIZER = "train.ids", "valid.ids", "meta.json", "tokenizer.json"
+OWNER = ".owner"  # in a temporary folder: locked by the process that writes it
 
 Progress = Callable[[int], None]  # called with the number of bytes just processed
 
@@ -62,6 +67,10 @@ def _open_corpus(path: str | Path) -> Any:
         raise DataError("no corpus given: set data.corpus in the config or pass --corpus")
     if path.is_dir():
         raise DataError(f"corpus {path} is a folder, not a text file")
+    if path.exists() and not path.is_file():
+        raise DataError(
+            f"corpus {path} is not a regular file (a device or a pipe); give a text file"
+        )
     try:
         return path.open("rb")
     except FileNotFoundError:
@@ -105,20 +114,31 @@ def text_blocks(
 ) -> Iterator[str]:
     """The decoded text of ``path`` in pieces that each end at a line break (the last one
     may not), with the same checks as :func:`textgen.data.read_corpus`: a NUL byte, bad
-    bytes (with their offset) and a text with nothing but whitespace are errors."""
+    bytes (with their offset) and a text with nothing but whitespace are errors.
+
+    A line is held whole until its break, in linear time; one longer than
+    :data:`MAX_LINE_BYTES` is an error rather than unbounded memory."""
     compatible = _ascii_compatible(encoding)
     decoder = codecs.getincrementaldecoder(encoding)("strict")
-    offset, rest, first, nonblank = 0, b"", True, False
-    pending = ""
+    offset, first, nonblank = 0, True, False
+    held: list[Any] = []  # the unfinished line: bytes (compatible) or str pieces
+    held_size = 0
     with _open_corpus(path) as f:
         while True:
             block = f.read(BLOCK)
-            if first and b"\x00" in block[:65536]:
+            if compatible and not offset and b"\x00" in block[:65536]:  # the first block
                 raise DataError(f"corpus {path} looks binary (NUL byte); give a text file")
             if compatible:
-                data = rest + block
-                cut = data.rfind(b"\n") + 1 if block else len(data)
-                piece, rest = data[:cut], data[cut:]
+                cut = block.rfind(b"\n") + 1 if block else len(block)
+                if cut:
+                    piece = b"".join([*held, block[:cut]])
+                    held, held_size = [block[cut:]], len(block) - cut
+                elif block:
+                    piece = b""
+                    held.append(block)
+                    held_size += len(block)
+                else:  # the end: whatever is held is the last line
+                    piece, held, held_size = b"".join(held), [], 0
                 try:
                     text = piece.decode(encoding)
                 except UnicodeDecodeError as err:
@@ -126,13 +146,24 @@ def text_blocks(
                 offset += len(piece)
             else:
                 try:
-                    decoded = pending + decoder.decode(block, final=not block)
+                    decoded = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as err:
                     raise _bad_bytes(path, encoding, offset + max(err.start, 0), 0) from None
                 offset += len(block)
                 cut = decoded.rfind("\n") + 1 if block else len(decoded)
-                text, pending = decoded[:cut], decoded[cut:]
-            if first:
+                if cut or not block:
+                    text = "".join([*held, decoded[:cut]])
+                    held, held_size = [decoded[cut:]], len(decoded) - cut
+                else:
+                    text = ""
+                    held.append(decoded)
+                    held_size += len(decoded)
+            if held_size > MAX_LINE_BYTES:
+                raise DataError(
+                    f"corpus {path} has a line longer than {MAX_LINE_BYTES >> 20} MB; "
+                    "stream-mode text needs line breaks"
+                )
+            if first and text:
                 text = text.removeprefix("\ufeff")
                 first = False
             if text:
@@ -262,8 +293,9 @@ class _WordCoder:
                 if raw.strip():
                     out.extend([add(t, len(index)) for t in line.split()])
                     out.append(self.eos_id)
-            if len(index) > len(self.tokens):
-                self.tokens.extend(list(index)[len(self.tokens) :])
+            new = len(index) - len(self.tokens)
+            if new:  # the newest keys, read from the end: O(new), not O(vocabulary)
+                self.tokens.extend(list(itertools.islice(reversed(index), new))[::-1])
         ids = np.asarray(out, np.int64)
         if count and not self.fixed:
             self.counts = _add_counts(self.counts, ids, len(self.tokens))
@@ -271,10 +303,23 @@ class _WordCoder:
 
 
 def _add_counts(counts: np.ndarray, ids: np.ndarray, size: int) -> np.ndarray:
-    grown = np.zeros(size, np.int64)
-    grown[: len(counts)] = counts
-    grown += np.bincount(ids, minlength=size)[:size]
-    return grown
+    """``counts`` (at least ``size`` long, grown by doubling) plus the ids of one block.
+
+    The work is O(block) however large the vocabulary: a corpus whose every token is new
+    must not pay O(vocabulary) per block.
+    """
+    if size > MAX_DISTINCT:
+        raise DataError(
+            f"the corpus has more than {MAX_DISTINCT:,} distinct tokens; a word vocabulary "
+            'that large does not fit a model: use data.level = "subword" (or clean the text)'
+        )
+    if len(counts) < size:
+        grown = np.zeros(max(size, 2 * len(counts)), np.int64)
+        grown[: len(counts)] = counts
+        counts = grown
+    uniq, hits = np.unique(ids, return_counts=True)
+    counts[uniq] += hits
+    return counts
 
 
 def _final_vocab(
@@ -283,7 +328,9 @@ def _final_vocab(
     """The vocabulary :meth:`Vocab.build` would give for these counts, and the map from
     provisional ids to its ids."""
     specials = [PAD, UNK] + ([EOS] if eos else [])
-    counts = np.concatenate([counts, np.zeros(len(tokens) - len(counts), np.int64)])
+    full = np.zeros(len(tokens), np.int64)
+    full[: min(len(counts), len(tokens))] = counts[: len(tokens)]
+    counts = full
     remap = np.full(len(tokens), 1, np.int64)  # unknown by default
     ordinary = [i for i, t in enumerate(tokens) if t not in specials and counts[i] > 0]
     ordinary.sort(key=lambda i: -counts[i])  # stable: ties keep first appearance
@@ -373,17 +420,22 @@ def prepare_ids(
         if found is not None:
             return found
     folder = candidates[-1]
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _sweep_abandoned(root)
     try:
-        tmp.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=root))
+        owner = _hold(tmp / OWNER)
     except OSError as err:
-        raise DataError(f"cannot create the corpus cache {tmp}: {err.strerror or err}") from None
+        raise DataError(
+            f"cannot create the corpus cache in {root}: {err.strerror or err}"
+        ) from None
     try:
         cut = int(chars * (1.0 - cfg.val_split)) if split else None
         made = _tokenize(cfg, tmp, cut, tokenizer, progress)
+        made["sha256"] = {name: _sha256(tmp / name) for name in (TRAIN, VALID)}
         meta = {"format": CACHE_FORMAT, "corpus_sha256": sha, "corpus": str(cfg.corpus)} | made
         (tmp / META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        (tmp / OWNER).unlink()
         if folder.exists() and _load_entry(folder, sha, tokenizer) is None:
             shutil.rmtree(folder, ignore_errors=True)  # a damaged or partial entry
         try:
@@ -393,12 +445,55 @@ def prepare_ids(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(owner)
     entry = _load_entry(folder, sha, tokenizer)
     if entry is None:
         raise DataError(f"the corpus cache {folder} could not be read back")
     if log is not None:
         log(f"prepared {cfg.corpus} → {folder}")
     return dataclasses.replace(entry, cached=False)
+
+
+def _hold(path: Path) -> int:
+    """Create ``path`` and hold an exclusive lock on it until the returned fd is closed.
+
+    The kernel drops the lock when the process dies, however it dies, so a temporary
+    folder whose owner file can be locked by someone else was abandoned.
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _sweep_abandoned(root: Path) -> None:
+    """Remove the temporary folders of prepares that died (SIGKILL, power loss)."""
+    import fcntl
+
+    if not root.is_dir():
+        return
+    for tmp in root.glob("*.tmp-*"):
+        try:
+            fd = os.open(tmp / OWNER, os.O_RDWR)
+        except OSError:
+            continue  # finishing right now (its owner file is gone), or not ours
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # alive: another prepare is writing it
+        finally:
+            os.close(fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _load_entry(folder: Path, sha: str, tokenizer: Tokenizer | None) -> PreparedIds | None:
@@ -417,6 +512,10 @@ def _load_entry(folder: Path, sha: str, tokenizer: Tokenizer | None) -> Prepared
     valid = IdFile(folder / VALID, dtype, meta["valid_tokens"]) if meta["valid_tokens"] else None
     if not train.intact() or (valid is not None and not valid.intact()):
         return None
+    digests = meta.get("sha256", {})
+    for part in (train, valid):  # the same size is not the same ids
+        if part is not None and digests.get(part.path.name) != _sha256(part.path):
+            return None
     return PreparedIds(folder, saved, train, valid, sha, cached=True)
 
 

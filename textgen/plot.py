@@ -7,10 +7,11 @@ says how to install it. Nothing here needs TensorFlow.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
-from textgen.checkpoint import HISTORY
+from textgen.checkpoint import HISTORY, Snapshot, atomic_write, current_snapshot, read_run
 from textgen.errors import DataError, UsageError
 
 X_AXES = {"epoch": ("epoch", "epoch"), "time": ("elapsed", "training time (minutes)")}
@@ -19,14 +20,20 @@ X_AXES = {"epoch": ("epoch", "epoch"), "time": ("elapsed", "training time (minut
 def read_history(run_dir: Path) -> list[dict[str, float]]:
     """The rows of ``run_dir/history.csv`` as floats (NaN where a value is missing)."""
     path = run_dir / HISTORY
-    if not path.is_file():
+
+    def read(snap: Snapshot) -> str:
+        if not snap.has(HISTORY):
+            raise DataError(f"{path} not found: the run has not finished an epoch yet")
+        return snap.path(HISTORY).read_text(encoding="utf-8")
+
+    if current_snapshot(run_dir) is None:
         raise DataError(f"{path} not found: the run has not finished an epoch yet")
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            rows = [
-                {key: _number(value) for key, value in row.items() if key is not None}
-                for row in csv.DictReader(fh)
-            ]
+        text = read_run(run_dir, read, "run")
+        rows = [
+            {key: _number(value) for key, value in row.items() if key is not None}
+            for row in csv.DictReader(io.StringIO(text, newline=""))
+        ]
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path} is not a readable history file ({err})") from None
     if not rows or "loss" not in rows[0]:
@@ -66,9 +73,8 @@ def plot_history(run_dir: Path, out: Path, x_axis: str = "epoch") -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    try:  # a unique temporary name (mkstemp): a planted link cannot redirect the write
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,9 @@ from textgen.tokenizers import Tokenizer, check_format_version
 from textgen.vocab import EOS, PAD, UNK, Vocab
 
 MAX_SENTENCE_BYTES = 1 << 16  # longer lines are cut for training the pieces only
+# characters of training lines held to learn the pieces: a larger corpus is sampled
+# (reservoir sampling of whole lines), so fitting memory is bounded whatever its size
+MAX_SAMPLE_CHARS = 100_000_000
 ESC = "\U0010fffd"  # private use: escapes U+2581 (sentencepiece's space mark) and itself
 _ESCAPES = {ESC + "e": ESC, ESC + "s": "\u2581"}
 
@@ -43,6 +46,31 @@ def unescape(text: str) -> str:
     if ESC not in text:
         return text
     return re.sub(ESC + "[es]", lambda m: _ESCAPES[m.group(0)], text)
+
+
+def _sample_lines(lines: Iterator[str], budget: int | None = None) -> list[str]:
+    """All of ``lines`` when they fit in ``budget`` characters; otherwise a uniform sample
+    of as many lines as first filled the budget (reservoir sampling, fixed seed).
+
+    A corpus within the budget is used whole and in order, exactly as before sampling.
+    """
+    budget = MAX_SAMPLE_CHARS if budget is None else budget
+    kept: list[str] = []
+    chars = 0
+    for line in lines:
+        kept.append(line)
+        chars += len(line)
+        if chars > budget:
+            break
+    else:
+        return kept
+    rng, size, seen = np.random.default_rng(0), len(kept), len(kept)
+    for line in lines:
+        seen += 1
+        slot = int(rng.integers(seen))
+        if slot < size:
+            kept[slot] = line
+    return kept
 
 
 def _spm() -> Any:
@@ -109,12 +137,12 @@ class SubwordTokenizer(Tokenizer):
         import unicodedata
 
         form = normalize.upper()
-        lines = [
+        lines = _sample_lines(
             unicodedata.normalize(form, line)[: MAX_SENTENCE_BYTES // 4]
             for text in texts
             for line in text.splitlines()
             if line.strip()
-        ]
+        )
         if not lines:
             raise DataError("no text to train subword pieces on")
         model = io.BytesIO()

@@ -22,7 +22,6 @@ import itertools
 import math
 import os
 import platform
-import shutil
 import signal
 import sys
 import threading
@@ -50,12 +49,16 @@ HISTORY_FIELDS = (
     "elapsed", "learning_rate",
 )  # fmt: skip
 LOGS = "logs"  # TensorBoard event files, under the run directory
-RUN_MARKERS = (
-    checkpoint.METADATA,
-    checkpoint.STATE,
-    checkpoint.TOKENIZER,
-)  # what --overwrite deletes
-SAVE_INTERVAL_S = 2.0  # at most one best-model write per this many seconds (flushed at the end)
+# what --set may change on --resume: how long and how fast to go on, never what the saved
+# state means (data, model, optimizer kind, seed); batch_size is checked against the position
+RESUME_KEYS = frozenset(
+    f"train.{key}"
+    for key in (
+        "epochs", "max_minutes", "patience", "learning_rate", "lr_decay", "lr_decay_after",
+        "plateau_factor", "clipnorm", "save_every_steps", "log_every_steps", "jit_compile",
+        "distribute", "peer_timeout", "batch_size",
+    )
+)  # fmt: skip
 
 
 class Interrupted(TextgenError):
@@ -113,22 +116,45 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+def _check_out(run_dir: Path) -> None:
+    """Refuse an ``--out`` that cannot be a run directory, before anything is written."""
+    if run_dir.name == "latest" or (run_dir.is_symlink() and not run_dir.is_dir()):
+        raise UsageError(
+            f"--out {run_dir}: 'latest' is the link to the most recent run; choose another name"
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {run_dir} exists and is not a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UsageError(
-                f"run directory {run_dir} already exists; pass --overwrite to replace it, "
-                f"--resume {run_dir} to continue it, or --out to choose another"
-            )
-        if not any((run_dir / name).exists() for name in RUN_MARKERS):
-            raise UsageError(
-                f"{run_dir} is not empty and is not a textgen run directory; "
-                "refusing to delete it with --overwrite"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Make ``run_dir`` an empty run (the caller holds its lock).
+
+    ``--overwrite`` deletes only what textgen wrote, and only in a folder that holds a run;
+    anything else in the folder refuses the whole overwrite, naming it.
+    """
+    entries = [p.name for p in run_dir.iterdir() if p.name != checkpoint.LOCK]
+    if not entries:
+        return
+    if not overwrite:
+        raise UsageError(
+            f"run directory {run_dir} already exists; pass --overwrite to replace it, "
+            f"--resume {run_dir} to continue it, or --out to choose another"
+        )
+    if not checkpoint.is_run(run_dir):
+        raise UsageError(
+            f"{run_dir} is not empty and is not a textgen run directory; "
+            "refusing to delete it with --overwrite"
+        )
+    foreign = checkpoint.foreign_entries(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise UsageError(
+            f"{run_dir} holds {shown}, which textgen did not write; refusing to delete it "
+            "with --overwrite (move them away or choose another --out)"
+        )
+    checkpoint.clear_run(run_dir)
 
 
 class _Signals:
@@ -409,15 +435,18 @@ class _Run:
         self.epoch, self.step, self.wait = 1, 0, 0
         self.total = self.count = 0.0  # loss sum and token count so far in this epoch
         self.created = datetime.now(UTC).isoformat(timespec="seconds")
-        self.pending_weights: list[np.ndarray] | None = None
-        self.last_best_save = -math.inf
 
     # -- state ---------------------------------------------------------------------------
     def learning_rate(self) -> float:
         return scheduled_learning_rate(self.config.train, self.epoch, self.lr_scale)
 
-    def save_state(self) -> None:
-        """Write ``last.npz``: all variables plus where training stands (chief only)."""
+    def save(self, best: bool = False) -> None:
+        """Commit one snapshot (chief only): ``last.npz``, history.csv and, when ``best``,
+        the bundle of the current weights.
+
+        The state and the best model it names are one commit, so whatever ``last.npz``
+        calls best is on disk with it, whenever the process dies.
+        """
         if not self.chief:
             return
         if self.config.model.tie_weights:
@@ -437,17 +466,33 @@ class _Run:
             "created": self.created,
             "config": self.config.to_toml(),  # resume continues with the config in force
             "global_batch": self.global_batch,
+            "corpus_sha256": self.prepared.corpus_sha256,
         }
-        checkpoint.save_state(
-            self.run_dir,
-            [np.asarray(v) for v in self.model.variables],
-            [np.asarray(v) for v in self.optimizer.variables],
-            info,
-            {"carry": np.asarray(self.carry)},
-        )
+        with checkpoint.Commit(self.run_dir) as commit:
+            if best:
+                checkpoint.write_bundle(
+                    commit, self.model, self.config.to_toml(), self._bundle_metadata()
+                )
+            commit.write_text(checkpoint.HISTORY, _history_csv(self.result.history))
+            checkpoint.write_state(
+                commit,
+                [np.asarray(v) for v in self.model.variables],
+                [np.asarray(v) for v in self.optimizer.variables],
+                info,
+                {"carry": np.asarray(self.carry)},
+            )
 
     def restore_state(self) -> None:
+        """Load ``last.npz`` into the model, the optimizer and the loop's position."""
         model_vars, opt_vars, info = checkpoint.load_state(self.run_dir)
+        saved_sha = info.get("corpus_sha256") or (checkpoint.load_metadata(self.run_dir) or {}).get(
+            "corpus_sha256"
+        )
+        if saved_sha and saved_sha != self.prepared.corpus_sha256:
+            raise DataError(
+                f"the corpus changed since {self.run_dir} was trained (sha256 differs); "
+                "cannot resume"
+            )
         for name, mine, theirs in (
             ("model", self.model.variables, model_vars),
             ("optimizer", self.optimizer.variables, opt_vars),
@@ -477,56 +522,21 @@ class _Run:
         self.result.best_loss = info["best_loss"] if info["best_loss"] is not None else math.inf
         self.created = info["created"]
 
-    def mark_best(self, final: bool) -> None:
-        """The current weights are the best so far: write them, or hold them briefly.
-
-        Tiny epochs can improve several times a second; writes are spaced at least
-        ``SAVE_INTERVAL_S`` apart and a held-back best is written by :meth:`flush`.
-        """
-        if final or time.monotonic() - self.last_best_save >= SAVE_INTERVAL_S:
-            self.pending_weights = None
-            self._write_best()
-        else:
-            if self.config.model.tie_weights:
-                sync_tied(self.model)
-            self.pending_weights = self.model.get_weights()
-
-    def flush(self) -> None:
-        """Write a best model that :meth:`mark_best` held back."""
-        if self.pending_weights is None:
-            return
-        current = self.model.get_weights()
-        self.model.set_weights(self.pending_weights)
-        self._write_best()
-        self.model.set_weights(current)
-        self.pending_weights = None
-
-    def _write_best(self) -> None:
-        """Write the bundle (config, model, weights, metadata) for the model's weights."""
-        if not self.chief:
-            return
-        if self.config.model.tie_weights:
-            sync_tied(self.model)
+    def _bundle_metadata(self) -> dict[str, Any]:
         data, prepared = self.config.data, self.prepared
-        checkpoint.save_bundle(
-            self.run_dir,
-            self.model,
-            self.config.to_toml(),
-            {
-                "versions": _versions(),
-                "parameters": self.result.params,
-                "vocab_size": len(prepared.tokenizer.vocab),
-                "corpus": data.corpus,
-                "corpus_sha256": prepared.corpus_sha256,
-                "train_sequences": len(prepared.train),
-                "train_tokens": prepared.train.num_tokens,
-                "best_epoch": self.result.best_epoch,
-                "best_loss": self.result.best_loss,
-                "created": self.created,
-                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
-        )
-        self.last_best_save = time.monotonic()
+        return {
+            "versions": _versions(),
+            "parameters": self.result.params,
+            "vocab_size": len(prepared.tokenizer.vocab),
+            "corpus": data.corpus,
+            "corpus_sha256": prepared.corpus_sha256,
+            "train_sequences": len(prepared.train),
+            "train_tokens": prepared.train.num_tokens,
+            "best_epoch": self.result.best_epoch,
+            "best_loss": self.result.best_loss,
+            "created": self.created,
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
 
     # -- the loop ------------------------------------------------------------------------
     def _log_scalars(self, scalars: dict[str, float], step: int) -> None:
@@ -601,7 +611,7 @@ class _Run:
                 if signals.received is not None:
                     self.interrupt(reporter, signals.received)
                 if cfg.save_every_steps and step % cfg.save_every_steps == 0:
-                    self.save_state()
+                    self.save()
                 if self._out_of_time():
                     out_of_time = True
                     break
@@ -648,10 +658,6 @@ class _Run:
                 if cfg.plateau_factor < 1.0:
                     self.lr_scale *= cfg.plateau_factor
                     self.log(f"no improvement: learning rate x{cfg.plateau_factor:g}")
-            if self.chief:
-                checkpoint.atomic_write_text(
-                    self.run_dir / checkpoint.HISTORY, _history_csv(result.history)
-                )
             if out_of_time and self.step < steps:
                 result.out_of_time = True
                 self.log(
@@ -661,9 +667,7 @@ class _Run:
             else:
                 self.epoch, self.step = self.epoch + 1, 0
                 result.out_of_time = out_of_time
-            if improved:
-                self.mark_best(final=self.epoch > cfg.epochs or out_of_time)
-            self.save_state()
+            self.save(best=improved)
             if patience and self.wait >= patience:
                 result.stopped_early = True
                 self.log(
@@ -673,7 +677,6 @@ class _Run:
                 break
             if signals.received is not None:
                 self.interrupt(reporter, signals.received)
-        self.flush()
         if self.writer is not None:
             self.writer.flush()
         return result
@@ -694,8 +697,7 @@ class _Run:
 
     def interrupt(self, reporter: Reporter, signum: int) -> None:
         reporter.close()
-        self.flush()
-        self.save_state()
+        self.save()
         name = signal.Signals(signum).name
         raise Interrupted(
             f"{name}: training stopped at epoch {self.epoch}, step {self.step}; state saved. "
@@ -717,9 +719,14 @@ def train(
 
     ``progress=None`` shows tqdm bars only when stderr is a terminal (one summary line per
     epoch is logged otherwise). Deterministic for a given ``train.seed``, also across an
-    interruption and resume.
+    interruption and resume. Everything is checked (data, model) before the run
+    directory is touched; one process at a time holds a run directory.
     """
     run_dir = Path(run_dir)
+    if resume and run_dir.is_symlink():
+        run_dir = run_dir.resolve()  # --resume runs/latest continues the run it names
+    if not resume:
+        _check_out(run_dir)
     if progress is None:
         progress = sys.stderr.isatty()
     # a multi-worker strategy must exist before TensorFlow runs anything else
@@ -730,6 +737,7 @@ def train(
     if (
         config.train.distribute == "multiworker"
         and not resume
+        and not overwrite
         and (run_dir / checkpoint.STATE).is_file()
     ):  # a restarted worker: every worker continues from the chief's backup
         resume = True
@@ -740,10 +748,6 @@ def train(
             tokenizer=_saved_tokenizer(run_dir) if resume else None,
             progress=bar.update,
         )  # data errors surface before the run dir is touched
-    if resume:
-        _check_same_corpus(run_dir, prepared)
-    elif chief:
-        _prepare_run_dir(run_dir, overwrite)
     absolute = {"corpus": str(Path(config.data.corpus).resolve())}
     if config.data.valid_corpus:
         absolute["valid_corpus"] = str(Path(config.data.valid_corpus).resolve())
@@ -753,14 +757,34 @@ def train(
             f"note: {prepared.split_lines} lines longer than data.max_len were cut "
             "into overlapping pieces"
         )
+    run = _Run(config, prepared, run_dir, log, strategy)  # model errors, too
+    lock = checkpoint.RunLock(run_dir) if chief else contextlib.nullcontext()
+    with lock:
+        if resume:
+            run.restore_state()
+            if run.epoch > config.train.epochs:
+                raise UsageError(
+                    f"{run_dir} has already trained its {config.train.epochs} epochs; to go on, "
+                    f"raise them: textgen train --resume {run_dir} --set "
+                    f"train.epochs={config.train.epochs + 10}"
+                )
+            log(f"resuming {run_dir} at epoch {run.epoch}, step {run.step}")
+        elif chief:
+            _prepare_run_dir(run_dir, overwrite)
+            with checkpoint.Commit(run_dir) as commit:
+                commit.write_text(checkpoint.CONFIG, config.to_toml())
+                commit.write_text(checkpoint.TOKENIZER, prepared.tokenizer.to_json())
+        result = _fit(run, config, prepared, progress, log)
+        if chief and not checkpoint.set_latest(run_dir):
+            log(f"note: {run_dir.resolve().parent / 'latest'} is not a link; left it alone")
+    result.chief = chief
+    return result
 
-    run = _Run(config, prepared, run_dir, log, strategy)
-    if resume:
-        run.restore_state()
-        log(f"resuming {run_dir} at epoch {run.epoch}, step {run.step}")
-    elif chief:
-        checkpoint.atomic_write_text(run_dir / checkpoint.CONFIG, config.to_toml())
-        checkpoint.atomic_write_text(run_dir / checkpoint.TOKENIZER, prepared.tokenizer.to_json())
+
+def _fit(
+    run: _Run, config: Config, prepared: Prepared, progress: bool, log: Callable[[str], None]
+) -> TrainResult:
+    """Run the loop with progress and signal handling; write errors become one line."""
     reporter = Reporter(
         epochs=config.train.epochs,
         steps=steps_per_epoch(prepared.train, run.global_batch, config.train.carry_state),
@@ -770,48 +794,44 @@ def train(
     )
     try:
         with _Signals() as signals:
-            result = run.fit(reporter, signals)
+            return run.fit(reporter, signals)
     except OSError as err:
         raise DataError(
-            f"could not write to {run_dir}: {err.strerror or err}; "
+            f"could not write to {run.run_dir}: {err.strerror or err}; "
             "the previous checkpoint is intact"
         ) from None
     finally:
         reporter.close()
-    if chief:
-        checkpoint.set_latest(run_dir)
-    result.chief = chief
-    return result
 
 
 def _saved_tokenizer(run_dir: Path) -> Any:
-    from textgen.tokenizers import Tokenizer
-
-    if not (run_dir / checkpoint.STATE).is_file():
-        raise DataError(
-            f"{run_dir} has no resumable state ({checkpoint.STATE}); it cannot be resumed"
-        )
-    return Tokenizer.load(run_dir / checkpoint.TOKENIZER)
-
-
-def _check_same_corpus(run_dir: Path, prepared: Prepared) -> None:
-    meta_path = run_dir / checkpoint.METADATA
-    if not meta_path.is_file():
-        return  # interrupted before the first best model: nothing recorded to compare
-    import json
-
-    with contextlib.suppress(ValueError, OSError):
-        sha = json.loads(meta_path.read_text(encoding="utf-8")).get("corpus_sha256")
-        if sha and sha != prepared.corpus_sha256:
-            raise DataError(
-                f"the corpus changed since {run_dir} was trained (sha256 differs); cannot resume"
-            )
+    if not run_dir.is_dir():
+        raise DataError(f"run directory not found: {run_dir}")
+    checkpoint.load_state(run_dir, info_only=True)  # a clear error when there is no state
+    return checkpoint.load_tokenizer(run_dir)
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The config in force when the run's state was saved, plus ``--set`` overrides."""
+    """The config in force when the run's state was saved, plus ``--set`` overrides.
+
+    An override may change how long and how fast training goes on (:data:`RESUME_KEYS`),
+    never what the saved state means: data, model, optimizer kind or seed.
+    """
+    if run_dir.is_symlink():
+        run_dir = run_dir.resolve()
     if not run_dir.is_dir():
         raise DataError(f"run directory not found: {run_dir}")
     _, _, info = checkpoint.load_state(run_dir, info_only=True)
     source = f"{run_dir / checkpoint.STATE} (config)"
-    return config_mod.loads(info["config"], source=source).with_overrides(overrides)
+    saved = config_mod.loads(info["config"], source=source)
+    config = saved.with_overrides(overrides)
+    old, new = saved.to_dict(), config.to_dict()
+    for section, values in new.items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if value != old[section][key] and name not in RESUME_KEYS:
+                raise UsageError(
+                    f"--set {name} cannot change when resuming: {run_dir} was trained with "
+                    f"{name} = {old[section][key]!r}; start a new run (--out) to change it"
+                )
+    return config
