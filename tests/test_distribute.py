@@ -171,3 +171,80 @@ def test_resume_refuses_a_different_global_batch_mid_epoch(tmp_path, toy_config)
     checkpoint.save_state(run, model_vars, opt_vars, info, arrays)
     with pytest.raises(DataError, match="same batch_size x replicas"):
         train(cfg.with_overrides(["train.batch_size=4"]), run, resume=True, **QUIET)
+
+
+def test_sigint_to_a_worker_stops_every_worker_after_the_same_step(tmp_path):
+    """The interrupted worker's wish travels with the next step: no one waits for a peer."""
+    run = tmp_path / "run"
+    extra = ("--set", "train.epochs=2000", "--set", "train.peer_timeout=300")
+    procs = start_workers(run, free_ports(2), tmp_path, *extra)
+    deadline = time.monotonic() + 180
+    while not ((run / checkpoint.HISTORY).is_file() and len(losses(run)) >= 10):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:
+                p.kill()
+            pytest.fail("training did not get going")
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGINT)  # the worker that writes nothing
+    codes = wait_all(procs, 120)  # far less than peer_timeout: nobody waited for a peer
+    logs = {i: (tmp_path / f"worker{i}.log").read_text(encoding="utf-8") for i in (0, 1)}
+    assert codes == [130, 130], logs
+    assert "the chief worker saved the state" in logs[1] and "state saved." not in logs[1]
+    assert "another worker was interrupted" in logs[0] and "state saved in" in logs[0]
+    assert "stopped answering" not in logs[0]
+    stopped = [ln for ln in logs[0].splitlines() if "training stopped at" in ln]
+    assert stopped and stopped[-1].split("training stopped at")[1].split(";")[0] in logs[1]
+    _, _, info = checkpoint.load_state(run, info_only=True)
+    assert 10 <= info["epoch"] < 2000
+
+
+def test_two_workers_equal_one_process_step_by_step(tmp_path, toy_config):
+    """Mean loss over the global batch, global-norm clipping of the summed gradient: two
+    workers with 4 rows each take the same SGD steps as one process with 8 rows."""
+    settings = ["train.optimizer=sgd", "train.learning_rate=0.5", "train.clipnorm=0.05",
+                "train.epochs=6"]  # fmt: skip
+    run = tmp_path / "workers"
+    extra = [a for s in [*settings, "train.batch_size=4"] for a in ("--set", s)]
+    codes = wait_all(start_workers(run, free_ports(2), tmp_path, *extra), 240)
+    assert codes == [0, 0], (tmp_path / "worker0.log").read_text(encoding="utf-8")
+    single = toy_config.with_overrides([*settings, "train.batch_size=8"])
+    train(single, tmp_path / "single", **QUIET)
+    # the toy has 3 lines: one step per epoch, so each history row is one step's loss
+    np.testing.assert_allclose(losses(run), losses(tmp_path / "single"), rtol=1e-5)
+    assert len(losses(run)) == 6
+    a, _, _ = checkpoint.load_state(run)
+    b, _, _ = checkpoint.load_state(tmp_path / "single")
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def one_worker(run: Path, logs: Path, *extra: str) -> tuple[int, str]:
+    """A one-worker multiworker cluster: the multi-worker code path in a single process."""
+    proc = start_workers(run, free_ports(1), logs, *extra)[0]
+    code = proc.wait(240)
+    return code, (logs / "worker0.log").read_text(encoding="utf-8")
+
+
+def test_multiworker_overwrite_starts_fresh_and_a_finished_run_says_so(tmp_path):
+    run = tmp_path / "run"
+    code, log = one_worker(run, tmp_path, "--set", "train.epochs=3")
+    assert code == 0, log
+    code, log = one_worker(run, tmp_path, "--set", "train.epochs=3")  # the restart rule
+    assert code == 2 and "has already trained its 3 epochs" in log, log
+    code, log = one_worker(run, tmp_path, "--set", "train.epochs=2", "--overwrite")
+    assert code == 0, log
+    assert len(losses(run)) == 2  # a fresh run, not the old one continued
+
+
+def test_replica_rows_split_a_global_batch():
+    from textgen.distribute import replica_rows
+
+    parts = replica_rows(5, 2)
+    assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4]]
+    assert [p.tolist() for p in replica_rows(1, 3)] == [[0], [-1], [-1]]  # the padding row
+    for rows in range(1, 20):
+        for count in range(1, 6):
+            parts = replica_rows(rows, count)
+            real = np.concatenate([p[p >= 0] for p in parts])
+            assert real.tolist() == list(range(rows)) and len(parts) == count
+            assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1

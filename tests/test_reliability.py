@@ -198,7 +198,8 @@ def test_cli_signal_saves_state_and_prints_resume_command(tmp_path, sig):
 
 
 def test_subprocess_sigint_then_resume_equals_uninterrupted(tmp_path):
-    """`textgen train` in a subprocess gets a real SIGINT; resuming it gives the same run."""
+    """`textgen train` in a subprocess gets a real SIGINT; the printed resume command, run
+    with a --set, ends equal to a run that was never stopped."""
     corpus = corpus_file(tmp_path)
     cfg = resumable_config(corpus, epochs=3).with_overrides(["train.save_every_steps=1"])
     config = tmp_path / "c.toml"
@@ -218,8 +219,16 @@ def test_subprocess_sigint_then_resume_equals_uninterrupted(tmp_path):
     _, _, info = checkpoint.load_state(run)
     assert (info["epoch"], info["step"]) < (4, 0), "the run had finished before the signal"
 
-    train(cfg, run, resume=True, **QUIET)
-    train(cfg, tmp_path / "straight", **QUIET)
+    # resume exactly as the message says, through the command line
+    from click.testing import CliRunner
+
+    from textgen.cli import main
+
+    command = err.split("Resume with: ")[1].split()
+    assert command[:4] == ["textgen", "train", "--resume", str(run)]
+    result = CliRunner().invoke(main, [*command[1:], "--quiet", "--set", "train.epochs=4"])
+    assert result.exit_code == 0, result.output
+    train(cfg.with_overrides(["train.epochs=4"]), tmp_path / "straight", **QUIET)
     for a, b in zip(final_state(tmp_path / "straight"), final_state(run), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 

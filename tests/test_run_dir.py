@@ -404,3 +404,16 @@ def test_a_run_being_trained_can_be_read(tmp_path):
     with checkpoint.RunLock(run):
         result = invoke("generate", "--model", run, "--seed", "그의")
     assert result.exit_code == 0 and result.stdout.strip() == "그의 말이 법이다"
+
+
+def test_a_copy_that_followed_the_links_is_read_and_resumed(tmp_path):
+    import shutil
+
+    run = toy_run(tmp_path / "run")
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, symlinks=False)  # files instead of links, current a folder
+    assert checkpoint.load_bundle(copy).metadata["best_epoch"] == 3
+    result = invoke("train", "--resume", copy, "--quiet", "--set", "train.epochs=4")
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load_bundle(copy).metadata["best_epoch"] == 4
+    assert checkpoint.load_bundle(run).metadata["best_epoch"] == 3  # the original untouched

@@ -207,3 +207,51 @@ def fake_next_state(table):
 def test_sampler_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         sampler(**kwargs)
+
+
+def penalty_table():
+    """Token 0 stops. Stopping at once scores -1.0 in total; one token x (1) then stopping
+    scores -1.2 in total but -0.6 per token: the length penalty decides which is best."""
+    lp = np.log
+    first = np.array([-1.0, -0.6, lp(1 - np.exp(-1.0) - np.exp(-0.6))])
+    after_x = np.array([-0.6, -1.0, lp(1 - np.exp(-1.0) - np.exp(-0.6))])
+    return first, after_x
+
+
+def penalty_search(**kwargs):
+    first, after_x = penalty_table()
+
+    def next_fn(ids, state):
+        return np.stack([after_x for _ in ids]), state
+
+    return beam_search(next_fn, first[None, :], np.zeros((1, 1)), width=3, length=5,
+                       stop_id=0, **kwargs)  # fmt: skip
+
+
+def test_beam_length_penalty_default_is_the_mean_per_token():
+    from textgen.generate import Strategy
+
+    assert Strategy("beam").length_alpha == 1.0
+    assert penalty_search().ids == [[1]]  # mean -0.6 beats -1.0
+    assert penalty_search(alpha=1.0).ids == [[1]]
+    assert penalty_search(alpha=0.0).ids == [[]]  # raw sum: -1.0 beats -1.2
+
+
+def test_length_penalty_option_reaches_the_beam_search(toy_run, monkeypatch):
+    from click.testing import CliRunner
+
+    import textgen.generate as generate_mod
+    from textgen.cli import main
+
+    seen = []
+    real = generate_mod.beam_search
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["alpha"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate_mod, "beam_search", spy)
+    base = ["generate", "--model", str(toy_run), "--seed", "그의", "--strategy", "beam"]
+    assert CliRunner().invoke(main, base).exit_code == 0
+    assert CliRunner().invoke(main, [*base, "--length-penalty", "0.3"]).exit_code == 0
+    assert seen == [1.0, 0.3]

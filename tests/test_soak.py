@@ -2,8 +2,11 @@
 
 Every trial starts ``textgen train`` in a subprocess, waits until it has written its first
 checkpoint, sleeps a random time and kills it. The run directory must then load, its
-resumable state must load, and resuming must finish training. ``SOAK_TRIALS`` sets the
-number of trials (default 20); ``make soak`` runs only this file.
+resumable state must load, and resuming must end exactly where a run that was never
+stopped ends (every model and optimizer variable, and the per-epoch losses). The state is
+saved after every step, so many kills land inside a save; a SIGKILL that leaves a
+snapshot under construction behind proves one did. ``SOAK_TRIALS`` sets the number of
+trials (default 20); ``make soak`` runs only this file.
 """
 
 import os
@@ -13,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from textgen import checkpoint
@@ -37,16 +41,28 @@ def soak_config(tmp_path_factory):
     config.write_text(
         f'[data]\ncorpus = "{corpus}"\nval_split = 0.1\n'
         "[model]\nunits = 32\nembedding_dim = 16\nlayers = 2\n"
-        "[train]\nepochs = 1000\nbatch_size = 8\nsave_every_steps = 3\n",
+        "[train]\nepochs = 1000\nbatch_size = 8\nsave_every_steps = 1\n",
         encoding="utf-8",
     )
     return config
 
 
+def reference(config_path, epochs: int, folder, cache: dict) -> tuple[list, list[float]]:
+    """Variables and losses of a run of ``epochs`` epochs that was never stopped."""
+    if epochs not in cache:
+        from textgen import config as config_mod
+
+        cfg = config_mod.load(config_path).with_overrides([f"train.epochs={epochs}"])
+        result = train(cfg, folder / f"ref{epochs}", progress=False, log=lambda _m: None)
+        model_vars, opt_vars, _ = checkpoint.load_state(folder / f"ref{epochs}")
+        cache[epochs] = (model_vars + opt_vars, [row["loss"] for row in result.history])
+    return cache[epochs]
+
+
 @pytest.mark.slow
 def test_random_kills_never_lose_the_run(tmp_path, soak_config):
     rng = random.Random(1234)
-    survived = 0
+    survived, inside_a_save, references = 0, 0, {}
     for trial in range(TRIALS):
         run = tmp_path / f"run{trial}"
         sig = signal.SIGINT if trial % 2 == 0 else signal.SIGKILL
@@ -65,12 +81,27 @@ def test_random_kills_never_lose_the_run(tmp_path, soak_config):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode in (128 + sig, -sig), (proc.returncode, err)
         assert "Traceback" not in err
+        store = run / checkpoint.SNAPSHOTS
+        inside_a_save += any(p.name.startswith(".tmp-") for p in store.iterdir())
 
         checkpoint.load_bundle(run)  # generation works from what is on disk
         _, _, info = checkpoint.load_state(run)
-        cfg = resume_config(run, [f"train.epochs={info['epoch'] + 1}"])
+        epochs = info["epoch"] + 1
+        cfg = resume_config(run, [f"train.epochs={epochs}"])
         result = train(cfg, run, resume=True, progress=False, log=lambda _m: None)
-        assert result.history[-1]["epoch"] == info["epoch"] + 1
+        assert result.history[-1]["epoch"] == epochs
+        expected_vars, expected_losses = reference(soak_config, epochs, tmp_path, references)
+        model_vars, opt_vars, _ = checkpoint.load_state(run)
+        for a, b in zip(model_vars + opt_vars, expected_vars, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"trial {trial}")
+        np.testing.assert_allclose(
+            [row["loss"] for row in result.history], expected_losses, rtol=1e-5
+        )
         survived += 1
     assert survived == TRIALS
-    print(f"\nsoak: {survived}/{TRIALS} kills survived (SIGINT and SIGKILL alternating)")
+    if TRIALS >= 10:
+        assert inside_a_save >= 1, "no kill landed inside a save"
+    print(
+        f"\nsoak: {survived}/{TRIALS} kills survived and resumed exactly (SIGINT and SIGKILL "
+        f"alternating); {inside_a_save} SIGKILLs landed inside a save"
+    )

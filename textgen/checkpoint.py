@@ -283,6 +283,8 @@ class Commit:
         name = f"{max(numbers, default=0) + 1:08d}"
         os.rename(self.tmp, store / name)
         _fsync_dir(store)
+        if (store / CURRENT).is_dir() and not (store / CURRENT).is_symlink():
+            shutil.rmtree(store / CURRENT)  # a copy that followed links (cp -L, copytree)
         link = store / f".{CURRENT}.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             link.unlink()

@@ -1,0 +1,168 @@
+"""Claims of the README and RELIABILITY.md that had no test: gradient clipping, dropout in
+training only, config keys that reach the model and optimizer, the no-pickle and
+safe_mode refusals, the non-finite weights branch, and resume through the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from textgen.data import prepare
+from textgen.train import _Run
+
+QUIET_LOG = {"log": lambda _m: None}
+
+
+def toy_run_object(toy_config, tmp_path, *overrides: str) -> tuple[_Run, np.ndarray, np.ndarray]:
+    cfg = toy_config.with_overrides(list(overrides))
+    prepared = prepare(cfg.data)
+    run = _Run(cfg, prepared, tmp_path / "r", lambda _m: None)
+    x, y = prepared.train.rows(np.arange(len(prepared.train)))
+    return run, x, y
+
+
+def weights(run: _Run) -> list[np.ndarray]:
+    return [np.array(v) for v in run.model.trainable_variables]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_one_step_clips_the_true_global_norm(toy_config, tmp_path, jit):
+    """SGD with clipping moves the weights by exactly lr x clipnorm when the gradient is
+    larger; the embedding's repeated token rows are summed before the norm is taken."""
+    run, x, y = toy_run_object(
+        toy_config, tmp_path, "train.optimizer=sgd", "train.learning_rate=0.5",
+        "train.clipnorm=0.05", f"train.jit_compile={str(jit).lower()}",
+    )  # fmt: skip
+    before = weights(run)
+    run.steps.train_step(x, y, run.carry)
+    moved = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(weights(run), before, strict=True)))
+    assert moved == pytest.approx(0.5 * 0.05, rel=1e-5)
+
+
+def test_a_step_below_the_clip_norm_is_not_scaled(toy_config, tmp_path):
+    plain, x, y = toy_run_object(toy_config, tmp_path, "train.optimizer=sgd", "train.clipnorm=0")
+    clipped, _, _ = toy_run_object(
+        toy_config, tmp_path, "train.optimizer=sgd", "train.clipnorm=1000"
+    )
+    plain.steps.train_step(x, y, plain.carry)
+    clipped.steps.train_step(x, y, clipped.carry)
+    for a, b in zip(weights(plain), weights(clipped), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# -- dropout, momentum, init_scale from a config --------------------------------------------
+def test_dropout_is_active_in_training_and_off_in_evaluation(toy_config, tmp_path):
+    from textgen.model import training_forward
+
+    run, x, _ = toy_run_object(
+        toy_config, tmp_path, "model.layers=2", "model.dropout=0.5",
+        "model.input_dropout=0.3", "model.output_dropout=0.3",
+    )  # fmt: skip
+    forward = training_forward(run.model, run.config.model, mask_padding=True)
+    train_a, _ = forward(x, True)
+    train_b, _ = forward(x, True)
+    eval_a, _ = forward(x, False)
+    eval_b, _ = forward(x, False)
+    assert not np.allclose(np.asarray(train_a), np.asarray(train_b))  # a new mask each call
+    np.testing.assert_array_equal(np.asarray(eval_a), np.asarray(eval_b))
+    assert not np.allclose(np.asarray(train_a), np.asarray(eval_a))
+    # evaluation is the plain model: what generation (numpy, no dropout) computes
+    np.testing.assert_allclose(np.asarray(eval_a), np.asarray(run.model(x)), atol=1e-5)
+
+
+def test_momentum_and_init_scale_reach_the_optimizer_and_the_weights(tmp_path):
+    from textgen import config as config_mod
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a b c d\nb c d a\nc d a b\n" * 5, encoding="utf-8")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[data]\ncorpus = "{corpus}"\nval_split = 0.0\n[model]\nunits = 8\nembedding_dim = 4\n'
+        'init_scale = 0.04\n[train]\noptimizer = "sgd"\nmomentum = 0.9\nlearning_rate = 0.1\n',
+        encoding="utf-8",
+    )
+    cfg = config_mod.load(path)
+    prepared = prepare(cfg.data)
+    run = _Run(cfg, prepared, tmp_path / "r", lambda _m: None)
+    assert float(run.optimizer.momentum) == pytest.approx(0.9)
+    values = np.concatenate([np.ravel(v) for v in weights(run)])
+    assert np.abs(values).max() <= 0.04 and np.abs(values).max() > 0.035  # uniform, not Keras'
+    # momentum at work: the second of two identical steps moves further than the first
+    x, y = prepared.train.rows(np.arange(len(prepared.train)))
+    start = weights(run)
+    run.steps.train_step(x, y, run.carry)
+    middle = weights(run)
+    first = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(middle, start, strict=True)))
+    run.steps.train_step(x, y, run.carry)
+    second = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(weights(run), middle, strict=True)))
+    assert second > 1.5 * first
+
+
+# -- no pickle, safe_mode, non-finite weights -------------------------------------------------
+def replace_in_snapshot(run, name: str, data: bytes) -> None:
+    """Swap a file of the run's current snapshot and record its checksum, as a run made
+    by someone else would arrive: consistent, but with content of their choosing."""
+    import json
+
+    from textgen import checkpoint
+
+    snap = checkpoint.current_snapshot(run)
+    (snap.folder / name).unlink()
+    (snap.folder / name).write_bytes(data)
+    manifest = json.loads((snap.folder / checkpoint.MANIFEST).read_text())
+    manifest["files"][name] = checkpoint.sha256_file(snap.folder / name)
+    (snap.folder / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    if name != checkpoint.METADATA:
+        meta = json.loads((snap.folder / checkpoint.METADATA).read_text())
+        if name in meta["files"]:
+            meta["files"][name] = manifest["files"][name]
+            replace_in_snapshot(run, checkpoint.METADATA, json.dumps(meta).encode())
+
+
+def test_pickled_arrays_are_refused(tmp_path, toy_run):
+    import io
+    import shutil
+
+    from click.testing import CliRunner
+
+    from textgen.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run, symlinks=True)
+    buf = io.BytesIO()
+    np.savez(buf, embedding=np.array([{"evil": 1}], dtype=object))  # needs pickle to load
+    replace_in_snapshot(run, "weights.npz", buf.getvalue())
+    result = CliRunner().invoke(main, ["generate", "--model", str(run), "--seed", "그의"])
+    assert result.exit_code == 1 and "not a readable weights file" in result.stderr
+    assert "Traceback" not in result.output
+    replace_in_snapshot(run, "last.npz", buf.getvalue())
+    result = CliRunner().invoke(main, ["train", "--resume", str(run), "--set", "train.epochs=151"])
+    assert result.exit_code == 1 and "last.npz is corrupt" in result.stderr
+
+
+def test_a_model_keras_with_code_is_refused_by_safe_mode(tmp_path, toy_run):
+    import shutil
+
+    from textgen import checkpoint
+    from textgen._tf import keras
+    from textgen.errors import DataError
+
+    k = keras()
+    inputs = k.Input((3,))
+    evil = k.Model(inputs, k.layers.Lambda(lambda t: t * 2)(inputs))  # Python bytecode
+    evil.save(tmp_path / "evil.keras")
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run, symlinks=True)
+    replace_in_snapshot(run, "model.keras", (tmp_path / "evil.keras").read_bytes())
+    with pytest.raises(DataError, match=r"model\.keras is not a loadable Keras model"):
+        checkpoint.load_keras_model(run)
+
+
+def test_weights_that_become_infinite_stop_training(toy_config, tmp_path):
+    from textgen.train import Diverged, train
+
+    cfg = toy_config.with_overrides(
+        ["train.optimizer=sgd", "train.learning_rate=1e39", "train.epochs=2"]  # inf in float32
+    )
+    with pytest.raises(Diverged, match=r"weights became NaN/inf at epoch 1, step 1"):
+        train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
