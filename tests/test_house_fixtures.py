@@ -1,0 +1,224 @@
+"""Behaviour pinned before the redesign ("the house"): per-epoch losses and generated texts of
+five runs, and the ids the cache writes for every level, recorded from the code as it was
+before any module moved. The same scenarios must give the same numbers (1e-6 relative)
+and the same texts and ids after every structural change.
+
+Record (only ever before a refactor, never to make a failing comparison pass):
+
+    TEXTGEN_RECORD_FIXTURES=1 .venv/bin/python -m pytest tests/test_house_fixtures.py
+
+Float results depend on the CPU's kernels: they are compared only on the CPU kind that
+recorded them (the ids and texts of the tokenizers on any machine).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+import pytest
+
+from textgen import config as config_mod
+
+from .conftest import ROOT
+
+FIXTURES = Path(__file__).parent / "fixtures" / "house.json"
+SHARED = ROOT.parent / "shared" / "data"
+RECORD = os.environ.get("TEXTGEN_RECORD_FIXTURES") == "1"
+# Hangul composed and decomposed (NFD), CRLF line ends, an emoji with a joiner, a
+# character outside the BMP, and a line that is only spaces
+TRICKY = (
+    "경마장에 있는 말이 뛰고 있다\r\n"
+    "\u1100\u1161\u11a8 그의 말이 법이다 😀👩\u200d💻\r\n"
+    "  \r\n"
+    "가는 말이 고와야 𝔘𝔫𝔦 오는 말이 곱다\n"
+    "경마장에 있는 말이 고와야 😀\n"
+) * 3
+
+
+def cpu_kind() -> str:
+    """The CPU model and the vector extensions that decide the float kernels."""
+    flags, model = set(), platform.processor()
+    with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    kinds = [f for f in ("avx2", "avx512f", "amx_bf16") if f in flags]
+    return f"{model} [{' '.join(kinds)}]"
+
+
+def trained(cfg: config_mod.Config, run: Path, seeds: dict[str, dict]) -> dict:
+    """Train ``cfg`` into ``run``; its per-epoch losses and the texts of ``seeds``."""
+    from textgen.checkpoint import load_bundle
+    from textgen.generate import Generator, Strategy
+    from textgen.train import train
+
+    result = train(cfg, run, progress=False, log=lambda _m: None)
+    bundle = load_bundle(run)
+    generator = Generator(bundle.lm, bundle.tokenizer, warn=lambda _m: None)
+    texts = {}
+    for name, spec in seeds.items():
+        spec = dict(spec)
+        seed, length = spec.pop("seed"), spec.pop("length")
+        rng = spec.pop("rng_seed", None)
+        decoded = generator.continue_ids(
+            seed, length=length, strategy=Strategy(**spec), rng_seed=rng
+        )
+        texts[name] = generator.join(seed, decoded.ids[0])
+    return {
+        "loss": [row["loss"] for row in result.history],
+        "val_loss": [row["val_loss"] for row in result.history],
+        "best_epoch": result.best_epoch,
+        "texts": texts,
+    }
+
+
+def head_file(source: Path, out: Path, *, chars: int = 0, lines: int = 0) -> Path:
+    text = source.read_text(encoding="utf-8")
+    text = text[:chars] if chars else "".join(text.splitlines(keepends=True)[:lines])
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
+def run_scenarios(tmp: Path) -> dict:
+    """Every pinned scenario, run on the current code."""
+    small = ["model.embedding_dim=32", "model.units=64"]
+    out: dict = {}
+    toy = config_mod.load(ROOT / "configs" / "ko-toy.toml")
+    out["ko-toy word/lines"] = trained(
+        toy, tmp / "toy",
+        {
+            "greedy 경마장에": {"seed": "경마장에", "length": 10},
+            "greedy 그의": {"seed": "그의", "length": 10},
+            "greedy 가는": {"seed": "가는", "length": 10},
+            "sample 그의": {"seed": "그의", "length": 10, "name": "sample", "rng_seed": 1},
+            "beam 가는": {"seed": "가는", "length": 10, "name": "beam", "beam_width": 3},
+        },
+    )  # fmt: skip
+    shakespeare = head_file(SHARED / "tinyshakespeare" / "input.txt", tmp / "s.txt", chars=200_000)
+    cfg = config_mod.load(ROOT / "configs" / "shakespeare-char.toml")
+    cfg = config_mod.with_corpus(cfg, shakespeare).with_overrides(
+        [*small, "train.save_every_steps=0", "train.learning_rate=0.02"]
+    )
+    out["shakespeare char/stream 200 KB"] = trained(
+        cfg, tmp / "shakespeare",
+        {
+            "greedy": {"seed": "ROMEO:", "length": 60},
+            "sample": {"seed": "ROMEO:", "length": 60, "name": "sample", "rng_seed": 3,
+                       "temperature": 0.8},
+        },
+    )  # fmt: skip
+    ptb = head_file(SHARED / "ptb" / "ptb.train.txt", tmp / "ptb.txt", lines=6300)
+    ptb_valid = head_file(SHARED / "ptb" / "ptb.valid.txt", tmp / "ptb.valid.txt", lines=300)
+    cfg = config_mod.load(ROOT / "configs" / "ptb-small.toml")
+    cfg = cfg.with_overrides(
+        [*small, "model.embedding_dim=64", "train.epochs=2", "train.save_every_steps=0",
+         f"data.corpus={json.dumps(str(ptb))}", f"data.valid_corpus={json.dumps(str(ptb_valid))}"]
+    )  # fmt: skip
+    out["ptb word/stream carry-state"] = trained(
+        cfg, tmp / "ptb",
+        {
+            "greedy": {"seed": "the company said", "length": 15},
+            "sample": {"seed": "the", "length": 15, "name": "sample", "rng_seed": 5},
+        },
+    )  # fmt: skip
+    for name, level in (("ko-constitution-bpe", "subword bpe"), ("ko-constitution-jamo", "jamo")):
+        cfg = config_mod.load(ROOT / "configs" / f"{name}.toml").with_overrides(
+            [*small, "train.epochs=2", "train.max_minutes=0", "train.learning_rate=0.01"]
+        )
+        out[f"ko {level}"] = trained(
+            cfg, tmp / name,
+            {
+                "greedy": {"seed": "대한민국은", "length": 30},
+                "sample": {"seed": "국민은", "length": 30, "name": "sample", "rng_seed": 7},
+            },
+        )  # fmt: skip
+    out["cache ids"] = cache_ids(tmp)
+    return out
+
+
+LEVELS = {
+    "word": {"level": "word"},
+    "char": {"level": "char"},
+    "jamo": {"level": "char", "normalize": "nfd"},
+    "subword bpe": {"level": "subword", "subword_model": "bpe", "vocab_size": 300},
+    "subword unigram": {"level": "subword", "subword_model": "unigram", "vocab_size": 300},
+    "morpheme": {"level": "morpheme"},
+    "word lowercase, no punctuation": {
+        "level": "word", "lowercase": True, "strip_punctuation": True,
+    },
+}  # fmt: skip
+
+
+def cache_ids(tmp: Path) -> dict:
+    """The ids (train and held-out) and vocabulary the id cache writes, for every level."""
+    from textgen.config import DataConfig
+    from textgen.ids import prepare_ids
+
+    corpus = tmp / "tricky.txt"
+    corpus.write_bytes(TRICKY.encode("utf-8"))
+    out = {}
+    for name, options in LEVELS.items():
+        cfg = DataConfig(corpus=str(corpus), mode="stream", val_split=0.2, **options)
+        entry = prepare_ids(cfg)
+        out[name] = {
+            "vocab": list(entry.tokenizer.vocab.tokens),
+            "train": entry.train.read(0, len(entry.train)).tolist(),
+            "valid": entry.valid.read(0, len(entry.valid)).tolist() if entry.valid else [],
+        }
+    return out
+
+
+def close(a: float, b: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is not here (the shared corpora)")
+    pytest.importorskip("kiwipiepy")
+    got = run_scenarios(tmp_path_factory.mktemp("house"))
+    if RECORD:
+        FIXTURES.parent.mkdir(exist_ok=True)
+        record = {"cpu": cpu_kind(), "scenarios": got}
+        FIXTURES.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n")
+    return got
+
+
+def saved() -> dict:
+    return json.loads(FIXTURES.read_text(encoding="utf-8"))
+
+
+RUNS = [
+    "ko-toy word/lines", "shakespeare char/stream 200 KB", "ptb word/stream carry-state",
+    "ko subword bpe", "ko jamo",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("scenario", RUNS)
+def test_the_same_losses_and_texts(results, scenario):
+    record = saved()
+    if record["cpu"] != cpu_kind():
+        pytest.skip(f"recorded on {record['cpu']}; this CPU is {cpu_kind()}")
+    want, got = record["scenarios"][scenario], results[scenario]
+    for key in ("loss", "val_loss"):
+        assert len(got[key]) == len(want[key])
+        pairs = enumerate(zip(got[key], want[key], strict=True))
+        bad = [(i, a, b) for i, (a, b) in pairs if not close(a, b)]
+        assert not bad, f"{key} differs at epochs {bad}"
+    assert got["best_epoch"] == want["best_epoch"]
+    assert got["texts"] == want["texts"]
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_the_cache_writes_the_same_ids(results, level):
+    assert results["cache ids"][level] == saved()["scenarios"]["cache ids"][level]
