@@ -168,7 +168,8 @@ def test_resume_refuses_a_different_global_batch_mid_epoch(tmp_path, toy_config)
     model_vars, opt_vars, info = checkpoint.load_state(run)
     info["step"], info["epoch"] = 1, 1  # as if stopped after the first step of epoch 1
     arrays = info.pop("arrays", {})
-    checkpoint.save_state(run, model_vars, opt_vars, info, arrays)
+    with checkpoint.Commit(run) as commit:
+        checkpoint.write_state(commit, model_vars, opt_vars, info, arrays)
     with pytest.raises(DataError, match="same batch_size x replicas"):
         train(cfg.with_overrides(["train.batch_size=4"]), run, resume=True, **QUIET)
 

@@ -478,18 +478,6 @@ def save_bundle(run_dir: Path, model: Any, config_text: str, metadata: dict[str,
         write_bundle(commit, model, config_text, metadata)
 
 
-def save_state(
-    run_dir: Path,
-    model_vars: list[np.ndarray],
-    opt_vars: list[np.ndarray],
-    info: dict[str, Any],
-    extra: dict[str, np.ndarray] | None = None,
-) -> None:
-    """Commit a snapshot whose ``last.npz`` is this state (the other files carried over)."""
-    with Commit(run_dir) as commit:
-        write_state(commit, model_vars, opt_vars, info, extra)
-
-
 def load_state(
     run_dir: Path, *, info_only: bool = False
 ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
