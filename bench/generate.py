@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from textgen.config import ModelConfig  # noqa: E402
-from textgen.generate import Generator  # noqa: E402
-from textgen.tokenizers import Tokenizer  # noqa: E402
+from textgen.decoding.generate import Generator  # noqa: E402
+from textgen.text.base import Tokenizer  # noqa: E402
 
 SEED = "ROMEO:"
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 65 chars
@@ -52,7 +52,7 @@ ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" 
 def build(seed: int = 0):
     """A Keras char LSTM with random non-trivial weights, its tokenizer and numpy twin."""
     from textgen._tf import keras
-    from textgen.model import build_model, to_numpy
+    from textgen.model.network import build_model, to_numpy
 
     keras().utils.set_random_seed(seed)
     tokenizer = Tokenizer.fit([ALPHABET], "char", eos=False)
@@ -174,7 +174,7 @@ def first_token_latency(run_dir: Path) -> float:
 
 def save_run(model, tokenizer, directory: Path) -> Path:
     """A minimal run directory for the latency measurement."""
-    from textgen import checkpoint
+    from textgen import rundir
     from textgen.config import Config, DataConfig
 
     run = directory / "bench-char"
@@ -183,8 +183,8 @@ def save_run(model, tokenizer, directory: Path) -> Path:
         data=DataConfig(level="char", mode="stream"),
         model=ModelConfig(embedding_dim=64, units=256, layers=2),
     )
-    checkpoint.atomic_write_text(run / checkpoint.TOKENIZER, tokenizer.to_json())
-    checkpoint.save_bundle(run, model, cfg.to_toml(), {"parameters": int(model.count_params())})
+    rundir.atomic_write_text(run / rundir.TOKENIZER, tokenizer.to_json())
+    rundir.save_bundle(run, model, cfg.to_toml(), {"parameters": int(model.count_params())})
     return run
 
 

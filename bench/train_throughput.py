@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from textgen import config as config_mod  # noqa: E402
-from textgen.data import prepare  # noqa: E402
+from textgen.corpus.examples import prepare  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -84,13 +84,13 @@ class TextgenSide:
     """textgen's own training step (the one ``textgen train`` runs)."""
 
     def __init__(self, cfg: config_mod.Config, prepared) -> None:
-        from textgen.train import _Run
+        from textgen.training.loop import _Run
 
         self.run = _Run(cfg, prepared, Path("/nonexistent"), lambda _m: None)
         self.step = self.run._train_step  # the step `textgen train` runs, state handling included
 
     def initial_weights(self) -> dict[str, np.ndarray]:
-        from textgen.model import to_numpy
+        from textgen.model.network import to_numpy
 
         return to_numpy(self.run.model).arrays()
 
@@ -230,8 +230,8 @@ start = time.perf_counter()
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from textgen import config as config_mod
-from textgen.data import prepare
-from textgen.train import _Run, _batches
+from textgen.corpus.examples import prepare
+from textgen.training.loop import _Run, _batches
 cfg = config_mod.load({config!r}).with_overrides(['data.corpus="{corpus}"'])
 prepared = prepare(cfg.data)
 run = _Run(cfg, prepared, Path("/nonexistent"), lambda _m: None)

@@ -31,7 +31,7 @@ def toy_config() -> config_mod.Config:
 @pytest.fixture(scope="session")
 def toy_run(tmp_path_factory: pytest.TempPathFactory, toy_config: config_mod.Config) -> Path:
     """A run directory trained once on the toy config (quietly)."""
-    from textgen.train import train
+    from textgen.training.loop import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "ko-toy"
     train(toy_config, run_dir, progress=False, log=lambda _m: None)

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textgen import config as config_mod
-from textgen.checkpoint import load_bundle
 from textgen.cli import main
+from textgen.rundir import load_bundle
 
 from .conftest import TOY_CONFIG
 
@@ -89,8 +89,8 @@ def test_corrupt_metadata(tmp_path, toy_run):
 
 
 def test_corrupt_keras_model(tmp_path, toy_run):
-    from textgen.checkpoint import load_keras_model
     from textgen.errors import DataError
+    from textgen.rundir import load_keras_model
 
     run = tmp_path / "run"
     shutil.copytree(toy_run, run)

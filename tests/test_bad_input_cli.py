@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from textgen import checkpoint
+from textgen import rundir
 from textgen.cli import main
 
 from .conftest import TOY_CONFIG
@@ -173,7 +173,7 @@ CASES = [
 
 def damage(kind: str, run: Path) -> str:
     """Damage the copied run as ``kind`` says; return the expected message."""
-    snap = checkpoint.current_snapshot(run)
+    snap = rundir.current_snapshot(run)
     if kind == "run directory with a missing file":
         (snap.folder / "weights.npz").unlink()
         return "is incomplete: missing weights.npz"

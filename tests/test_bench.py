@@ -19,7 +19,7 @@ def load_bench(name: str):
 
 
 def test_train_throughput_textgen_side_trains_through_the_real_step():
-    from textgen.data import prepare
+    from textgen.corpus.examples import prepare
 
     bench = load_bench("train_throughput")
     work = bench.Workload("toy", TOY_CORPUS, "char", 8, 16, 5, 4)

@@ -16,15 +16,15 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textgen import data as data_mod
-from textgen import generate as generate_mod
-from textgen import ids as ids_mod
-from textgen.checkpoint import load_bundle
 from textgen.cli import main
 from textgen.config import DataConfig
+from textgen.corpus import cache as ids_mod
+from textgen.corpus import examples as data_mod
+from textgen.decoding import generate as generate_mod
+from textgen.decoding.generate import Generator
 from textgen.errors import DataError
-from textgen.generate import Generator
-from textgen.subword import _sample_lines
+from textgen.rundir import load_bundle
+from textgen.text.subword import _sample_lines
 
 from .conftest import ROOT, TOY_CONFIG
 from .test_ids import whole_text_ids

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textgen.data import prepare
-from textgen.train import _Run
+from textgen.corpus.examples import prepare
+from textgen.training.loop import _Run
 
 QUIET_LOG = {"log": lambda _m: None}
 
@@ -52,7 +52,7 @@ def test_a_step_below_the_clip_norm_is_not_scaled(toy_config, tmp_path):
 
 # -- dropout, momentum, init_scale from a config --------------------------------------------
 def test_dropout_is_active_in_training_and_off_in_evaluation(toy_config, tmp_path):
-    from textgen.model import training_forward
+    from textgen.model.network import training_forward
 
     run, x, _ = toy_run_object(
         toy_config, tmp_path, "model.layers=2", "model.dropout=0.5",
@@ -104,19 +104,19 @@ def replace_in_snapshot(run, name: str, data: bytes) -> None:
     by someone else would arrive: consistent, but with content of their choosing."""
     import json
 
-    from textgen import checkpoint
+    from textgen import rundir
 
-    snap = checkpoint.current_snapshot(run)
+    snap = rundir.current_snapshot(run)
     (snap.folder / name).unlink()
     (snap.folder / name).write_bytes(data)
-    manifest = json.loads((snap.folder / checkpoint.MANIFEST).read_text())
-    manifest["files"][name] = checkpoint.sha256_file(snap.folder / name)
-    (snap.folder / checkpoint.MANIFEST).write_text(json.dumps(manifest))
-    if name != checkpoint.METADATA:
-        meta = json.loads((snap.folder / checkpoint.METADATA).read_text())
+    manifest = json.loads((snap.folder / rundir.MANIFEST).read_text())
+    manifest["files"][name] = rundir.sha256_file(snap.folder / name)
+    (snap.folder / rundir.MANIFEST).write_text(json.dumps(manifest))
+    if name != rundir.METADATA:
+        meta = json.loads((snap.folder / rundir.METADATA).read_text())
         if name in meta["files"]:
             meta["files"][name] = manifest["files"][name]
-            replace_in_snapshot(run, checkpoint.METADATA, json.dumps(meta).encode())
+            replace_in_snapshot(run, rundir.METADATA, json.dumps(meta).encode())
 
 
 def test_pickled_arrays_are_refused(tmp_path, toy_run):
@@ -143,7 +143,7 @@ def test_pickled_arrays_are_refused(tmp_path, toy_run):
 def test_a_model_keras_with_code_is_refused_by_safe_mode(tmp_path, toy_run):
     import shutil
 
-    from textgen import checkpoint
+    from textgen import rundir
     from textgen._tf import keras
     from textgen.errors import DataError
 
@@ -155,11 +155,11 @@ def test_a_model_keras_with_code_is_refused_by_safe_mode(tmp_path, toy_run):
     shutil.copytree(toy_run, run, symlinks=True)
     replace_in_snapshot(run, "model.keras", (tmp_path / "evil.keras").read_bytes())
     with pytest.raises(DataError, match=r"model\.keras is not a loadable Keras model"):
-        checkpoint.load_keras_model(run)
+        rundir.load_keras_model(run)
 
 
 def test_weights_that_become_infinite_stop_training(toy_config, tmp_path):
-    from textgen.train import Diverged, train
+    from textgen.training.loop import Diverged, train
 
     cfg = toy_config.with_overrides(
         ["train.optimizer=sgd", "train.learning_rate=1e39", "train.epochs=2"]  # inf in float32

@@ -4,9 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textgen.config import DataConfig
-from textgen.data import line_examples, pad_pre, prepare, read_corpus, stream_examples
+from textgen.corpus.examples import line_examples, pad_pre, prepare, read_corpus, stream_examples
 from textgen.errors import DataError
-from textgen.tokenizers import Tokenizer
+from textgen.text.base import Tokenizer
 
 from .conftest import TOY_CORPUS
 

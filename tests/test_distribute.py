@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from textgen import checkpoint
+from textgen import rundir
 from textgen.cli import main
+from textgen.decoding.generate import sentence_generation
 from textgen.errors import UsageError
-from textgen.generate import sentence_generation
 from textgen.plot import read_history
-from textgen.train import train
+from textgen.training.loop import train
 
 from .conftest import ROOT, TOY_CONFIG, TOY_SENTENCES
 
@@ -34,7 +34,7 @@ def losses(run: Path) -> list[float]:
 
 
 def generates_toy_sentences(run: Path) -> bool:
-    bundle = checkpoint.load_bundle(run)
+    bundle = rundir.load_bundle(run)
     return all(
         sentence_generation(bundle, bundle.tokenizer, s.split()[0], 10) == s for s in TOY_SENTENCES
     )
@@ -127,7 +127,7 @@ def test_killed_worker_then_restarted_cluster_finishes_from_the_backup(tmp_path)
     procs = start_workers(run, ports, tmp_path, *extra)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # until the chief has saved some epochs
-        if (run / checkpoint.HISTORY).is_file() and len(losses(run)) >= 40:
+        if (run / rundir.HISTORY).is_file() and len(losses(run)) >= 40:
             break
         time.sleep(0.5)
     else:
@@ -163,13 +163,13 @@ def test_resume_refuses_a_different_global_batch_mid_epoch(tmp_path, toy_config)
     )
     run = tmp_path / "run"
     train(cfg, run, **QUIET)
-    _, _, info = checkpoint.load_state(run, info_only=True)
+    _, _, info = rundir.load_state(run, info_only=True)
     assert info["global_batch"] == 2
-    model_vars, opt_vars, info = checkpoint.load_state(run)
+    model_vars, opt_vars, info = rundir.load_state(run)
     info["step"], info["epoch"] = 1, 1  # as if stopped after the first step of epoch 1
     arrays = info.pop("arrays", {})
-    with checkpoint.Commit(run) as commit:
-        checkpoint.write_state(commit, model_vars, opt_vars, info, arrays)
+    with rundir.Commit(run) as commit:
+        rundir.write_state(commit, model_vars, opt_vars, info, arrays)
     with pytest.raises(DataError, match="same batch_size x replicas"):
         train(cfg.with_overrides(["train.batch_size=4"]), run, resume=True, **QUIET)
 
@@ -180,7 +180,7 @@ def test_sigint_to_a_worker_stops_every_worker_after_the_same_step(tmp_path):
     extra = ("--set", "train.epochs=2000", "--set", "train.peer_timeout=300")
     procs = start_workers(run, free_ports(2), tmp_path, *extra)
     deadline = time.monotonic() + 180
-    while not ((run / checkpoint.HISTORY).is_file() and len(losses(run)) >= 10):
+    while not ((run / rundir.HISTORY).is_file() and len(losses(run)) >= 10):
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             for p in procs:
                 p.kill()
@@ -195,7 +195,7 @@ def test_sigint_to_a_worker_stops_every_worker_after_the_same_step(tmp_path):
     assert "stopped answering" not in logs[0]
     stopped = [ln for ln in logs[0].splitlines() if "training stopped at" in ln]
     assert stopped and stopped[-1].split("training stopped at")[1].split(";")[0] in logs[1]
-    _, _, info = checkpoint.load_state(run, info_only=True)
+    _, _, info = rundir.load_state(run, info_only=True)
     assert 10 <= info["epoch"] < 2000
 
 
@@ -213,8 +213,8 @@ def test_two_workers_equal_one_process_step_by_step(tmp_path, toy_config):
     # the toy has 3 lines: one step per epoch, so each history row is one step's loss
     np.testing.assert_allclose(losses(run), losses(tmp_path / "single"), rtol=1e-5)
     assert len(losses(run)) == 6
-    a, _, _ = checkpoint.load_state(run)
-    b, _, _ = checkpoint.load_state(tmp_path / "single")
+    a, _, _ = rundir.load_state(run)
+    b, _, _ = rundir.load_state(tmp_path / "single")
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, atol=1e-5)
 
@@ -238,7 +238,7 @@ def test_multiworker_overwrite_starts_fresh_and_a_finished_run_says_so(tmp_path)
 
 
 def test_replica_rows_split_a_global_batch():
-    from textgen.distribute import replica_rows
+    from textgen.training.distribute import replica_rows
 
     parts = replica_rows(5, 2)
     assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4]]

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from textgen import config as config_mod
-from textgen.checkpoint import Bundle
 from textgen.cli import main
+from textgen.decoding.numpy_lm import NumpyLM, RNNWeights
 from textgen.evaluate import evaluate_text
-from textgen.stepper import NumpyLM, RNNWeights
-from textgen.tokenizers import Tokenizer
+from textgen.rundir import Bundle
+from textgen.text.base import Tokenizer
 
 PROBS = {"<pad>": 0.05, "<unk>": 0.05, "<eos>": 0.3, "a": 0.2, "b": 0.4}
 
@@ -68,10 +68,10 @@ def test_eval_cli(toy_run, tmp_path):
 
 def test_eval_valid_reproduces_the_training_validation_loss(tmp_path):
     """Blank lines are text too, and a window-trained model is scored in its windows."""
-    from textgen.checkpoint import load_bundle
-    from textgen.data import held_out_text
+    from textgen.corpus.examples import held_out_text
     from textgen.evaluate import evaluate_text
-    from textgen.train import train
+    from textgen.rundir import load_bundle
+    from textgen.training.loop import train
 
     from .conftest import small_config
 

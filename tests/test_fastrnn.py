@@ -5,7 +5,7 @@ import pytest
 
 from textgen._tf import tensorflow
 from textgen.config import ModelConfig
-from textgen.model import build_model, training_forward
+from textgen.model.network import build_model, training_forward
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
@@ -74,7 +74,7 @@ def compare_layer_with_keras(x, compiled, mask=None, initial=None):
     """Run ``lstm_layer`` and a Keras LSTM with the same (non-trivial) weights on batch-major
     ``x``; assert equal outputs at real steps, final state and weight gradients."""
     from textgen._tf import keras
-    from textgen.fastrnn import lstm_layer
+    from textgen.model.fastrnn import lstm_layer
 
     tf, k = tensorflow(), keras()
     rng = np.random.default_rng(x.shape[1])

@@ -55,9 +55,9 @@ def cpu_kind() -> str:
 
 def trained(cfg: config_mod.Config, run: Path, seeds: dict[str, dict]) -> dict:
     """Train ``cfg`` into ``run``; its per-epoch losses and the texts of ``seeds``."""
-    from textgen.checkpoint import load_bundle
-    from textgen.generate import Generator, Strategy
-    from textgen.train import train
+    from textgen.decoding.generate import Generator, Strategy
+    from textgen.rundir import load_bundle
+    from textgen.training.loop import train
 
     result = train(cfg, run, progress=False, log=lambda _m: None)
     bundle = load_bundle(run)
@@ -159,7 +159,7 @@ LEVELS = {
 def cache_ids(tmp: Path) -> dict:
     """The ids (train and held-out) and vocabulary the id cache writes, for every level."""
     from textgen.config import DataConfig
-    from textgen.ids import prepare_ids
+    from textgen.corpus.cache import prepare_ids
 
     corpus = tmp / "tricky.txt"
     corpus.write_bytes(TRICKY.encode("utf-8"))

@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from textgen import ids as ids_mod
 from textgen.cli import main
 from textgen.config import DataConfig
-from textgen.data import Windows, held_out_text, prepare, stream_examples
+from textgen.corpus import cache as ids_mod
+from textgen.corpus.examples import Windows, held_out_text, prepare, stream_examples
 from textgen.errors import DataError
-from textgen.tokenizers import Tokenizer
+from textgen.text.base import Tokenizer
 
 from .conftest import ROOT, TOY_CORPUS
 

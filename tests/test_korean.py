@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from textgen.cli import main
 from textgen.config import Config
-from textgen.data import held_out_text, prepare
+from textgen.corpus.examples import held_out_text, prepare
+from textgen.decoding.generate import Generator
 from textgen.errors import DataError, UsageError
-from textgen.generate import Generator
-from textgen.tokenizers import Tokenizer, fit_tokenizer, tokenizer_from_dict
-from textgen.train import train
+from textgen.text import fit_tokenizer, tokenizer_from_dict
+from textgen.text.base import Tokenizer
+from textgen.training.loop import train
 
 from .conftest import ROOT, small_config
 from .test_reliability import QUIET
@@ -162,7 +163,7 @@ def test_morpheme_level():
 def test_morpheme_level_without_kiwipiepy_says_how_to_install(monkeypatch):
     import sys
 
-    from textgen import morpheme
+    from textgen.text import morpheme
 
     morpheme.analyzer.cache_clear()
     monkeypatch.setitem(sys.modules, "kiwipiepy", None)

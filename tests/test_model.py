@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from textgen.config import ModelConfig
-from textgen.model import build_model, to_numpy
+from textgen.model.network import build_model, to_numpy
 
 
 def _model(cell: str, layers: int = 2, mask: bool = True):

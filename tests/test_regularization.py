@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from textgen import checkpoint
 from textgen import config as config_mod
+from textgen import rundir
 from textgen._tf import tensorflow
 from textgen.cli import main
 from textgen.config import ModelConfig, TrainConfig
+from textgen.decoding.numpy_lm import NumpyLM
 from textgen.errors import UsageError
-from textgen.model import build_model, init_uniform, training_forward
-from textgen.stepper import NumpyLM
-from textgen.train import Interrupted, scheduled_learning_rate, train
+from textgen.model.network import build_model, init_uniform, training_forward
+from textgen.training.loop import Interrupted, scheduled_learning_rate, train
 
 from .conftest import small_config
 from .test_reliability import QUIET, corpus_file, final_state, interrupt_after
@@ -105,7 +105,7 @@ def test_tied_model_trains_and_saves_its_tied_copy(tmp_path):
         corpus, model={"embedding_dim": 16, "units": 16, "tie_weights": True}, train={"epochs": 1}
     )
     train(cfg, tmp_path / "run", **QUIET)
-    lm = NumpyLM.load(tmp_path / "run" / checkpoint.WEIGHTS)
+    lm = NumpyLM.load(tmp_path / "run" / rundir.WEIGHTS)
     np.testing.assert_array_equal(lm.out_kernel, lm.embedding.T)
 
 
@@ -119,7 +119,7 @@ def test_carried_state_run_resumes_exactly(tmp_path, monkeypatch):
         interrupt_after(60, m)  # epoch 2, between state saves
         with pytest.raises(Interrupted):
             train(cfg, tmp_path / "stopped", **QUIET)
-    _, _, info = checkpoint.load_state(tmp_path / "stopped")
+    _, _, info = rundir.load_state(tmp_path / "stopped")
     assert info["epoch"] == 2 and info["step"] > 0
     assert np.abs(info["arrays"]["carry"]).sum() > 0  # a live state was saved
     train(cfg, tmp_path / "stopped", resume=True, **QUIET)

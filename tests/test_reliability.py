@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from textgen import checkpoint
+from textgen import rundir
+from textgen.decoding.generate import sentence_generation
 from textgen.errors import DataError
-from textgen.generate import sentence_generation
-from textgen.train import Diverged, Interrupted, _Signals, train
+from textgen.training.loop import Diverged, Interrupted, _Signals, train
 
 from .conftest import ROOT, small_config
 
@@ -40,13 +40,13 @@ def resumable_config(corpus: Path, epochs: int = 3):
 
 
 def final_state(run_dir: Path) -> list[np.ndarray]:
-    model_vars, opt_vars, _ = checkpoint.load_state(run_dir)
+    model_vars, opt_vars, _ = rundir.load_state(run_dir)
     return model_vars + opt_vars
 
 
 def interrupt_after(steps: int, monkeypatch):
     """Send this process a real SIGINT as training step ``steps`` runs."""
-    import textgen.train as train_mod
+    import textgen.training.loop as train_mod
 
     original = train_mod._Steps.__init__
     counter = {"n": 0}
@@ -121,7 +121,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, toy_confi
     with pytest.raises(Diverged, match=r"(loss|weights) became .* epoch 152"):
         train(absurd, run, resume=True, **QUIET)
     assert (run / "weights.npz").read_bytes() == before
-    bundle = checkpoint.load_bundle(run)
+    bundle = rundir.load_bundle(run)
     assert sentence_generation(bundle, bundle.tokenizer, "그의", 10) == "그의 말이 법이다"
 
 
@@ -133,7 +133,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, toy_confi
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.np, "savez", full)
+    monkeypatch.setattr(rundir.np, "savez", full)
     cfg = toy_config.with_overrides(["train.epochs=40"])
     with pytest.raises(
         DataError, match="No space left on device; the previous checkpoint is intact"
@@ -143,14 +143,14 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, toy_confi
     assert not [p for p in run.iterdir() if ".tmp" in p.name], "temporary files left behind"
     for name in ("weights.npz", "model.keras", "last.npz", "metadata.json"):
         assert (run / name).read_bytes() == before[name], name
-    checkpoint.load_bundle(run)
-    checkpoint.load_state(run)
+    rundir.load_bundle(run)
+    rundir.load_state(run)
 
 
 def test_second_signal_exits_at_once(tmp_path):
     code = (
         "import os, signal, time\n"
-        "from textgen.train import _Signals\n"
+        "from textgen.training.loop import _Signals\n"
         "with _Signals() as s:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    assert s.received == signal.SIGINT\n"
@@ -193,8 +193,8 @@ def test_cli_signal_saves_state_and_prints_resume_command(tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig
     assert f"textgen train --resume {run}" in err and "Traceback" not in err
-    checkpoint.load_bundle(run)
-    checkpoint.load_state(run)
+    rundir.load_bundle(run)
+    rundir.load_state(run)
 
 
 def test_subprocess_sigint_then_resume_equals_uninterrupted(tmp_path):
@@ -216,7 +216,7 @@ def test_subprocess_sigint_then_resume_equals_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    _, _, info = checkpoint.load_state(run)
+    _, _, info = rundir.load_state(run)
     assert (info["epoch"], info["step"]) < (4, 0), "the run had finished before the signal"
 
     # resume exactly as the message says, through the command line

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from textgen import checkpoint
+from textgen import rundir
 from textgen.cli import main
+from textgen.decoding.numpy_lm import NumpyLM
 from textgen.errors import DataError
-from textgen.stepper import NumpyLM
-from textgen.train import resume_config, train
+from textgen.training.loop import resume_config, train
 
 from .conftest import ROOT, TOY_CONFIG, small_config
 from .test_reliability import QUIET, corpus_file
@@ -68,25 +68,25 @@ def test_overwrite_keeps_a_folder_with_files_textgen_did_not_write(tmp_path):
 def test_overwrite_replaces_a_run_but_not_a_file_added_to_it(tmp_path):
     run = toy_run(tmp_path / "run")
     assert toy(run, "--overwrite", "--set", "train.epochs=2").exit_code == 0
-    assert checkpoint.load_bundle(run).metadata["best_epoch"] == 2
+    assert rundir.load_bundle(run).metadata["best_epoch"] == 2
     (run / "notes.txt").write_text("my notes", encoding="utf-8")
     assert_one_line_error(toy(run, "--overwrite"), 2, "holds notes.txt")
     assert (run / "notes.txt").read_text(encoding="utf-8") == "my notes"
-    checkpoint.load_bundle(run)
+    rundir.load_bundle(run)
 
 
 def test_overwrite_with_a_bad_corpus_deletes_nothing(tmp_path):
     run = toy_run(tmp_path / "run")
-    before = checkpoint.load_bundle(run).lm.arrays()
+    before = rundir.load_bundle(run).lm.arrays()
     result = toy(run, "--overwrite", "--corpus", tmp_path / "missing.txt")
     assert_one_line_error(result, 1, "corpus not found")
-    after = checkpoint.load_bundle(run).lm.arrays()
+    after = rundir.load_bundle(run).lm.arrays()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
 # -- 2. one process holds a run -------------------------------------------------------------
 HOLD = (
-    "import sys; from pathlib import Path; from textgen.checkpoint import RunLock\n"
+    "import sys; from pathlib import Path; from textgen.rundir import RunLock\n"
     "with RunLock(Path(sys.argv[1])):\n"
     "    print('locked', flush=True); sys.stdin.read()\n"
 )
@@ -110,7 +110,7 @@ def test_a_second_trainer_is_refused_and_sigkill_frees_the_run(tmp_path):
     # the kernel released the lock with the process: nothing stale is left
     resumed = invoke("train", "--resume", run, "--quiet", "--set", "train.epochs=4")
     assert resumed.exit_code == 0, resumed.output
-    assert checkpoint.load_bundle(run).metadata["best_epoch"] == 4
+    assert rundir.load_bundle(run).metadata["best_epoch"] == 4
 
 
 def test_two_trainers_started_together_one_wins(tmp_path):
@@ -128,7 +128,7 @@ def test_two_trainers_started_together_one_wins(tmp_path):
     assert code in (1, 2), err
     assert "in use by another textgen process" in err or "already exists" in err
     assert "Traceback" not in err
-    bundle = checkpoint.load_bundle(run)
+    bundle = rundir.load_bundle(run)
     assert bundle.metadata["best_epoch"] == 40
 
 
@@ -138,7 +138,7 @@ def test_a_crash_after_any_epoch_leaves_the_best_it_names_on_disk(
     tmp_path, monkeypatch, toy_config, crash_at
 ):
     """A process that dies at an epoch start (SIGKILL, OOM) keeps the best it recorded."""
-    from textgen.progress import Reporter
+    from textgen.training.progress import Reporter
 
     original = Reporter.epoch_start
 
@@ -150,10 +150,10 @@ def test_a_crash_after_any_epoch_leaves_the_best_it_names_on_disk(
     monkeypatch.setattr(Reporter, "epoch_start", dies)
     with pytest.raises(SystemExit):  # the toy improves every epoch at its start
         train(toy_config.with_overrides(["train.epochs=8"]), tmp_path / "run", **QUIET)
-    model_vars, _, info = checkpoint.load_state(tmp_path / "run")
-    meta = checkpoint.load_bundle(tmp_path / "run").metadata
+    model_vars, _, info = rundir.load_state(tmp_path / "run")
+    meta = rundir.load_bundle(tmp_path / "run").metadata
     assert info["epoch"] == crash_at and meta["best_epoch"] == info["best_epoch"] == crash_at - 1
-    saved = NumpyLM.load(tmp_path / "run" / checkpoint.WEIGHTS)
+    saved = NumpyLM.load(tmp_path / "run" / rundir.WEIGHTS)
     np.testing.assert_array_equal(saved.embedding, model_vars[0])  # the weights of that epoch
 
 
@@ -171,8 +171,8 @@ def test_the_bundle_holds_the_best_epochs_weights(tmp_path):
     result = train(config(6), tmp_path / "long", **QUIET)
     assert 1 < result.best_epoch < 6, "the validation loss must turn for this test to mean much"
     train(config(result.best_epoch), tmp_path / "short", **QUIET)  # stops at the best epoch
-    best = checkpoint.load_bundle(tmp_path / "long").lm.arrays()
-    end_of_short = checkpoint.load_bundle(tmp_path / "short").lm.arrays()
+    best = rundir.load_bundle(tmp_path / "long").lm.arrays()
+    end_of_short = rundir.load_bundle(tmp_path / "short").lm.arrays()
     for name in best:
         np.testing.assert_allclose(best[name], end_of_short[name], atol=1e-6, err_msg=name)
 
@@ -180,7 +180,7 @@ def test_the_bundle_holds_the_best_epochs_weights(tmp_path):
 # -- 4. a save is one commit; every file is checked ---------------------------------------
 def test_a_truncated_state_is_one_line_on_resume(tmp_path):
     run = toy_run(tmp_path / "run")
-    with open(run / checkpoint.STATE, "r+b") as fh:  # through the link, into the snapshot
+    with open(run / rundir.STATE, "r+b") as fh:  # through the link, into the snapshot
         fh.truncate(200)
     result = invoke("train", "--resume", run, "--quiet", "--set", "train.epochs=5")
     assert_one_line_error(result, 1, "last.npz")
@@ -189,31 +189,31 @@ def test_a_truncated_state_is_one_line_on_resume(tmp_path):
 
 def test_a_state_without_its_checksum_is_still_refused_when_damaged(tmp_path):
     run = toy_run(tmp_path / "run")
-    snapshot = checkpoint.current_snapshot(run)
-    manifest = snapshot.folder / checkpoint.MANIFEST
+    snapshot = rundir.current_snapshot(run)
+    manifest = snapshot.folder / rundir.MANIFEST
     data = json.loads(manifest.read_text())
-    del data["files"][checkpoint.STATE]
+    del data["files"][rundir.STATE]
     manifest.write_text(json.dumps(data))
-    with open(run / checkpoint.STATE, "r+b") as fh:
+    with open(run / rundir.STATE, "r+b") as fh:
         fh.truncate(200)
     with pytest.raises(DataError, match=r"is corrupt \(BadZipFile\)"):
-        checkpoint.load_state(run)
+        rundir.load_state(run)
 
 
 def test_a_damaged_model_keras_is_refused_by_its_checksum(tmp_path):
     run = toy_run(tmp_path / "run")
-    raw = bytearray((run / checkpoint.MODEL).read_bytes())
+    raw = bytearray((run / rundir.MODEL).read_bytes())
     raw[len(raw) // 2] ^= 0xFF
-    (run / checkpoint.MODEL).write_bytes(bytes(raw))
+    (run / rundir.MODEL).write_bytes(bytes(raw))
     with pytest.raises(DataError, match=r"model\.keras does not match its checksum"):
-        checkpoint.load_keras_model(run)
+        rundir.load_keras_model(run)
 
 
 def test_a_save_that_fails_at_any_file_changes_nothing(tmp_path, monkeypatch):
     run = toy_run(tmp_path / "run")
-    before = {n: (run / n).read_bytes() for n in checkpoint.FILES}
+    before = {n: (run / n).read_bytes() for n in rundir.FILES}
     calls = {"n": 0}
-    real = checkpoint._write_synced
+    real = rundir._write_synced
 
     def fails_on_third(path, write):
         calls["n"] += 1
@@ -221,48 +221,48 @@ def test_a_save_that_fails_at_any_file_changes_nothing(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(path, write)
 
-    monkeypatch.setattr(checkpoint, "_write_synced", fails_on_third)
+    monkeypatch.setattr(rundir, "_write_synced", fails_on_third)
     result = invoke("train", "--resume", run, "--quiet", "--set", "train.epochs=5")
     monkeypatch.undo()
     assert_one_line_error(result, 1, "No space left on device; the previous checkpoint is intact")
-    assert {n: (run / n).read_bytes() for n in checkpoint.FILES} == before
-    leftovers = [p.name for p in (run / checkpoint.SNAPSHOTS).iterdir() if p.name.startswith(".")]
+    assert {n: (run / n).read_bytes() for n in rundir.FILES} == before
+    leftovers = [p.name for p in (run / rundir.SNAPSHOTS).iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
 
 def test_a_crash_at_the_commit_point_keeps_the_previous_snapshot(tmp_path, monkeypatch):
     run = toy_run(tmp_path / "run")
-    before = checkpoint.load_bundle(run).metadata["best_epoch"]
+    before = rundir.load_bundle(run).metadata["best_epoch"]
     real = os.replace
 
     def crash(src, dst):
-        if Path(dst).name == checkpoint.CURRENT:
+        if Path(dst).name == rundir.CURRENT:
             raise SystemExit("killed at the commit")
         return real(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    monkeypatch.setattr(rundir.os, "replace", crash)
     with pytest.raises(SystemExit):
         train(resume_config(run, ["train.epochs=5"]), run, resume=True, **QUIET)
     monkeypatch.undo()
-    assert checkpoint.load_bundle(run).metadata["best_epoch"] == before
-    assert checkpoint.load_state(run, info_only=True)[2]["epoch"] == before + 1
+    assert rundir.load_bundle(run).metadata["best_epoch"] == before
+    assert rundir.load_state(run, info_only=True)[2]["epoch"] == before + 1
     # the next save commits and clears what the crash left
     assert invoke("train", "--resume", run, "--quiet", "--set", "train.epochs=5").exit_code == 0
-    assert checkpoint.load_bundle(run).metadata["best_epoch"] == 5
-    assert len([p for p in (run / checkpoint.SNAPSHOTS).iterdir() if p.name.isdigit()]) == 2
+    assert rundir.load_bundle(run).metadata["best_epoch"] == 5
+    assert len([p for p in (run / rundir.SNAPSHOTS).iterdir() if p.name.isdigit()]) == 2
 
 
 def test_a_run_from_before_snapshots_is_read_and_converted(tmp_path):
     run = toy_run(tmp_path / "run")
     old = tmp_path / "old"
     old.mkdir()
-    for name in checkpoint.FILES:  # the flat layout of earlier textgen versions
+    for name in rundir.FILES:  # the flat layout of earlier textgen versions
         (old / name).write_bytes((run / name).read_bytes())
-    assert checkpoint.load_bundle(old).metadata["best_epoch"] == 3
+    assert rundir.load_bundle(old).metadata["best_epoch"] == 3
     result = invoke("train", "--resume", old, "--quiet", "--set", "train.epochs=4")
     assert result.exit_code == 0, result.output
-    assert (old / checkpoint.WEIGHTS).is_symlink()
-    assert checkpoint.load_bundle(old).metadata["best_epoch"] == 4
+    assert (old / rundir.WEIGHTS).is_symlink()
+    assert rundir.load_bundle(old).metadata["best_epoch"] == 4
 
 
 # -- 5. readers see whole saves -------------------------------------------------------------
@@ -275,8 +275,8 @@ def test_readers_never_see_a_save_in_progress(tmp_path):
     )  # fmt: skip
     loads, epochs = 0, set()
     while proc.poll() is None:
-        bundle = checkpoint.load_bundle(run)  # raises on any mix of two saves
-        _, _, info = checkpoint.load_state(run, info_only=True)
+        bundle = rundir.load_bundle(run)  # raises on any mix of two saves
+        _, _, info = rundir.load_state(run, info_only=True)
         assert info["best_epoch"] >= bundle.metadata["best_epoch"]
         loads += 1
         epochs.add(bundle.metadata["best_epoch"])
@@ -312,7 +312,7 @@ def test_resume_of_a_finished_run_says_so(tmp_path):
 
 
 def test_a_changed_corpus_is_caught_before_the_first_best_model(tmp_path, monkeypatch):
-    from textgen.progress import Reporter
+    from textgen.training.progress import Reporter
 
     corpus = corpus_file(tmp_path)
     cfg = small_config(corpus, train={"epochs": 2, "save_every_steps": 2})
@@ -325,7 +325,7 @@ def test_a_changed_corpus_is_caught_before_the_first_best_model(tmp_path, monkey
     with pytest.raises(SystemExit):
         train(cfg, tmp_path / "run", **QUIET)
     monkeypatch.undo()
-    assert checkpoint.load_metadata(tmp_path / "run") is None  # no best model yet
+    assert rundir.load_metadata(tmp_path / "run") is None  # no best model yet
     corpus.write_text(corpus.read_text() + "\nnew words here", encoding="utf-8")
     with pytest.raises(DataError, match="corpus changed"):
         train(cfg, tmp_path / "run", resume=True, **QUIET)
@@ -346,7 +346,7 @@ def test_out_latest_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     toy_run(Path("runs/a"))
     assert_one_line_error(toy(Path("runs/latest"), "--overwrite"), 2, "'latest' is the link")
-    assert checkpoint.load_bundle(Path("runs/a")).metadata["best_epoch"] == 3
+    assert rundir.load_bundle(Path("runs/a")).metadata["best_epoch"] == 3
 
 
 def test_out_dot_trains_into_the_working_folder(tmp_path, monkeypatch):
@@ -354,7 +354,7 @@ def test_out_dot_trains_into_the_working_folder(tmp_path, monkeypatch):
     here.mkdir()
     monkeypatch.chdir(here)
     assert toy(Path("."), "--set", "train.epochs=2").exit_code == 0
-    assert checkpoint.load_bundle(here).metadata["best_epoch"] == 2
+    assert rundir.load_bundle(here).metadata["best_epoch"] == 2
     assert os.readlink(tmp_path / "latest") == "project"
 
 
@@ -401,7 +401,7 @@ def test_eval_valid_refuses_a_corpus_that_is_not_the_trained_one(tmp_path):
 def test_a_run_being_trained_can_be_read(tmp_path):
     """Readers take no lock: generate works while a trainer holds the run."""
     run = toy_run(tmp_path / "run", epochs=150)
-    with checkpoint.RunLock(run):
+    with rundir.RunLock(run):
         result = invoke("generate", "--model", run, "--seed", "그의")
     assert result.exit_code == 0 and result.stdout.strip() == "그의 말이 법이다"
 
@@ -412,8 +412,8 @@ def test_a_copy_that_followed_the_links_is_read_and_resumed(tmp_path):
     run = toy_run(tmp_path / "run")
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, symlinks=False)  # files instead of links, current a folder
-    assert checkpoint.load_bundle(copy).metadata["best_epoch"] == 3
+    assert rundir.load_bundle(copy).metadata["best_epoch"] == 3
     result = invoke("train", "--resume", copy, "--quiet", "--set", "train.epochs=4")
     assert result.exit_code == 0, result.output
-    assert checkpoint.load_bundle(copy).metadata["best_epoch"] == 4
-    assert checkpoint.load_bundle(run).metadata["best_epoch"] == 3  # the original untouched
+    assert rundir.load_bundle(copy).metadata["best_epoch"] == 4
+    assert rundir.load_bundle(run).metadata["best_epoch"] == 3  # the original untouched

@@ -4,7 +4,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from textgen.sampling import beam_search, decode, filter_logits, greedy, log_softmax, sampler
+from textgen.decoding.sampling import (
+    beam_search,
+    decode,
+    filter_logits,
+    greedy,
+    log_softmax,
+    sampler,
+)
 
 V = 6
 
@@ -229,7 +236,7 @@ def penalty_search(**kwargs):
 
 
 def test_beam_length_penalty_default_is_the_mean_per_token():
-    from textgen.generate import Strategy
+    from textgen.decoding.generate import Strategy
 
     assert Strategy("beam").length_alpha == 1.0
     assert penalty_search().ids == [[1]]  # mean -0.6 beats -1.0
@@ -240,7 +247,7 @@ def test_beam_length_penalty_default_is_the_mean_per_token():
 def test_length_penalty_option_reaches_the_beam_search(toy_run, monkeypatch):
     from click.testing import CliRunner
 
-    import textgen.generate as generate_mod
+    import textgen.decoding.generate as generate_mod
     from textgen.cli import main
 
     seen = []

@@ -19,8 +19,8 @@ import time
 import numpy as np
 import pytest
 
-from textgen import checkpoint
-from textgen.train import resume_config, train
+from textgen import rundir
+from textgen.training.loop import resume_config, train
 
 from .conftest import ROOT
 
@@ -54,7 +54,7 @@ def reference(config_path, epochs: int, folder, cache: dict) -> tuple[list, list
 
         cfg = config_mod.load(config_path).with_overrides([f"train.epochs={epochs}"])
         result = train(cfg, folder / f"ref{epochs}", progress=False, log=lambda _m: None)
-        model_vars, opt_vars, _ = checkpoint.load_state(folder / f"ref{epochs}")
+        model_vars, opt_vars, _ = rundir.load_state(folder / f"ref{epochs}")
         cache[epochs] = (model_vars + opt_vars, [row["loss"] for row in result.history])
     return cache[epochs]
 
@@ -81,17 +81,17 @@ def test_random_kills_never_lose_the_run(tmp_path, soak_config):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode in (128 + sig, -sig), (proc.returncode, err)
         assert "Traceback" not in err
-        store = run / checkpoint.SNAPSHOTS
+        store = run / rundir.SNAPSHOTS
         inside_a_save += any(p.name.startswith(".tmp-") for p in store.iterdir())
 
-        checkpoint.load_bundle(run)  # generation works from what is on disk
-        _, _, info = checkpoint.load_state(run)
+        rundir.load_bundle(run)  # generation works from what is on disk
+        _, _, info = rundir.load_state(run)
         epochs = info["epoch"] + 1
         cfg = resume_config(run, [f"train.epochs={epochs}"])
         result = train(cfg, run, resume=True, progress=False, log=lambda _m: None)
         assert result.history[-1]["epoch"] == epochs
         expected_vars, expected_losses = reference(soak_config, epochs, tmp_path, references)
-        model_vars, opt_vars, _ = checkpoint.load_state(run)
+        model_vars, opt_vars, _ = rundir.load_state(run)
         for a, b in zip(model_vars + opt_vars, expected_vars, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"trial {trial}")
         np.testing.assert_allclose(

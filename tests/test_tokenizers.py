@@ -3,8 +3,9 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from textgen.tokenizers import Tokenizer
-from textgen.vocab import EOS, PAD, UNK, Vocab
+from textgen.text import load_tokenizer
+from textgen.text.base import Tokenizer
+from textgen.text.vocab import EOS, PAD, UNK, Vocab
 
 
 def test_specials_have_fixed_ids_and_frequency_order():
@@ -78,7 +79,7 @@ def test_newer_format_version_is_refused(tmp_path):
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(DataError, match="format version 99 is newer"):
-        Tokenizer.load(path)
+        load_tokenizer(path)
 
 
 def test_vocab_requires_specials_first():

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from textgen import checkpoint
+from textgen import rundir
+from textgen.decoding.generate import Generator, sentence_generation
 from textgen.errors import DataError, UsageError
-from textgen.generate import Generator, sentence_generation
-from textgen.train import train
+from textgen.training.loop import train
 
 from .conftest import TOY_SENTENCES, small_config
 
@@ -38,14 +38,14 @@ def test_toy_run_writes_a_complete_bundle(toy_run):
 
 
 def test_toy_run_generates_the_three_sentences(toy_run):
-    bundle = checkpoint.load_bundle(toy_run)
+    bundle = rundir.load_bundle(toy_run)
     for sentence in TOY_SENTENCES:
         assert sentence_generation(bundle, bundle.tokenizer, first_word(sentence), 10) == sentence
 
 
 def test_saved_keras_model_and_numpy_weights_give_identical_logits(toy_run):
-    model = checkpoint.load_keras_model(toy_run)
-    bundle = checkpoint.load_bundle(toy_run)
+    model = rundir.load_keras_model(toy_run)
+    bundle = rundir.load_bundle(toy_run)
     ids = bundle.tokenizer.encode("가는 말이 고와야", eos=False)[None, :]
     keras_logits = np.asarray(model(ids))
     numpy_logits, _ = bundle.lm.run(ids)
@@ -55,12 +55,12 @@ def test_saved_keras_model_and_numpy_weights_give_identical_logits(toy_run):
 
 
 def test_n_is_a_maximum_number_of_tokens(toy_run):
-    bundle = checkpoint.load_bundle(toy_run)
+    bundle = rundir.load_bundle(toy_run)
     assert sentence_generation(bundle, bundle.tokenizer, "가는", 2) == "가는 말이 고와야"
 
 
 def test_unknown_seed_tokens(toy_run):
-    bundle = checkpoint.load_bundle(toy_run)
+    bundle = rundir.load_bundle(toy_run)
     warnings = []
     gen = Generator(bundle.lm, bundle.tokenizer, warn=warnings.append)
     gen.generate("그의 낯선", length=3)
@@ -77,7 +77,7 @@ def test_unknown_seed_tokens(toy_run):
 def test_toy_sentences_for_several_seeds(tmp_path, toy_config, seed):
     cfg = toy_config.with_overrides([f"train.seed={seed}"])
     train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
-    bundle = checkpoint.load_bundle(tmp_path / "run")
+    bundle = rundir.load_bundle(tmp_path / "run")
     got = [sentence_generation(bundle, bundle.tokenizer, first_word(s), 10) for s in TOY_SENTENCES]
     assert got == TOY_SENTENCES
 
@@ -86,8 +86,8 @@ def test_same_seed_same_weights(tmp_path, toy_config):
     cfg = toy_config.with_overrides(["train.epochs=5"])
     train(cfg, tmp_path / "a", progress=False, log=lambda _m: None)
     train(cfg, tmp_path / "b", progress=False, log=lambda _m: None)
-    a = checkpoint.load_bundle(tmp_path / "a").lm.arrays()
-    b = checkpoint.load_bundle(tmp_path / "b").lm.arrays()
+    a = rundir.load_bundle(tmp_path / "a").lm.arrays()
+    b = rundir.load_bundle(tmp_path / "b").lm.arrays()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
 
@@ -103,7 +103,7 @@ def test_other_cells_and_char_stream_train(tmp_path, cell):
     )
     result = train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
     assert result.history and not np.isnan(result.history[-1]["val_loss"])
-    bundle = checkpoint.load_bundle(tmp_path / "run")
+    bundle = rundir.load_bundle(tmp_path / "run")
     assert bundle.lm.cell == cell
     text = Generator(bundle.lm, bundle.tokenizer).generate("ab", length=5)[0]
     assert text.startswith("ab") and len(text) == 7

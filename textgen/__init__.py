@@ -12,11 +12,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "sentence_generation": "textgen.generate",
-    "Generator": "textgen.generate",
-    "train": "textgen.train",
-    "load_bundle": "textgen.checkpoint",
-    "Tokenizer": "textgen.tokenizers",
+    "sentence_generation": "textgen.decoding.generate",
+    "Generator": "textgen.decoding.generate",
+    "train": "textgen.training.loop",
+    "load_bundle": "textgen.rundir",
+    "Tokenizer": "textgen.text.base",
     "Config": "textgen.config",
     "load_config": ("textgen.config", "load"),
 }

@@ -22,7 +22,7 @@ import click
 from textgen import __version__
 from textgen.errors import TextgenError
 
-STRATEGY_NAMES = ("greedy", "sample", "beam")  # textgen.generate.STRATEGIES, without numpy
+STRATEGY_NAMES = ("greedy", "sample", "beam")  # textgen.decoding.generate.STRATEGIES, without numpy
 
 
 class Terminated(KeyboardInterrupt):
@@ -147,8 +147,8 @@ def train(
     """
     from textgen import config as config_mod
     from textgen.errors import UsageError
-    from textgen.train import resume_config
-    from textgen.train import train as run_training
+    from textgen.training.loop import resume_config
+    from textgen.training.loop import train as run_training
 
     if resume_dir is not None:
         if config_path or corpus or encoding or out or overwrite:
@@ -231,9 +231,9 @@ def prepare(
     import time
 
     from textgen import config as config_mod
+    from textgen.corpus.cache import prepare_ids
     from textgen.errors import UsageError
-    from textgen.ids import prepare_ids
-    from textgen.progress import ByteBar
+    from textgen.training.progress import ByteBar
 
     cfg = config_mod.load(config_path)
     if corpus is not None:
@@ -349,9 +349,9 @@ def generate(
           --strategy sample --temperature 0.8 --top-k 20 -n 3 --rng-seed 1
       printf '그의\\n가는\\n' | textgen generate - --format jsonl
     """
-    from textgen.checkpoint import load_bundle, resolve_run
+    from textgen.decoding.generate import Generator, Strategy, check_sizes
     from textgen.errors import UsageError
-    from textgen.generate import Generator, Strategy, check_sizes
+    from textgen.rundir import load_bundle, resolve_run
 
     check_sizes(length, num_samples)
     if sum(x is not None and x is not False for x in (seed, seeds_file, interactive or None)) != 1:
@@ -442,10 +442,10 @@ def evaluate(
       textgen eval --model runs/shakespeare-char held-out.txt --format json
       textgen eval --model runs/ko-constitution-jamo --valid
     """
-    from textgen.checkpoint import load_bundle, resolve_run
-    from textgen.data import held_out_text, read_corpus
+    from textgen.corpus.examples import held_out_text, read_corpus
     from textgen.errors import DataError, UsageError
     from textgen.evaluate import evaluate_text
+    from textgen.rundir import load_bundle, resolve_run
 
     if not files and not valid:
         raise UsageError("give FILES to score, or --valid for the run's own held-out text")
@@ -490,8 +490,8 @@ def plot(run: str | None, out: Path | None, x_axis: str) -> None:
       textgen plot runs/ptb-small
       textgen plot runs/shakespeare-char --x time --out curves.png
     """
-    from textgen.checkpoint import resolve_run
     from textgen.plot import plot_history
+    from textgen.rundir import resolve_run
 
     run_dir = resolve_run(run)
     click.echo(plot_history(run_dir, out or run_dir / "loss.png", x_axis))
@@ -507,7 +507,7 @@ def info(run: str | None) -> None:
     Example:
       textgen info runs/ko-toy
     """
-    from textgen.checkpoint import load_bundle, resolve_run
+    from textgen.rundir import load_bundle, resolve_run
 
     bundle = load_bundle(resolve_run(run))
     meta = bundle.metadata

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from textgen.checkpoint import Bundle
-from textgen.data import _stream_ids
-from textgen.sampling import log_softmax
+from textgen.corpus.examples import _stream_ids
+from textgen.decoding.sampling import log_softmax
+from textgen.rundir import Bundle
 
 CHUNK = 512  # tokens per numpy call; bounds memory for the (chunk, vocab) logits
 

@@ -11,8 +11,8 @@ import io
 import math
 from pathlib import Path
 
-from textgen.checkpoint import HISTORY, Snapshot, atomic_write, current_snapshot, read_run
 from textgen.errors import DataError, UsageError
+from textgen.rundir import HISTORY, Snapshot, atomic_write, current_snapshot, read_run
 
 X_AXES = {"epoch": ("epoch", "epoch"), "time": ("elapsed", "training time (minutes)")}
 

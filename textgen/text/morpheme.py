@@ -13,8 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 from textgen.errors import UsageError
-from textgen.tokenizers import Tokenizer
-from textgen.vocab import PAD, UNK, Vocab
+from textgen.text.base import Tokenizer
+from textgen.text.vocab import PAD, UNK, Vocab
 
 SPACE = "▁"
 

@@ -53,9 +53,10 @@ import numpy as np
 
 from textgen import config as config_mod
 from textgen.config import Config
+from textgen.decoding.numpy_lm import NumpyLM
 from textgen.errors import DataError, TextgenError
-from textgen.stepper import NumpyLM
-from textgen.tokenizers import Tokenizer
+from textgen.text import load_tokenizer
+from textgen.text.base import Tokenizer
 
 RUN_FORMAT_VERSION = 1
 SNAPSHOT_FORMAT_VERSION = 1
@@ -436,7 +437,7 @@ def write_bundle(commit: Commit, model: Any, config_text: str, metadata: dict[st
     metadata.json records the sha256 of the bundle files, so a bundle copied on its own
     (without the snapshot's manifest) is still checked on load.
     """
-    from textgen.model import to_numpy
+    from textgen.model.network import to_numpy
 
     commit.write_text(CONFIG, config_text)
     commit.write(MODEL, model.save)
@@ -578,7 +579,7 @@ def _read_bundle(snap: Snapshot) -> Bundle:
             run_dir, run_dir, {n: d for n, d in metadata.get("files", {}).items() if n in NEEDED}
         )
     config = config_mod.load(snap.path(CONFIG))
-    tokenizer = Tokenizer.load(snap.path(TOKENIZER))
+    tokenizer = load_tokenizer(snap.path(TOKENIZER))
     try:
         lm = NumpyLM.load(snap.path(WEIGHTS))
     except FileNotFoundError:
@@ -594,9 +595,9 @@ def _read_bundle(snap: Snapshot) -> Bundle:
     return Bundle(run_dir, config, tokenizer, lm, metadata, history)
 
 
-def load_tokenizer(run_dir: Path) -> Tokenizer:
+def run_tokenizer(run_dir: Path) -> Tokenizer:
     """The run's saved tokenizer (checked against its checksum)."""
-    return read_run(run_dir, lambda snap: Tokenizer.load(snap.path(TOKENIZER)), "run")
+    return read_run(run_dir, lambda snap: load_tokenizer(snap.path(TOKENIZER)), "run")
 
 
 def load_metadata(run_dir: Path) -> dict[str, Any] | None:

@@ -35,14 +35,21 @@ from typing import Any
 
 import numpy as np
 
-from textgen import __version__, checkpoint, distribute
+from textgen import __version__, rundir
 from textgen import config as config_mod
 from textgen._tf import keras, tensorflow
 from textgen.config import Config, TrainConfig
-from textgen.data import Examples, Prepared, prepare
+from textgen.corpus.examples import Examples, Prepared, prepare
 from textgen.errors import DataError, TextgenError, UsageError
-from textgen.model import build_model, count_params, init_uniform, sync_tied, training_forward
-from textgen.progress import ByteBar, Reporter
+from textgen.model.network import (
+    build_model,
+    count_params,
+    init_uniform,
+    sync_tied,
+    training_forward,
+)
+from textgen.training import distribute
+from textgen.training.progress import ByteBar, Reporter
 
 HISTORY_FIELDS = (
     "epoch", "loss", "val_loss", "perplexity", "bits_per_token", "tokens_per_s", "seconds",
@@ -132,7 +139,7 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     ``--overwrite`` deletes only what textgen wrote, and only in a folder that holds a run;
     anything else in the folder refuses the whole overwrite, naming it.
     """
-    entries = [p.name for p in run_dir.iterdir() if p.name != checkpoint.LOCK]
+    entries = [p.name for p in run_dir.iterdir() if p.name != rundir.LOCK]
     if not entries:
         return
     if not overwrite:
@@ -140,12 +147,12 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             f"run directory {run_dir} already exists; pass --overwrite to replace it, "
             f"--resume {run_dir} to continue it, or --out to choose another"
         )
-    if not checkpoint.is_run(run_dir):
+    if not rundir.is_run(run_dir):
         raise UsageError(
             f"{run_dir} is not empty and is not a textgen run directory; "
             "refusing to delete it with --overwrite"
         )
-    foreign = checkpoint.foreign_entries(run_dir)
+    foreign = rundir.foreign_entries(run_dir)
     if foreign:
         shown = ", ".join(foreign[:3]) + (
             f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
@@ -154,7 +161,7 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             f"{run_dir} holds {shown}, which textgen did not write; refusing to delete it "
             "with --overwrite (move them away or choose another --out)"
         )
-    checkpoint.clear_run(run_dir)
+    rundir.clear_run(run_dir)
 
 
 class _Signals:
@@ -489,13 +496,13 @@ class _Run:
             "global_batch": self.global_batch,
             "corpus_sha256": self.prepared.corpus_sha256,
         }
-        with checkpoint.Commit(self.run_dir) as commit:
+        with rundir.Commit(self.run_dir) as commit:
             if best:
-                checkpoint.write_bundle(
+                rundir.write_bundle(
                     commit, self.model, self.config.to_toml(), self._bundle_metadata()
                 )
-            commit.write_text(checkpoint.HISTORY, _history_csv(self.result.history))
-            checkpoint.write_state(
+            commit.write_text(rundir.HISTORY, _history_csv(self.result.history))
+            rundir.write_state(
                 commit,
                 [np.asarray(v) for v in self.model.variables],
                 [np.asarray(v) for v in self.optimizer.variables],
@@ -505,8 +512,8 @@ class _Run:
 
     def restore_state(self) -> None:
         """Load ``last.npz`` into the model, the optimizer and the loop's position."""
-        model_vars, opt_vars, info = checkpoint.load_state(self.run_dir)
-        saved_sha = info.get("corpus_sha256") or (checkpoint.load_metadata(self.run_dir) or {}).get(
+        model_vars, opt_vars, info = rundir.load_state(self.run_dir)
+        saved_sha = info.get("corpus_sha256") or (rundir.load_metadata(self.run_dir) or {}).get(
             "corpus_sha256"
         )
         if saved_sha and saved_sha != self.prepared.corpus_sha256:
@@ -519,7 +526,7 @@ class _Run:
             ("optimizer", self.optimizer.variables, opt_vars),
         ):
             if [tuple(v.shape) for v in mine] != [a.shape for a in theirs]:
-                raise DataError(f"{self.run_dir / checkpoint.STATE} does not match this {name}")
+                raise DataError(f"{self.run_dir / rundir.STATE} does not match this {name}")
             for variable, value in zip(mine, theirs, strict=True):
                 variable.assign(value)
         self.epoch, self.step, self.wait = info["epoch"], info["step"], info["wait"]
@@ -721,7 +728,7 @@ class _Run:
             raise PeerLost(
                 f"a peer worker stopped answering at epoch {self.epoch}, step {self.step + 1} "
                 f"({type(err).__name__}); restart every worker with the same command: training "
-                f"continues from {self.run_dir / checkpoint.STATE}"
+                f"continues from {self.run_dir / rundir.STATE}"
             ) from None
 
     def interrupt(self, reporter: Reporter, signum: int | None) -> None:
@@ -779,10 +786,10 @@ def train(
         config.train.distribute == "multiworker"
         and not resume
         and not overwrite
-        and (run_dir / checkpoint.STATE).is_file()
+        and (run_dir / rundir.STATE).is_file()
     ):  # a restarted worker: every worker continues from the chief's backup
         resume = True
-        log(f"found the backup {run_dir / checkpoint.STATE}; continuing from it")
+        log(f"found the backup {run_dir / rundir.STATE}; continuing from it")
     with ByteBar(config.data.corpus, "tokenizing", enabled=progress) as bar:
         prepared = prepare(
             config.data,
@@ -799,7 +806,7 @@ def train(
             "into overlapping pieces"
         )
     run = _Run(config, prepared, run_dir, log, strategy)  # model errors, too
-    lock = checkpoint.RunLock(run_dir) if chief else contextlib.nullcontext()
+    lock = rundir.RunLock(run_dir) if chief else contextlib.nullcontext()
     with lock:
         if resume:
             run.restore_state()
@@ -812,11 +819,11 @@ def train(
             log(f"resuming {run_dir} at epoch {run.epoch}, step {run.step}")
         elif chief:
             _prepare_run_dir(run_dir, overwrite)
-            with checkpoint.Commit(run_dir) as commit:
-                commit.write_text(checkpoint.CONFIG, config.to_toml())
-                commit.write_text(checkpoint.TOKENIZER, prepared.tokenizer.to_json())
+            with rundir.Commit(run_dir) as commit:
+                commit.write_text(rundir.CONFIG, config.to_toml())
+                commit.write_text(rundir.TOKENIZER, prepared.tokenizer.to_json())
         result = _fit(run, config, prepared, progress, log)
-        if chief and not checkpoint.set_latest(run_dir):
+        if chief and not rundir.set_latest(run_dir):
             log(f"note: {run_dir.resolve().parent / 'latest'} is not a link; left it alone")
     result.chief = chief
     return result
@@ -848,8 +855,8 @@ def _fit(
 def _saved_tokenizer(run_dir: Path) -> Any:
     if not run_dir.is_dir():
         raise DataError(f"run directory not found: {run_dir}")
-    checkpoint.load_state(run_dir, info_only=True)  # a clear error when there is no state
-    return checkpoint.load_tokenizer(run_dir)
+    rundir.load_state(run_dir, info_only=True)  # a clear error when there is no state
+    return rundir.run_tokenizer(run_dir)
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:
@@ -862,8 +869,8 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
         run_dir = run_dir.resolve()
     if not run_dir.is_dir():
         raise DataError(f"run directory not found: {run_dir}")
-    _, _, info = checkpoint.load_state(run_dir, info_only=True)
-    source = f"{run_dir / checkpoint.STATE} (config)"
+    _, _, info = rundir.load_state(run_dir, info_only=True)
+    source = f"{run_dir / rundir.STATE} (config)"
     saved = config_mod.loads(info["config"], source=source)
     config = saved.with_overrides(overrides)
     old, new = saved.to_dict(), config.to_dict()

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from textgen.errors import DataError, UsageError
-from textgen.tokenizers import Tokenizer, check_format_version
-from textgen.vocab import EOS, PAD, UNK, Vocab
+from textgen.text.base import Tokenizer, check_format_version
+from textgen.text.vocab import EOS, PAD, UNK, Vocab
 
 MAX_SENTENCE_BYTES = 1 << 16  # longer lines are cut for training the pieces only
 # characters of training lines held to learn the pieces: a larger corpus is sampled

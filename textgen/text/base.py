@@ -10,9 +10,9 @@
   (jamo level) every Hangul syllable becomes its conjoining jamo (``말`` → ``ᄆ ᅡ ᆯ``, the
   standard library's canonical decomposition), a vocabulary of a few dozen symbols instead
   of hundreds of syllables; decoded text is recomposed to NFC, so nobody sees loose jamo.
-* ``subword`` (:mod:`textgen.subword`, sentencepiece) and ``morpheme``
-  (:mod:`textgen.morpheme`, kiwipiepy) subclass :class:`Tokenizer`; :func:`fit_tokenizer`
-  and :func:`tokenizer_from_dict` pick the class from the level.
+* ``subword`` (:mod:`textgen.text.subword`, sentencepiece) and ``morpheme``
+  (:mod:`textgen.text.morpheme`, kiwipiepy) subclass :class:`Tokenizer`; the registry in
+  :mod:`textgen.text` picks the class from the level.
 
 A tokenizer is saved as JSON with a format version and reloads to an identical object.
 Generated text is assembled by :meth:`Tokenizer.continuation` and :meth:`Tokenizer.attach`,
@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from textgen.errors import DataError, UsageError
-from textgen.vocab import EOS, PAD, Vocab
-
-LEVELS = ("word", "char", "subword", "morpheme")
+from textgen.config import LEVELS
+from textgen.errors import DataError
+from textgen.text.vocab import EOS, PAD, Vocab
 
 FORMAT_VERSION = 1
 _KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'
@@ -219,46 +218,19 @@ class Tokenizer:
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{source}: malformed tokenizer ({err})") from None
 
-    @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
+    @staticmethod
+    def read_json(path: str | Path) -> dict[str, Any]:
+        """The saved dict of a tokenizer file; :func:`textgen.text.load_tokenizer` builds it."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DataError(f"tokenizer file not found: {path}") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataError(f"{path}: not a valid tokenizer JSON ({err})") from None
-        return tokenizer_from_dict(data, source=str(path))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tokenizer) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_dict()))
-
-
-def _level_class(level: str) -> type[Tokenizer]:
-    if level == "subword":
-        from textgen.subword import SubwordTokenizer
-
-        return SubwordTokenizer
-    if level == "morpheme":
-        from textgen.morpheme import MorphemeTokenizer
-
-        return MorphemeTokenizer
-    if level not in LEVELS:
-        raise UsageError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
-    return Tokenizer
-
-
-def fit_tokenizer(texts: Iterable[str], level: str, **options: Any) -> Tokenizer:
-    """Fit the tokenizer of ``level`` on ``texts`` (``options`` as the level's ``fit``:
-    :meth:`Tokenizer.fit`, plus ``subword_model`` and ``vocab_size`` for subwords)."""
-    return _level_class(level).fit(texts, level, **options)
-
-
-def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer") -> Tokenizer:
-    """Rebuild a saved tokenizer of any level."""
-    level = data.get("level") if isinstance(data, dict) else None
-    cls = _level_class(level) if level in LEVELS else Tokenizer
-    return cls.from_dict(data, source)

@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from textgen.config import DataConfig
+from textgen.corpus.cache import IdFile, Progress, prepare_ids, split_blocks, text_blocks
 from textgen.errors import DataError
-from textgen.ids import IdFile, Progress, prepare_ids, split_blocks, text_blocks
-from textgen.tokenizers import Tokenizer, fit_tokenizer
+from textgen.text import fit_tokenizer
+from textgen.text.base import Tokenizer
 
 MAX_PADDED_IDS = 1 << 28  # lines mode, max_len = 0: at most this many padded ids (1 GB)
 
@@ -223,7 +224,7 @@ def held_out_text(cfg: DataConfig, corpus_sha256: str | None = None) -> str:
     if cfg.val_split <= 0:
         return ""
     if corpus_sha256 is not None:
-        from textgen.ids import scan
+        from textgen.corpus.cache import scan
 
         if scan(cfg.corpus, cfg.encoding, count_chars=False)[0] != corpus_sha256:
             raise DataError(
@@ -241,7 +242,7 @@ def held_out_text(cfg: DataConfig, corpus_sha256: str | None = None) -> str:
 
 def _cut(cfg: DataConfig) -> int | None:
     """The character where the held-out tail starts, before moving to a line start."""
-    from textgen.ids import scan
+    from textgen.corpus.cache import scan
 
     if cfg.valid_corpus or cfg.val_split <= 0:
         return None
@@ -267,7 +268,7 @@ def prepare(
 
     The vocabulary is counted on the training part, unless ``tokenizer`` is given (a
     resumed run keeps the tokenizer it started with). Stream mode goes through the id
-    cache of :mod:`textgen.ids` (any corpus size; ``progress`` gets bytes read); lines
+    cache of :mod:`textgen.corpus.cache` (any corpus size; ``progress`` gets bytes read); lines
     mode pads sentences in memory.
     """
     where = cfg.corpus

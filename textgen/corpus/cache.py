@@ -8,7 +8,7 @@ at a line break, each block is normalized and tokenized, and the ids go straight
    the first training token is written);
 2. the tokenizing pass. At the char and word levels the vocabulary is counted in the same
    pass: every new token gets a provisional id in order of first appearance (the tie order
-   of :class:`~textgen.vocab.Vocab`), the provisional ids are written as int32, and a
+   of :class:`~textgen.text.vocab.Vocab`), the provisional ids are written as int32, and a
    vectorized pass over that binary file maps them to the final ids (most frequent first)
    in the smallest dtype that holds the vocabulary. Subword and morpheme tokenizers are
    fitted first on the streamed training lines, then encode line by line.
@@ -38,8 +38,9 @@ import numpy as np
 
 from textgen.config import DataConfig
 from textgen.errors import DataError
-from textgen.tokenizers import Tokenizer, fit_tokenizer
-from textgen.vocab import EOS, PAD, UNK, Vocab
+from textgen.text import fit_tokenizer, load_tokenizer
+from textgen.text.base import Tokenizer
+from textgen.text.vocab import EOS, PAD, UNK, Vocab
 
 BLOCK = 4 << 20  # bytes read at a time
 MAX_LINE_BYTES = 256 << 20  # a longer line is refused: it would be held whole in memory
@@ -113,7 +114,7 @@ def text_blocks(
     path: str | Path, encoding: str = "utf-8", progress: Progress | None = None
 ) -> Iterator[str]:
     """The decoded text of ``path`` in pieces that each end at a line break (the last one
-    may not), with the same checks as :func:`textgen.data.read_corpus`: a NUL byte, bad
+    may not), with the same checks as :func:`textgen.corpus.examples.read_corpus`: a NUL byte, bad
     bytes (with their offset) and a text with nothing but whitespace are errors.
 
     A line is held whole until its break, in linear time; one longer than
@@ -500,7 +501,7 @@ def _load_entry(folder: Path, sha: str, tokenizer: Tokenizer | None) -> Prepared
     """A complete cache entry for this corpus (and tokenizer, when given), or None."""
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
-        saved = Tokenizer.load(folder / TOKENIZER)
+        saved = load_tokenizer(folder / TOKENIZER)
     except (OSError, ValueError, DataError):
         return None
     if meta.get("format") != CACHE_FORMAT or meta.get("corpus_sha256") != sha:

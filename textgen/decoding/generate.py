@@ -1,7 +1,7 @@
 """Text generation from a trained model, carrying the recurrent state.
 
 The seed is fed through the network once; every further token is one recurrent step
-(:class:`~textgen.stepper.NumpyLM`), never a re-run over the growing prefix. The classic
+(:class:`~textgen.decoding.numpy_lm.NumpyLM`), never a re-run over the growing prefix. The classic
 tutorial's ``sentence_generation(model, tokenizer, current_word, n)`` keeps its meaning
 and output (greedy argmax, seed followed by the generated words) on this fast path.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from textgen.decoding.numpy_lm import NumpyLM
+from textgen.decoding.sampling import Decoded, beam_search, decode, greedy, sampler
 from textgen.errors import DataError, UsageError
-from textgen.sampling import Decoded, beam_search, decode, greedy, sampler
-from textgen.stepper import NumpyLM
-from textgen.tokenizers import Tokenizer
+from textgen.text.base import Tokenizer
 
 STRATEGIES = ("greedy", "sample", "beam")
 MAX_LENGTH = 1_000_000  # new tokens per text: the picked ids are kept in one array
@@ -213,7 +213,7 @@ def _as_numpy(model: Any) -> NumpyLM:
         return model
     if hasattr(model, "lm") and isinstance(model.lm, NumpyLM):
         return model.lm
-    from textgen.model import to_numpy
+    from textgen.model.network import to_numpy
 
     return to_numpy(model)
 

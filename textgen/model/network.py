@@ -22,7 +22,7 @@ from typing import Any
 
 from textgen._tf import keras
 from textgen.config import ModelConfig
-from textgen.stepper import NumpyLM, RNNWeights
+from textgen.decoding.numpy_lm import NumpyLM, RNNWeights
 
 _LAYERS = {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
 
@@ -100,11 +100,11 @@ def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any
     additions the Keras graph cannot express: the tied output projection and a recurrent
     state carried in and out (``state`` is a list of ``(h, c)`` per layer, LSTM only; None
     starts from zeros and returns None). LSTM layers run through
-    :func:`textgen.fastrnn.lstm_layer` (input projections hoisted out of the time
+    :func:`textgen.model.fastrnn.lstm_layer` (input projections hoisted out of the time
     loop, hand-written backward pass); GRU and SimpleRNN layers are the Keras layers.
     """
     from textgen._tf import tensorflow
-    from textgen.fastrnn import lstm_layer
+    from textgen.model.fastrnn import lstm_layer
 
     tf = tensorflow()
     names = {layer.name for layer in model.layers}

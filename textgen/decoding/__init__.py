@@ -1,0 +1,4 @@
+"""Generation without TensorFlow: the numpy twin of a trained network
+(:mod:`textgen.decoding.numpy_lm`), the strategies that pick the next token from a
+``next(ids, state)`` callable (:mod:`textgen.decoding.sampling`), and the generator that
+carries the recurrent state from a seed (:mod:`textgen.decoding.generate`)."""

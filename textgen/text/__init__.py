@@ -1,0 +1,51 @@
+"""Text ↔ token ids: the only place text becomes ids and back.
+
+The levels are ``word`` and ``char`` (:mod:`textgen.text.base`, where ``char`` with
+``normalize = "nfd"`` is the jamo level), ``subword`` (:mod:`textgen.text.subword`,
+sentencepiece) and ``morpheme`` (:mod:`textgen.text.morpheme`, kiwipiepy). This module
+is the registry: it maps a level to its class, fits a tokenizer and rebuilds a saved one.
+The optional levels are imported only when used, so their libraries stay optional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from textgen.config import LEVELS
+from textgen.errors import UsageError
+from textgen.text.base import Tokenizer
+
+
+def level_class(level: str) -> type[Tokenizer]:
+    """The tokenizer class of ``level``."""
+    if level == "subword":
+        from textgen.text.subword import SubwordTokenizer
+
+        return SubwordTokenizer
+    if level == "morpheme":
+        from textgen.text.morpheme import MorphemeTokenizer
+
+        return MorphemeTokenizer
+    if level not in LEVELS:
+        raise UsageError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
+    return Tokenizer
+
+
+def fit_tokenizer(texts: Iterable[str], level: str, **options: Any) -> Tokenizer:
+    """Fit the tokenizer of ``level`` on ``texts`` (``options`` as the level's ``fit``:
+    :meth:`Tokenizer.fit`, plus ``subword_model`` and ``vocab_size`` for subwords)."""
+    return level_class(level).fit(texts, level, **options)
+
+
+def tokenizer_from_dict(data: dict[str, Any], source: str = "tokenizer") -> Tokenizer:
+    """Rebuild a saved tokenizer of any level."""
+    level = data.get("level") if isinstance(data, dict) else None
+    cls = level_class(level) if level in LEVELS else Tokenizer
+    return cls.from_dict(data, source)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Read a tokenizer file of any level (format version checked)."""
+    return tokenizer_from_dict(Tokenizer.read_json(path), source=str(path))
