@@ -20,6 +20,7 @@ from textgen.cli import main
 from textgen.config import DataConfig
 from textgen.corpus import cache as ids_mod
 from textgen.corpus import examples as data_mod
+from textgen.corpus import read as read_mod
 from textgen.decoding import generate as generate_mod
 from textgen.decoding.generate import Generator
 from textgen.errors import DataError
@@ -41,12 +42,12 @@ def stream_config(corpus: Path, level: str = "word", **kw) -> DataConfig:
 
 # -- one very long line ---------------------------------------------------------------------
 def test_a_long_line_is_read_whole_across_many_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(ids_mod, "BLOCK", 1000)
+    monkeypatch.setattr(read_mod, "BLOCK", 1000)
     words = " ".join(f"w{i % 97}" for i in range(20_000))  # one line of ~100 blocks
     text = f"first line\n{words}\nlast line\n"
     corpus = tmp_path / "c.txt"
     corpus.write_text(text, encoding="utf-8")
-    blocks = list(ids_mod.text_blocks(corpus))
+    blocks = list(read_mod.text_blocks(corpus))
     assert "".join(blocks) == text and all(b.endswith("\n") for b in blocks)
     entry = ids_mod.prepare_ids(stream_config(corpus))
     _, expected = whole_text_ids(text, "word")
@@ -55,8 +56,8 @@ def test_a_long_line_is_read_whole_across_many_blocks(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
 def test_a_line_past_the_limit_is_one_line_error(tmp_path, monkeypatch, encoding):
-    monkeypatch.setattr(ids_mod, "BLOCK", 4096)
-    monkeypatch.setattr(ids_mod, "MAX_LINE_BYTES", 50_000)
+    monkeypatch.setattr(read_mod, "BLOCK", 4096)
+    monkeypatch.setattr(read_mod, "MAX_LINE_BYTES", 50_000)
     corpus = tmp_path / "c.txt"
     corpus.write_bytes(("short\n" + "x" * 200_000 + "\n").encode(encoding))
     result = invoke(

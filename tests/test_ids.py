@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from textgen.cli import main
 from textgen.config import DataConfig
 from textgen.corpus import cache as ids_mod
+from textgen.corpus import read as read_mod
 from textgen.corpus.examples import Windows, held_out_text, prepare, stream_examples
 from textgen.errors import DataError
 from textgen.text.base import Tokenizer
@@ -45,7 +46,7 @@ def whole_text_ids(text: str, level: str, **options) -> tuple[Tokenizer, np.ndar
     nfd=st.booleans(),
 )
 def test_streamed_ids_equal_whole_text_ids(tmp_path, monkeypatch, text, level, block, nfd):
-    monkeypatch.setattr(ids_mod, "BLOCK", block)  # many tiny blocks: every boundary case
+    monkeypatch.setattr(read_mod, "BLOCK", block)  # many tiny blocks: every boundary case
     monkeypatch.setenv("TEXTGEN_CACHE", str(tmp_path / f"cache-{block}-{level}-{nfd}"))
     corpus = tmp_path / "c.txt"
     corpus.write_text(text, encoding="utf-8")
@@ -103,7 +104,7 @@ def test_resumed_tokenizer_is_used_as_given(tmp_path):
 
 
 def test_bad_bytes_are_reported_with_their_offset_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(ids_mod, "BLOCK", 4)
+    monkeypatch.setattr(read_mod, "BLOCK", 4)
     corpus = tmp_path / "bad.txt"
     corpus.write_bytes(b"hello\nworld\n\xff tail\n")
     cfg = DataConfig(corpus=str(corpus), level="char", mode="stream", val_split=0.0)
@@ -159,7 +160,7 @@ def test_prepare_command_refuses_lines_mode(tmp_path):
 
 @pytest.mark.parametrize("encoding", ["cp949", "utf-16", "utf-8-sig"])
 def test_other_encodings_stream_like_utf8(tmp_path, monkeypatch, encoding):
-    monkeypatch.setattr(ids_mod, "BLOCK", 5)
+    monkeypatch.setattr(read_mod, "BLOCK", 5)
     text = "경마장에 있는 말이\n뛰고 있다\n그의 말이 법이다\n가는 말이 고와야\n"
     corpus = tmp_path / "c.txt"
     corpus.write_bytes(text.encode(encoding))

@@ -63,6 +63,16 @@ def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _corpus_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--corpus and --encoding, the options of every command that reads a config's corpus."""
+    func = click.option(
+        "--encoding", help="Corpus encoding (overrides data.encoding, default utf-8)."
+    )(func)
+    return click.option(
+        "--corpus", type=click.Path(path_type=Path), help="Corpus file (overrides data.corpus)."
+    )(func)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="textgen")
 def main() -> None:
@@ -82,10 +92,7 @@ def main() -> None:
     type=click.Path(dir_okay=True, path_type=Path),
     help="TOML config file ([data], [model], [train]).",
 )
-@click.option(
-    "--corpus", type=click.Path(path_type=Path), help="Corpus file (overrides data.corpus)."
-)
-@click.option("--encoding", help="Corpus encoding (overrides data.encoding, default utf-8).")
+@_corpus_options
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<config name>]."
 )
@@ -145,7 +152,6 @@ def train(
     TF_CONFIG and the same --out on a shared filesystem; only the chief (worker 0)
     writes it, and a restarted cluster continues from its last saved state.
     """
-    from textgen import config as config_mod
     from textgen.errors import UsageError
     from textgen.training.loop import resume_config
     from textgen.training.loop import train as run_training
@@ -157,12 +163,7 @@ def train(
     elif config_path is None:
         raise UsageError("give --config FILE (or --resume RUN_DIR)")
     else:
-        cfg = config_mod.load(config_path)
-        if corpus is not None:
-            cfg = config_mod.with_corpus(cfg, corpus)
-        if encoding is not None:
-            cfg = replace(cfg, data=replace(cfg.data, encoding=encoding))
-        cfg = cfg.with_overrides(list(overrides))
+        cfg = _config(config_path, corpus, encoding, overrides)
         run_dir = out or Path("runs") / _run_name(config_path)
     if distribute is not None:
         cfg = cfg.with_overrides([f"train.distribute={distribute}"])
@@ -190,10 +191,7 @@ def train(
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML config file; its [data] section says what to prepare.",
 )
-@click.option(
-    "--corpus", type=click.Path(path_type=Path), help="Corpus file (overrides data.corpus)."
-)
-@click.option("--encoding", help="Corpus encoding (overrides data.encoding, default utf-8).")
+@_corpus_options
 @click.option(
     "--set",
     "overrides",
@@ -230,17 +228,11 @@ def prepare(
     """
     import time
 
-    from textgen import config as config_mod
     from textgen.corpus.cache import prepare_ids
     from textgen.errors import UsageError
     from textgen.training.progress import ByteBar
 
-    cfg = config_mod.load(config_path)
-    if corpus is not None:
-        cfg = config_mod.with_corpus(cfg, corpus)
-    if encoding is not None:
-        cfg = replace(cfg, data=replace(cfg.data, encoding=encoding))
-    cfg = cfg.with_overrides(list(overrides))
+    cfg = _config(config_path, corpus, encoding, overrides)
     if cfg.data.mode != "stream":
         raise UsageError(
             'textgen prepare streams corpora in data.mode = "stream"; a "lines" corpus '
@@ -403,6 +395,20 @@ def generate(
     seeds = [seed] if seed is not None else [ln.rstrip("\n") for ln in seeds_file if ln.strip()]
     for text_seed in seeds:
         run(text_seed)
+
+
+def _config(
+    config_path: Path, corpus: Path | None, encoding: str | None, overrides: tuple[str, ...]
+) -> Any:
+    """The config of --config, with --corpus, --encoding and --set applied in that order."""
+    from textgen import config as config_mod
+
+    cfg = config_mod.load(config_path)
+    if corpus is not None:
+        cfg = config_mod.with_corpus(cfg, corpus)
+    if encoding is not None:
+        cfg = replace(cfg, data=replace(cfg.data, encoding=encoding))
+    return cfg.with_overrides(list(overrides))
 
 
 def _run_name(config_path: Path) -> str:

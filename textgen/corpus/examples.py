@@ -19,18 +19,16 @@ split); the vocabulary is counted on the training part only.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from textgen.config import DataConfig
-from textgen.corpus.cache import IdFile, Progress, prepare_ids, split_blocks, text_blocks
+from textgen.corpus.cache import IdFile, prepare_ids
+from textgen.corpus.read import Progress, read_corpus, scan, split_blocks, text_blocks
 from textgen.errors import DataError
-from textgen.text import fit_tokenizer
+from textgen.text import tokenizer_for
 from textgen.text.base import Tokenizer
 
 MAX_PADDED_IDS = 1 << 28  # lines mode, max_len = 0: at most this many padded ids (1 GB)
@@ -124,44 +122,6 @@ class Prepared:
     split_lines: int = 0
 
 
-def read_corpus(path: str | Path, encoding: str = "utf-8") -> tuple[str, str]:
-    """Read a whole corpus; return ``(text, sha256 of the bytes)``.
-
-    Raises :class:`DataError` naming the file for a missing, unreadable, non-UTF-8 or empty
-    corpus (with the byte offset of the first bad byte).
-    """
-    path = Path(path)
-    if not str(path):
-        raise DataError("no corpus given: set data.corpus in the config or pass --corpus")
-    if path.is_dir():
-        raise DataError(f"corpus {path} is a folder, not a text file")
-    if path.exists() and not path.is_file():
-        raise DataError(
-            f"corpus {path} is not a regular file (a device or a pipe); give a text file"
-        )
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"corpus not found: {path}") from None
-    except OSError as err:
-        raise DataError(f"cannot read corpus {path}: {err.strerror}") from None
-    if b"\x00" in raw[:65536]:
-        raise DataError(f"corpus {path} looks binary (NUL byte); give a text file")
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"corpus {path} is not valid {encoding} at byte {err.start} "
-            f"(0x{raw[err.start]:02x}); convert it or pass --encoding"
-        ) from None
-    except LookupError:
-        raise DataError(f"unknown encoding {encoding!r}") from None
-    text = text.removeprefix("\ufeff")
-    if not text.strip():
-        raise DataError(f"corpus {path} is empty (no text besides whitespace)")
-    return text, hashlib.sha256(raw).hexdigest()
-
-
 def pad_pre(sequences: list[np.ndarray], length: int) -> np.ndarray:
     """Left-pad id sequences with 0 to ``length`` (keras ``pad_sequences(padding="pre")``)."""
     from textgen._tf import keras
@@ -223,14 +183,14 @@ def held_out_text(cfg: DataConfig, corpus_sha256: str | None = None) -> str:
         return read_corpus(cfg.valid_corpus, cfg.encoding)[0]
     if cfg.val_split <= 0:
         return ""
-    if corpus_sha256 is not None:
-        from textgen.corpus.cache import scan
-
-        if scan(cfg.corpus, cfg.encoding, count_chars=False)[0] != corpus_sha256:
-            raise DataError(
-                f"corpus {cfg.corpus} is not the file this run was trained on (sha256 "
-                "differs), so its held-out tail is unknown; score a file instead"
-            )
+    if (
+        corpus_sha256 is not None
+        and scan(cfg.corpus, cfg.encoding, count_chars=False)[0] != corpus_sha256
+    ):
+        raise DataError(
+            f"corpus {cfg.corpus} is not the file this run was trained on (sha256 "
+            "differs), so its held-out tail is unknown; score a file instead"
+        )
     if cfg.mode == "lines":
         text, _ = read_corpus(cfg.corpus, cfg.encoding)
         _, val_lines = _hold_out_lines([ln for ln in text.splitlines() if ln.strip()], cfg)
@@ -242,8 +202,6 @@ def held_out_text(cfg: DataConfig, corpus_sha256: str | None = None) -> str:
 
 def _cut(cfg: DataConfig) -> int | None:
     """The character where the held-out tail starts, before moving to a line start."""
-    from textgen.corpus.cache import scan
-
     if cfg.valid_corpus or cfg.val_split <= 0:
         return None
     return int(scan(cfg.corpus, cfg.encoding)[1] * (1.0 - cfg.val_split))
@@ -273,18 +231,6 @@ def prepare(
     """
     where = cfg.corpus
     given = tokenizer
-    word_eos = cfg.mode == "lines" or cfg.level != "char"
-    fit: dict[str, Any] = dict(
-        level=cfg.level,
-        eos=word_eos,
-        max_vocab=cfg.max_vocab,
-        min_freq=cfg.min_freq,
-        lowercase=cfg.lowercase,
-        strip_punctuation=cfg.strip_punctuation,
-        normalize=cfg.normalize,
-    )
-    if cfg.level == "subword":
-        fit |= dict(subword_model=cfg.subword_model, vocab_size=cfg.vocab_size)
     if cfg.mode == "lines":
         text, sha = read_corpus(cfg.corpus, cfg.encoding)
         valid_text = read_corpus(cfg.valid_corpus, cfg.encoding)[0] if cfg.valid_corpus else None
@@ -295,7 +241,7 @@ def prepare(
             lines = lines + val_lines
         else:
             train_lines, val_lines = _hold_out_lines(lines, cfg)
-        tokenizer = given or fit_tokenizer(train_lines, **fit)
+        tokenizer = given or tokenizer_for(cfg, train_lines)
         _check_vocab(tokenizer, where)
         length = cfg.max_len or _longest_line(lines, tokenizer, where)
         train, cut = line_examples(train_lines, tokenizer, length)

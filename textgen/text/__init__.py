@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from textgen.config import LEVELS
+from textgen.config import LEVELS, DataConfig
 from textgen.errors import UsageError
 from textgen.text.base import Tokenizer
 
@@ -31,6 +31,29 @@ def level_class(level: str) -> type[Tokenizer]:
     if level not in LEVELS:
         raise UsageError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
     return Tokenizer
+
+
+def tokenizer_options(cfg: DataConfig) -> dict[str, Any]:
+    """Every setting of ``cfg`` that decides the tokenizer: what :func:`fit_tokenizer`
+    takes, and what the id cache's key holds (one list, so neither can miss one)."""
+    options: dict[str, Any] = dict(
+        level=cfg.level,
+        eos=cfg.mode == "lines" or cfg.level != "char",
+        max_vocab=cfg.max_vocab,
+        min_freq=cfg.min_freq,
+        lowercase=cfg.lowercase,
+        strip_punctuation=cfg.strip_punctuation,
+        normalize=cfg.normalize,
+    )
+    if cfg.level == "subword":
+        options |= dict(subword_model=cfg.subword_model, vocab_size=cfg.vocab_size)
+    return options
+
+
+def tokenizer_for(cfg: DataConfig, texts: Iterable[str]) -> Tokenizer:
+    """The tokenizer ``cfg`` asks for, fitted on ``texts``."""
+    options = tokenizer_options(cfg)
+    return fit_tokenizer(texts, options.pop("level"), **options)
 
 
 def fit_tokenizer(texts: Iterable[str], level: str, **options: Any) -> Tokenizer:

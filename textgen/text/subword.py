@@ -24,7 +24,7 @@ import numpy as np
 
 from textgen.errors import DataError, UsageError
 from textgen.text.base import Tokenizer, check_format_version
-from textgen.text.vocab import EOS, PAD, UNK, Vocab
+from textgen.text.vocab import EOS, PAD, PAD_ID, UNK, UNK_ID, Vocab
 
 MAX_SENTENCE_BYTES = 1 << 16  # longer lines are cut for training the pieces only
 # characters of training lines held to learn the pieces: a larger corpus is sampled
@@ -160,8 +160,8 @@ class SubwordTokenizer(Tokenizer):
                 add_dummy_prefix=False,
                 split_digits=True,
                 max_sentence_length=MAX_SENTENCE_BYTES,
-                pad_id=0,
-                unk_id=1,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
                 eos_id=2,
                 bos_id=-1,
                 pad_piece=PAD,

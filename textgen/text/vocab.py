@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 PAD = "<pad>"
 UNK = "<unk>"
 EOS = "<eos>"
+PAD_ID, UNK_ID = 0, 1  # every vocabulary starts with <pad>, <unk> (and <eos> = 2 if it has one)
 
 
 class Vocab:
@@ -70,11 +71,11 @@ class Vocab:
 
     def id(self, token: str) -> int:
         """The id of ``token``, or the ``<unk>`` id when it is not in the vocabulary."""
-        return self._ids.get(token, 1)
+        return self._ids.get(token, UNK_ID)
 
     def ids(self, tokens: Iterable[str]) -> list[int]:
         get = self._ids.get
-        return [get(tok, 1) for tok in tokens]
+        return [get(tok, UNK_ID) for tok in tokens]
 
     def token(self, index: int) -> str:
         return self.tokens[index]
