@@ -81,7 +81,7 @@ def run_variant(name: str, sets: list[str], train: Path, valid: Path) -> dict[st
             "best_ppl": math.exp(val[best]),
             "best_epoch": best + 1,
             "last_ppl": math.exp(val[-1]),
-            "train_ppl_at_best": math.exp(rows[best]["loss"]),
+            "train_ppl_at_best": math.exp(rows[best]["train_loss"]),
         }
     return result
 

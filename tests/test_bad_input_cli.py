@@ -89,6 +89,18 @@ CASES = [
     ("malformed --set", [*TRAIN, "--set", "oops"], 2, "--set expects section.key=value"),
     ("unknown --set key", [*TRAIN, "--set", "model.unit=3"], 2, "did you mean 'model.units'"),
     ("negative seed", [*TRAIN, "--set", "train.seed=-1"], 2, "train.seed must be in"),
+    (
+        "an option the level does not use",
+        [*TRAIN, "--set", "data.level=subword", "--set", "data.lowercase=true"],
+        2,
+        'data.lowercase does not apply to data.level = "subword"',
+    ),
+    (
+        "a subword option at the word level",
+        [*TRAIN, "--set", "data.vocab_size=500"],
+        2,
+        'data.vocab_size does not apply to data.level = "word"',
+    ),
     # seeds and decoding options
     ("empty seed", ["generate", "--model", "{run}", "--seed", ""], 2, "the seed is empty"),
     ("seed of unknown tokens", ["generate", "--model", "{run}", "--seed", "안녕"], 1, "no token"),

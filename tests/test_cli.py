@@ -58,7 +58,13 @@ def test_num_samples_and_length(runner, toy_run):
 def test_info(runner, toy_run):
     out = runner.invoke(main, ["info", str(toy_run)])
     assert out.exit_code == 0, out.output
-    assert "level: word, mode: lines" in out.stdout and "epoch,loss,val_loss" in out.stdout
+    lines = out.stdout.splitlines()
+    assert "level: word, mode: lines" in out.stdout and len(lines) == 9, out.stdout
+    assert lines[5].startswith("first epoch 1: train loss ") and "check loss" in lines[5]
+    assert lines[6].startswith(" best epoch 150: ") and lines[7].startswith(" last epoch 150: ")
+    assert lines[8] == "150 epochs in history.csv (--history prints them)"
+    rows = runner.invoke(main, ["info", str(toy_run), "--history"]).stdout.splitlines()
+    assert rows[0].startswith("epoch,train_loss,val_loss,check_loss,") and len(rows) == 151
 
 
 @pytest.mark.parametrize(

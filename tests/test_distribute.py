@@ -30,7 +30,7 @@ QUIET = {"progress": False, "log": lambda _m: None}
 
 
 def losses(run: Path) -> list[float]:
-    return [row["loss"] for row in read_history(run)]
+    return [row["train_loss"] for row in read_history(run)]
 
 
 def generates_toy_sentences(run: Path) -> bool:

@@ -19,6 +19,7 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from textgen import config as config_mod
@@ -72,7 +73,7 @@ def trained(cfg: config_mod.Config, run: Path, seeds: dict[str, dict]) -> dict:
         )
         texts[name] = generator.join(seed, decoded.ids[0])
     return {
-        "loss": [row["loss"] for row in result.history],
+        "loss": [row["train_loss"] for row in result.history],
         "val_loss": [row["val_loss"] for row in result.history],
         "best_epoch": result.best_epoch,
         "texts": texts,
@@ -222,3 +223,29 @@ def test_the_same_losses_and_texts(results, scenario):
 @pytest.mark.parametrize("level", list(LEVELS))
 def test_the_cache_writes_the_same_ids(results, level):
     assert results["cache ids"][level] == saved()["scenarios"]["cache ids"][level]
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_the_cache_ids_are_the_tokenizers_encode(tmp_path, level):
+    """One meaning of "text → ids": what the id cache writes for a stream corpus equals
+    the cache's own tokenizer encoding the same training text (line by line with <eos>,
+    or the whole text at the char level)."""
+    from textgen.config import DataConfig
+    from textgen.corpus.cache import prepare_ids
+    from textgen.corpus.read import split_blocks, text_blocks
+
+    if level == "morpheme":
+        pytest.importorskip("kiwipiepy")
+    corpus = tmp_path / "tricky.txt"
+    corpus.write_bytes(TRICKY.encode("utf-8"))
+    cfg = DataConfig(corpus=str(corpus), mode="stream", val_split=0.0, **LEVELS[level])
+    entry = prepare_ids(cfg)
+    text = "".join(train for train, _ in split_blocks(text_blocks(corpus), None, cfg.level))
+    tok = entry.tokenizer
+    if cfg.level == "char":
+        expected = tok.encode(text)
+    else:
+        expected = np.concatenate(
+            [tok.encode(line, eos=True) for line in text.splitlines() if line.strip()]
+        )
+    np.testing.assert_array_equal(entry.train.read(0, len(entry.train)), expected)

@@ -55,7 +55,7 @@ def reference(config_path, epochs: int, folder, cache: dict) -> tuple[list, list
         cfg = config_mod.load(config_path).with_overrides([f"train.epochs={epochs}"])
         result = train(cfg, folder / f"ref{epochs}", progress=False, log=lambda _m: None)
         model_vars, opt_vars, _ = rundir.load_state(folder / f"ref{epochs}")
-        cache[epochs] = (model_vars + opt_vars, [row["loss"] for row in result.history])
+        cache[epochs] = (model_vars + opt_vars, [row["train_loss"] for row in result.history])
     return cache[epochs]
 
 
@@ -95,7 +95,7 @@ def test_random_kills_never_lose_the_run(tmp_path, soak_config):
         for a, b in zip(model_vars + opt_vars, expected_vars, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"trial {trial}")
         np.testing.assert_allclose(
-            [row["loss"] for row in result.history], expected_losses, rtol=1e-5
+            [row["train_loss"] for row in result.history], expected_losses, rtol=1e-5
         )
         survived += 1
     assert survived == TRIALS

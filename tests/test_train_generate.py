@@ -33,7 +33,7 @@ def test_toy_run_writes_a_complete_bundle(toy_run):
     assert meta["parameters"] > 0 and len(meta["corpus_sha256"]) == 64
     assert set(meta["files"]) == {"config.toml", "tokenizer.json", "model.keras", "weights.npz"}
     rows = list(csv.DictReader((toy_run / "history.csv").open(encoding="utf-8")))
-    assert len(rows) == 150 and float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert len(rows) == 150 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert (toy_run.parent / "latest").resolve() == toy_run.resolve()
 
 

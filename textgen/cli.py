@@ -8,6 +8,7 @@ traceback. TensorFlow is imported only by the commands that train, so ``--help``
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import threading
@@ -22,7 +23,13 @@ import click
 from textgen import __version__
 from textgen.errors import TextgenError
 
-STRATEGY_NAMES = ("greedy", "sample", "beam")  # textgen.decoding.generate.STRATEGIES, without numpy
+STRATEGY_NAMES = ("greedy", "sample", "beam")  # decoding.generate.STRATEGIES, without numpy
+# the losses of history.csv and of the epoch lines, as a user reads them
+LOSS_NAMES = {
+    "train_loss": "train loss (mean over the epoch's steps, each before its update)",
+    "val_loss": "val loss (held-out text, after the epoch)",
+    "check_loss": "check loss (a fixed sample of the training set, after the epoch)",
+}
 
 
 class Terminated(KeyboardInterrupt):
@@ -176,7 +183,7 @@ def train(
         progress=False if quiet else None,
         log=log,
     )
-    best = f"best epoch {result.best_epoch}, {result.metric} {result.best_loss:.4f}"
+    best = f"best epoch {result.best_epoch}: {LOSS_NAMES[result.metric]} {result.best_loss:.4f}"
     if result.chief:
         log(f"saved {result.run_dir} ({best})")
     else:
@@ -505,31 +512,57 @@ def plot(run: str | None, out: Path | None, x_axis: str) -> None:
 
 @main.command()
 @click.argument("run", required=False)
+@click.option("--history", "show_history", is_flag=True, help="Print every row of history.csv.")
 @_friendly
-def info(run: str | None) -> None:
-    """Show a run's config, vocabulary size, parameters and training history.
+def info(run: str | None, show_history: bool) -> None:
+    """Show a run: its config, vocabulary, parameters and the first, best and last epochs.
+
+    The losses are named as in history.csv: train loss is the mean over an epoch's steps
+    (each measured before its update), val loss the held-out text after the epoch, and
+    check loss (runs without validation) a fixed sample of the training set after the
+    epoch; the best epoch is judged by val loss, else check loss.
 
     \b
-    Example:
+    Examples:
       textgen info runs/ko-toy
+      textgen info runs/ko-toy --history
     """
+    from textgen.plot import parse_history
     from textgen.rundir import load_bundle, resolve_run
 
     bundle = load_bundle(resolve_run(run))
-    meta = bundle.metadata
-    click.echo(f"run: {bundle.run_dir}")
-    tok, m = bundle.tokenizer, bundle.config.model
+    if show_history:
+        click.echo(bundle.history.rstrip() or "no epoch finished yet")
+        return
+    meta, cfg = bundle.metadata, bundle.config
+    tok, m, t = bundle.tokenizer, cfg.model, cfg.train
     level = tok.level
     if tok.normalize == "nfd":
         level += " (jamo: NFD)"
     if tok.level == "subword":
-        level += f" ({bundle.config.data.subword_model})"
-    click.echo(f"level: {level}, mode: {bundle.config.data.mode}, vocab: {len(tok.vocab)}")
+        level += f" ({cfg.data.subword_model})"
+    click.echo(f"run: {bundle.run_dir}")
+    click.echo(f"level: {level}, mode: {cfg.data.mode}, vocab: {len(tok.vocab)}")
     click.echo(
         f"model: {m.layers}x{m.units} {m.cell}, embedding {m.embedding_dim}, "
-        f"{meta.get('parameters')} parameters"
+        f"{meta.get('parameters', 0):,} parameters"
+    )
+    click.echo(
+        f"train: {t.optimizer}, learning rate {t.learning_rate:g}, batch {t.batch_size}, "
+        f"{t.epochs} epochs, seed {t.seed}"
     )
     click.echo(f"corpus: {meta.get('corpus')} (sha256 {str(meta.get('corpus_sha256'))[:12]})")
-    click.echo(f"best epoch: {meta.get('best_epoch')}, loss {meta.get('best_loss')}")
-    if bundle.history:
-        click.echo(bundle.history.rstrip())
+    rows = parse_history(bundle.history)
+    if not rows:
+        return
+    has_val = any(math.isfinite(r.get("val_loss", math.nan)) for r in rows)
+    judged = "val_loss" if has_val else "check_loss"
+    best = next((r for r in rows if r["epoch"] == meta.get("best_epoch")), None)
+    for label, row in (("first", rows[0]), ("best", best), ("last", rows[-1])):
+        if row is None:
+            continue
+        score = row.get(judged, math.nan)  # runs of earlier versions recorded no check loss
+        shown = f", {judged.replace('_', ' ')} {score:.4f}" if math.isfinite(score) else ""
+        epoch = int(row["epoch"])
+        click.echo(f"{label:>5} epoch {epoch}: train loss {row['train_loss']:.4f}{shown}")
+    click.echo(f"{len(rows)} epochs in history.csv (--history prints them)")

@@ -90,6 +90,13 @@ class TrainConfig:
 
 
 DISTRIBUTE = ("none", "mirrored", "multiworker")
+# tokenizer settings a level has no use for: setting one is an error, never ignored
+UNUSED_BY_LEVEL = {
+    "word": ("subword_model", "vocab_size"),
+    "char": ("subword_model", "vocab_size"),
+    "subword": ("lowercase", "strip_punctuation", "max_vocab", "min_freq"),  # lossless pieces
+    "morpheme": ("lowercase", "strip_punctuation", "subword_model", "vocab_size"),
+}
 
 
 @dataclass(frozen=True)
@@ -255,6 +262,13 @@ def _check_ranges(config: Config) -> None:
     for ok, message in rules:
         if not ok:
             raise UsageError(message)
+    defaults = DataConfig()
+    for key in UNUSED_BY_LEVEL[d.level]:
+        if getattr(d, key) != getattr(defaults, key):
+            raise UsageError(
+                f'data.{key} does not apply to data.level = "{d.level}" (it would be '
+                "ignored); remove it"
+            )
 
 
 def _parse_override(item: str) -> tuple[str, str, Any]:

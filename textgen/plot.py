@@ -29,15 +29,27 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
     if current_snapshot(run_dir) is None:
         raise DataError(f"{path} not found: the run has not finished an epoch yet")
     try:
-        text = read_run(run_dir, read, "run")
-        rows = [
-            {key: _number(value) for key, value in row.items() if key is not None}
-            for row in csv.DictReader(io.StringIO(text, newline=""))
-        ]
+        rows = parse_history(read_run(run_dir, read, "run"))
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path} is not a readable history file ({err})") from None
-    if not rows or "loss" not in rows[0]:
+    if not rows or "train_loss" not in rows[0]:
         raise DataError(f"{path} has no epochs recorded")
+    return rows
+
+
+def parse_history(text: str) -> list[dict[str, float]]:
+    """The rows of a history.csv text as floats (NaN where a value is missing).
+
+    An older run's history called the running training loss ``loss``: it is read as
+    ``train_loss``.
+    """
+    rows = [
+        {key: _number(value) for key, value in row.items() if key is not None}
+        for row in csv.DictReader(io.StringIO(text, newline=""))
+    ]
+    for row in rows:
+        if "train_loss" not in row and "loss" in row:
+            row["train_loss"] = row.pop("loss")
     return rows
 
 
@@ -63,7 +75,7 @@ def plot_history(run_dir: Path, out: Path, x_axis: str = "epoch") -> Path:
     key, label = X_AXES[x_axis]
     xs = [row.get(key, math.nan) / (60.0 if x_axis == "time" else 1.0) for row in rows]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    ax.plot(xs, [row["loss"] for row in rows], marker="o", markersize=3, label="train loss")
+    ax.plot(xs, [row["train_loss"] for row in rows], marker="o", markersize=3, label="train loss")
     val = [row.get("val_loss", math.nan) for row in rows]
     if any(math.isfinite(v) for v in val):
         ax.plot(xs, val, marker="o", markersize=3, label="validation loss")

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from textgen.config import LEVELS, DataConfig
+from textgen.config import LEVELS, UNUSED_BY_LEVEL, DataConfig
 from textgen.errors import UsageError
 from textgen.text.base import Tokenizer
 
@@ -36,7 +36,7 @@ def level_class(level: str) -> type[Tokenizer]:
 def tokenizer_options(cfg: DataConfig) -> dict[str, Any]:
     """Every setting of ``cfg`` that decides the tokenizer: what :func:`fit_tokenizer`
     takes, and what the id cache's key holds (one list, so neither can miss one)."""
-    options: dict[str, Any] = dict(
+    every = dict(
         level=cfg.level,
         eos=cfg.mode == "lines" or cfg.level != "char",
         max_vocab=cfg.max_vocab,
@@ -44,10 +44,10 @@ def tokenizer_options(cfg: DataConfig) -> dict[str, Any]:
         lowercase=cfg.lowercase,
         strip_punctuation=cfg.strip_punctuation,
         normalize=cfg.normalize,
+        subword_model=cfg.subword_model,
+        vocab_size=cfg.vocab_size,
     )
-    if cfg.level == "subword":
-        options |= dict(subword_model=cfg.subword_model, vocab_size=cfg.vocab_size)
-    return options
+    return {k: v for k, v in every.items() if k not in UNUSED_BY_LEVEL[cfg.level]}
 
 
 def tokenizer_for(cfg: DataConfig, texts: Iterable[str]) -> Tokenizer:

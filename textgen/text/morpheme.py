@@ -39,8 +39,9 @@ class MorphemeTokenizer(Tokenizer):
     """A :class:`Tokenizer` whose tokens are ``form/TAG`` morphemes."""
 
     def __init__(self, level: str, vocab: Vocab, **options: Any) -> None:
-        options.pop("lowercase", None)
-        options.pop("strip_punctuation", None)
+        for key in ("lowercase", "strip_punctuation"):  # a saved tokenizer records them
+            if options.pop(key, False):
+                raise UsageError(f'data.{key} does not apply to data.level = "morpheme"')
         super().__init__("morpheme", vocab, **options)
 
     def split(self, text: str) -> list[str]:

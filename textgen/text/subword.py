@@ -131,7 +131,6 @@ class SubwordTokenizer(Tokenizer):
         subword_model: str = "unigram",
         vocab_size: int = 1000,
         normalize: str = "nfc",
-        **_ignored: Any,
     ) -> SubwordTokenizer:
         """Train a sentencepiece model on the lines of ``texts``."""
         import unicodedata

@@ -52,8 +52,8 @@ from textgen.training import distribute
 from textgen.training.progress import ByteBar, Reporter
 
 HISTORY_FIELDS = (
-    "epoch", "loss", "val_loss", "perplexity", "bits_per_token", "tokens_per_s", "seconds",
-    "elapsed", "learning_rate",
+    "epoch", "train_loss", "val_loss", "check_loss", "perplexity", "bits_per_token",
+    "tokens_per_s", "seconds", "elapsed", "learning_rate",
 )  # fmt: skip
 LOGS = "logs"  # TensorBoard event files, under the run directory
 # what --set may change on --resume: how long and how fast to go on, never what the saved
@@ -95,8 +95,18 @@ class TrainResult:
     stopped_early: bool = False
     out_of_time: bool = False  # stopped by train.max_minutes
     params: int = 0
-    metric: str = "loss"  # what "best" is judged by: val_loss, or loss without validation
+    # what "best" is judged by: val_loss, or without validation check_loss (the loss on a
+    # fixed sample of the training set after the epoch)
+    metric: str = "check_loss"
     chief: bool = True  # False on the workers of a multi-worker run that write nothing
+
+
+def _renamed(row: dict[str, float]) -> dict[str, float]:
+    """A history row of an older run: its running training loss was called ``loss``."""
+    row = dict(row)
+    if "loss" in row:
+        row["train_loss"] = row.pop("loss")
+    return {"check_loss": math.nan} | row
 
 
 def _stderr(message: str) -> None:
@@ -457,7 +467,7 @@ class _Run:
         self.result = TrainResult(
             run_dir,
             params=count_params(self.model),
-            metric="val_loss" if prepared.val is not None else "loss",
+            metric="val_loss" if prepared.val is not None else "check_loss",
         )
         self.probe = prepared.train[: 4 * config.train.batch_size]  # see fit()
         self.epoch, self.step, self.wait = 1, 0, 0
@@ -545,7 +555,7 @@ class _Run:
         # a --set on resume may change the learning rate; the config wins over the saved one
         self.optimizer.learning_rate.assign(self.learning_rate())
         self.total, self.count = info["total"], info["count"]
-        self.result.history = info["history"]
+        self.result.history = [_renamed(row) for row in info["history"]]
         self.result.best_epoch = info["best_epoch"]
         self.result.best_loss = info["best_loss"] if info["best_loss"] is not None else math.inf
         self.created = info["created"]
@@ -664,8 +674,9 @@ class _Run:
                 done = self.step / steps
             row = {
                 "epoch": self.epoch,
-                "loss": loss,
+                "train_loss": loss,
                 "val_loss": val,
+                "check_loss": score if not prepared.val else math.nan,
                 "perplexity": math.exp(min(score, 700.0)),
                 "bits_per_token": score / math.log(2),
                 "tokens_per_s": tokens * done / seconds,

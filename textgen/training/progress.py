@@ -63,9 +63,11 @@ class Reporter:
         self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
 
     def epoch_end(self, epoch: int, row: dict[str, float]) -> None:
-        summary = f"loss {row['loss']:.4f}"
+        summary = f"train loss {row['train_loss']:.4f}"
         if not math.isnan(row["val_loss"]):
-            summary += f", val_loss {row['val_loss']:.4f}"
+            summary += f", val loss {row['val_loss']:.4f}"
+        elif not math.isnan(row.get("check_loss", math.nan)):
+            summary += f", check loss {row['check_loss']:.4f}"
         summary += f", {row['tokens_per_s']:,.0f} tok/s"
         if self.bar is not None:
             if not self.per_epoch_bars:
