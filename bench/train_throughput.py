@@ -231,11 +231,12 @@ sys.path.insert(0, {root!r})
 from pathlib import Path
 from textgen import config as config_mod
 from textgen.corpus.examples import prepare
-from textgen.training.loop import _Run, _batches
+from textgen.training.batches import batches
+from textgen.training.loop import _Run
 cfg = config_mod.load({config!r}).with_overrides(['data.corpus="{corpus}"'])
 prepared = prepare(cfg.data)
 run = _Run(cfg, prepared, Path("/nonexistent"), lambda _m: None)
-_, x, y = next(_batches(prepared.train, cfg.train.batch_size, cfg.train.seed, 1, 0))
+_, x, y = next(batches(prepared.train, cfg.train.batch_size, cfg.train.seed, 1, 0))
 float(run._train_step(x, y)[0])
 print(time.perf_counter() - start)
 """

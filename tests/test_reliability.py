@@ -14,7 +14,8 @@ import pytest
 from textgen import rundir
 from textgen.decoding.generate import sentence_generation
 from textgen.errors import DataError
-from textgen.training.loop import Diverged, Interrupted, _Signals, train
+from textgen.training.loop import Diverged, Interrupted, train
+from textgen.training.signals import Signals
 
 from .conftest import ROOT, small_config
 
@@ -46,9 +47,9 @@ def final_state(run_dir: Path) -> list[np.ndarray]:
 
 def interrupt_after(steps: int, monkeypatch):
     """Send this process a real SIGINT as training step ``steps`` runs."""
-    import textgen.training.loop as train_mod
+    import textgen.training.steps as steps_mod
 
-    original = train_mod._Steps.__init__
+    original = steps_mod.Steps.__init__
     counter = {"n": 0}
 
     def init(self, *args):
@@ -63,7 +64,7 @@ def interrupt_after(steps: int, monkeypatch):
 
         self.train_step = counted
 
-    monkeypatch.setattr(train_mod._Steps, "__init__", init)
+    monkeypatch.setattr(steps_mod.Steps, "__init__", init)
 
 
 def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
@@ -150,8 +151,8 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, toy_confi
 def test_second_signal_exits_at_once(tmp_path):
     code = (
         "import os, signal, time\n"
-        "from textgen.training.loop import _Signals\n"
-        "with _Signals() as s:\n"
+        "from textgen.training.signals import Signals\n"
+        "with Signals() as s:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    assert s.received == signal.SIGINT\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
@@ -164,7 +165,7 @@ def test_second_signal_exits_at_once(tmp_path):
 
 def test_signals_restores_handlers():
     before = signal.getsignal(signal.SIGINT)
-    with _Signals():
+    with Signals():
         assert signal.getsignal(signal.SIGINT) != before
     assert signal.getsignal(signal.SIGINT) == before
 

@@ -51,7 +51,17 @@ def test_char_round_trip_any_unicode(text):
     assert tok.decode(tok.encode(text)) == unicodedata.normalize("NFC", text)
 
 
-@given(st.lists(st.text(min_size=1).filter(lambda s: s.split()), max_size=5))
+# The words "<pad>" and "<eos>" in a text are the special tokens by design (PTB writes its
+# "<unk>" literally); decoding leaves padding and ends of lines out, so they cannot round trip.
+SPECIAL_WORDS = {"<pad>", "<eos>"}
+
+
+@given(
+    st.lists(
+        st.text(min_size=1).filter(lambda s: s.split() and not SPECIAL_WORDS & set(s.split())),
+        max_size=5,
+    )
+)
 def test_word_round_trip_modulo_whitespace(lines):
     tok = Tokenizer.fit(lines, "word", eos=True)
     for line in lines:

@@ -54,7 +54,7 @@ import numpy as np
 from textgen import config as config_mod
 from textgen.config import Config
 from textgen.decoding.numpy_lm import NumpyLM
-from textgen.errors import DataError, TextgenError
+from textgen.errors import DataError, TextgenError, UsageError
 from textgen.text import load_tokenizer
 from textgen.text.base import Tokenizer
 
@@ -640,3 +640,45 @@ def load_keras_model(run_dir: str | Path) -> Any:
     if not run_dir.is_dir():
         raise DataError(f"model file not found: {path}")
     return read_run(run_dir, read, "run")
+
+
+# -- a new run ---------------------------------------------------------------------------
+def check_out(run_dir: Path) -> None:
+    """Refuse an ``--out`` that cannot be a run directory, before anything is written."""
+    if run_dir.name == "latest" or (run_dir.is_symlink() and not run_dir.is_dir()):
+        raise UsageError(
+            f"--out {run_dir}: 'latest' is the link to the most recent run; choose another name"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} exists and is not a folder")
+
+
+def prepare_new(run_dir: Path, overwrite: bool) -> None:
+    """Make ``run_dir`` an empty run (the caller holds its lock).
+
+    ``--overwrite`` deletes only what textgen wrote, and only in a folder that holds a run;
+    anything else in the folder refuses the whole overwrite, naming it.
+    """
+    entries = [p.name for p in run_dir.iterdir() if p.name != LOCK]
+    if not entries:
+        return
+    if not overwrite:
+        raise UsageError(
+            f"run directory {run_dir} already exists; pass --overwrite to replace it, "
+            f"--resume {run_dir} to continue it, or --out to choose another"
+        )
+    if not is_run(run_dir):
+        raise UsageError(
+            f"{run_dir} is not empty and is not a textgen run directory; "
+            "refusing to delete it with --overwrite"
+        )
+    foreign = foreign_entries(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise UsageError(
+            f"{run_dir} holds {shown}, which textgen did not write; refusing to delete it "
+            "with --overwrite (move them away or choose another --out)"
+        )
+    clear_run(run_dir)

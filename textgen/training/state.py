@@ -1,0 +1,54 @@
+"""Where a run stands between two steps: the one list of what ``last.npz`` keeps besides
+the model and optimizer variables. It is saved and restored by walking its fields, so a
+new field cannot be saved and forgotten on resume (or the other way round)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainState:
+    """The position and bookkeeping of a run; ``epoch`` counts from 1, ``step`` is the
+    number of steps done in it."""
+
+    epoch: int = 1
+    step: int = 0
+    wait: int = 0  # epochs since the best one (early stopping, plateau)
+    lr_scale: float = 1.0  # reduce-on-plateau factor so far
+    elapsed: float = 0.0  # training seconds of finished epoch segments, over resumes
+    global_step: int = 0
+    total: float = 0.0  # loss sum of the running epoch so far ...
+    count: float = 0.0  # ... and its token count
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_loss: float = math.inf
+    created: str = ""
+
+    def to_info(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (an infinite best loss is ``None``)."""
+        info = dataclasses.asdict(self)
+        info["best_loss"] = self.best_loss if math.isfinite(self.best_loss) else None
+        return info
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> TrainState:
+        """The state :meth:`to_info` wrote; fields an older textgen did not save keep
+        their defaults, and its history rows are renamed (``loss`` → ``train_loss``)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in info.items() if k in known})
+        if state.best_loss is None:
+            state.best_loss = math.inf
+        state.history = [_renamed(row) for row in state.history]
+        return state
+
+
+def _renamed(row: dict[str, float]) -> dict[str, float]:
+    """A history row of an older run: its running training loss was called ``loss``."""
+    row = dict(row)
+    if "loss" in row:
+        row["train_loss"] = row.pop("loss")
+    return {"check_loss": math.nan} | row

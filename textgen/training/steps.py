@@ -1,0 +1,167 @@
+"""The compiled steps: one optimizer step (for one replica or for many, through a
+``tf.distribute`` strategy), the evaluation step, and gradient clipping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from textgen._tf import tensorflow
+from textgen.corpus.examples import Examples
+from textgen.training import distribute
+from textgen.training.batches import batches
+
+
+def clip_by_global_norm(grads: list[Any], clipnorm: float) -> list[Any]:
+    """Scale ``grads`` so that their global L2 norm is at most ``clipnorm``.
+
+    The embedding's gradient arrives as ``IndexedSlices``, one row per token of the batch,
+    so a token that occurs twice has two rows. Keras' ``global_clipnorm`` squares those
+    rows as they come, which is not the norm of the gradient (the test of one clipped
+    step measured 0.99987 of the intended update). Made dense first, the rows of a token
+    are summed, and the norm is the gradient's; Keras' clipping made them dense too.
+    """
+    tf = tensorflow()
+    dense = [tf.convert_to_tensor(g) for g in grads]
+    clipped, _ = tf.clip_by_global_norm(dense, clipnorm)
+    return clipped
+
+
+class Steps:
+    """The compiled training and evaluation steps for one model and optimizer.
+
+    With a carried state every step takes the state ``(layers, 2, batch, units)`` the
+    previous batch left and returns the new one; otherwise each batch starts from zeros.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any,
+        forward: Any,
+        jit: bool,
+        state_shape: tuple | None,
+        strategy: Any = None,
+        clipnorm: float = 0.0,
+    ) -> None:
+        tf = tensorflow()
+        spec = tf.TensorSpec([None, None], tf.int32)
+        self.model, self.optimizer, self.state_shape = model, optimizer, state_shape
+        carry = state_shape is not None
+        state_spec = tf.TensorSpec([state_shape[0], 2, None, state_shape[1]] if carry else [])
+
+        def token_loss(x: Any, y: Any, state: Any, training: bool) -> tuple[Any, Any, Any]:
+            layers = [(state[i, 0], state[i, 1]) for i in range(state_shape[0])] if carry else None
+            logits, new = forward(x, training, layers)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            mask = tf.cast(tf.not_equal(x, 0), ce.dtype)  # padding predicts nothing
+            new_state = tf.stack([tf.stack(pair) for pair in new]) if carry else state
+            return tf.reduce_sum(ce * mask), tf.reduce_sum(mask), new_state
+
+        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit)
+        def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
+            with tf.GradientTape() as tape:
+                total, count, new_state = token_loss(x, y, state, True)
+                loss = total / tf.maximum(count, 1.0)
+            grads = tape.gradient(loss, model.trainable_variables)
+            if clipnorm:
+                grads = clip_by_global_norm(grads, clipnorm)
+            optimizer.apply(grads, model.trainable_variables)
+            # the loss is measured before the update; a step can still leave bad weights
+            finite = tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
+            )
+            return total, count, finite, new_state
+
+        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit)
+        def eval_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any]:
+            return token_loss(x, y, state, False)
+
+        self.train_step, self.eval_step = train_step, eval_step
+        # with a strategy the workers agree on stopping: each step all-reduces whether
+        # this process was signalled (stop_here), and all stop after the same step
+        self.stop_here = self.stop_all = False
+        if strategy is not None:
+            self.train_step = self._distributed(strategy, token_loss, clipnorm)
+
+    def _distributed(self, strategy: Any, token_loss: Any, clipnorm: float) -> Any:
+        """A train step that splits the global batch over the replicas of ``strategy``.
+
+        Each replica scores its rows and divides by the token count of the whole global
+        batch, so the replicas' gradients sum to the gradient of the global mean loss;
+        they are summed, clipped by global norm as one gradient (as without a strategy),
+        and handed to the optimizer divided by the replica count because the optimizer
+        sums them once more across replicas.
+        """
+        tf = tensorflow()
+        model, optimizer = self.model, self.optimizer
+        count = strategy.num_replicas_in_sync
+        sum_ = tf.distribute.ReduceOp.SUM
+
+        def replica_step(x: Any, y: Any, stop: Any) -> tuple[Any, Any, Any, Any]:
+            ctx = tf.distribute.get_replica_context()
+            variables = model.trainable_variables
+            with tf.GradientTape() as tape:
+                total, tokens, _ = token_loss(x, y, tf.zeros([]), True)
+                all_tokens = ctx.all_reduce(sum_, tokens)
+                loss = total / tf.maximum(all_tokens, 1.0)
+            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+            grads = ctx.all_reduce(sum_, grads)  # summed over replicas, then clipped as one
+            if clipnorm:
+                grads = clip_by_global_norm(grads, clipnorm)
+            optimizer.apply([g / count for g in grads], variables)
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+            return total, tokens, tf.cast(finite, tf.float32), stop
+
+        @tf.function(reduce_retracing=True)
+        def step(xs: Any, ys: Any, stops: Any) -> tuple[Any, Any, Any, Any]:
+            total, tokens, finite, stop = strategy.run(replica_step, args=(xs, ys, stops))
+            return (
+                strategy.reduce(sum_, total, axis=None),
+                strategy.reduce(sum_, tokens, axis=None),
+                strategy.reduce(sum_, finite, axis=None) >= count,  # finite on every replica
+                strategy.reduce(sum_, stop, axis=None) > 0,  # some worker was signalled
+            )
+
+        def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
+            x, y = np.asarray(x), np.asarray(y)
+            parts = distribute.replica_rows(len(x), count)
+
+            def rows(of: np.ndarray) -> Any:
+                return strategy.experimental_distribute_values_from_function(
+                    lambda ctx: of[parts[ctx.replica_id_in_sync_group]]
+                )
+
+            padded_x = np.concatenate([x, np.zeros((1, x.shape[1]), x.dtype)])
+            padded_y = np.concatenate([y, np.zeros((1, y.shape[1]), y.dtype)])
+            flag = np.float32(self.stop_here)
+            stops = strategy.experimental_distribute_values_from_function(lambda _ctx: flag)
+            total, tokens, finite, stop_all = step(rows(padded_x), rows(padded_y), stops)
+            self.stop_all = bool(stop_all)
+            return total, tokens, finite, state
+
+        return train_step
+
+    def zero_state(self, batch: int) -> np.ndarray:
+        """The state a stream starts from (a placeholder when no state is carried)."""
+        if self.state_shape is None:
+            return np.zeros((), np.float32)
+        layers, units = self.state_shape
+        return np.zeros((layers, 2, batch, units), np.float32)
+
+    def evaluate(self, examples: Examples, batch_size: int) -> float:
+        """Mean loss per predicted token over ``examples`` (exact, not a mean of batches)."""
+        total = count = 0.0
+        if self.state_shape is not None:  # parallel streams, state carried through each
+            state = self.zero_state(min(batch_size, len(examples)))
+            for _, x, y in batches(examples, batch_size, 0, 0, 0, carry=True):
+                t, c, state = self.eval_step(x, y, state)
+                total, count = total + float(t), count + float(c)
+            return total / max(count, 1.0)
+        none = self.zero_state(0)
+        for start in range(0, len(examples), batch_size):
+            x, y = examples.rows(np.arange(start, min(start + batch_size, len(examples))))
+            t, c, _ = self.eval_step(x, y, none)
+            total, count = total + float(t), count + float(c)
+        return total / max(count, 1.0)
