@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from textgen.model.lstm import gate_scale
+
 State = list[tuple[np.ndarray, ...]]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 TABLE_LIMIT = 1 << 24  # float32 entries (64 MiB) for the first layer's projection table
@@ -69,8 +71,7 @@ class NumpyLM:
         self._fast: list[RNNWeights] = []
         for layer in self.layers:
             if self.cell == "lstm":
-                scale = np.full(layer.kernel.shape[1], 0.5, np.float32)
-                scale[2 * layer.units : 3 * layer.units] = 1.0  # the g block is a plain tanh
+                scale = gate_scale(layer.units)
                 layer = RNNWeights(
                     layer.kernel * scale, layer.recurrent * scale, layer.bias * scale
                 )

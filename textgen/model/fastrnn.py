@@ -33,15 +33,13 @@ from __future__ import annotations
 from typing import Any
 
 from textgen._tf import tensorflow
+from textgen.model.lstm import gate_offset, gate_scale
 
 
 def _gate_constants(units: int, dtype: Any) -> tuple[Any, Any]:
     """(scale, offset) with gates = scale * tanh(scale * z) + offset for blocks i, f, c, o."""
     tf = tensorflow()
-    half, one, zero = (tf.fill([units], v) for v in (0.5, 1.0, 0.0))
-    scale = tf.cast(tf.concat([half, half, one, half], 0), dtype)
-    offset = tf.cast(tf.concat([half, half, zero, half], 0), dtype)
-    return scale, offset
+    return tf.constant(gate_scale(units), dtype), tf.constant(gate_offset(units), dtype)
 
 
 def lstm_layer(
