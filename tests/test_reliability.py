@@ -257,3 +257,19 @@ def test_run_name_must_stay_inside_runs(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["train", "--config", str(config), "--overwrite"])
     assert result.exit_code == 2
     assert "cannot name a run after" in result.stderr
+
+
+def test_a_state_written_by_an_earlier_version_reads_back():
+    """last.npz of earlier versions: "wait" and a history with "loss" columns."""
+    import json
+    import math
+
+    from textgen.training.state import TrainState
+
+    old = {"epoch": 4, "step": 0, "wait": 2, "history": [{"epoch": 1, "loss": 2.5}],
+           "best_loss": None, "best_epoch": 1, "unknown_later_field": 1}  # fmt: skip
+    state = TrainState.from_info(old)
+    assert (state.epoch, state.epochs_since_best, state.best_loss) == (4, 2, math.inf)
+    assert state.history[0]["train_loss"] == 2.5 and math.isnan(state.history[0]["check_loss"])
+    again = TrainState.from_info(state.to_info())
+    assert json.dumps(again.to_info()) == json.dumps(state.to_info())  # NaN-safe equality

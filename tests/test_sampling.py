@@ -238,7 +238,7 @@ def penalty_search(**kwargs):
 def test_beam_length_penalty_default_is_the_mean_per_token():
     from textgen.decoding.generate import Strategy
 
-    assert Strategy("beam").length_alpha == 1.0
+    assert Strategy("beam").length_penalty == 1.0
     assert penalty_search().ids == [[1]]  # mean -0.6 beats -1.0
     assert penalty_search(alpha=1.0).ids == [[1]]
     assert penalty_search(alpha=0.0).ids == [[]]  # raw sum: -1.0 beats -1.2

@@ -105,8 +105,8 @@ class _CharCoder:
 class _WordCoder:
     """Whitespace-split words → ids, ``<eos>`` after every non-blank line."""
 
-    def __init__(self, probe: Tokenizer, eos: bool, vocab: Vocab | None) -> None:
-        self.probe, self.eos = probe, eos
+    def __init__(self, splitter: Tokenizer, eos: bool, vocab: Vocab | None) -> None:
+        self.splitter, self.eos = splitter, eos
         self.fixed = vocab is not None
         specials = [PAD, UNK] + ([EOS] if eos else [])
         self.index: dict[str, int] = (
@@ -119,10 +119,10 @@ class _WordCoder:
         self.counts = np.zeros(0, np.int64)
 
     def encode(self, text: str, count: bool) -> np.ndarray:
-        normalized = self.probe.normalize_text(text)
+        normalized = self.splitter.normalize_text(text)
         raw_lines, lines = text.splitlines(), normalized.splitlines()
         if len(raw_lines) != len(lines):  # normalization changed the line breaks
-            lines = [self.probe.normalize_text(line) for line in raw_lines]
+            lines = [self.splitter.normalize_text(line) for line in raw_lines]
         out: list[int] = []
         index = self.index
         if self.fixed:
@@ -367,7 +367,7 @@ def _tokenize(
     if cfg.level in ("subword", "morpheme") and tokenizer is None:
         tokenizer = _fit_streamed(cfg, cut)
     fixed = tokenizer.vocab if tokenizer is not None else None
-    probe = tokenizer or Tokenizer(
+    splitter = tokenizer or Tokenizer(
         cfg.level,
         Vocab([PAD, UNK]),
         lowercase=cfg.lowercase,
@@ -378,9 +378,9 @@ def _tokenize(
     if cfg.level == "char":
         coder = _CharCoder(cfg.normalize, fixed)
     elif cfg.level == "word":
-        coder = _WordCoder(probe, eos, fixed)
+        coder = _WordCoder(splitter, eos, fixed)
     else:
-        coder = _LineCoder(probe)
+        coder = _LineCoder(splitter)
     # ids go out in their final dtype when the vocabulary is known, else as int32
     dtype = id_dtype(len(fixed)) if fixed is not None else np.dtype(np.int32)
     names = (TRAIN, VALID) if fixed is not None else ("train.prov", "valid.prov")
@@ -409,8 +409,8 @@ def _tokenize(
         for prov, final in zip(names, (TRAIN, VALID), strict=True):
             _remap_file(out / prov, out / final, remap, dtype)
             (out / prov).unlink()
-        probe.vocab = vocab
-        tokenizer = probe
+        splitter.vocab = vocab
+        tokenizer = splitter
     assert tokenizer is not None
     (out / TOKENIZER).write_text(tokenizer.to_json(), encoding="utf-8")
     return {"dtype": dtype.str, "train_tokens": counts[0], "valid_tokens": counts[1]}

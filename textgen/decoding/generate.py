@@ -35,7 +35,7 @@ class Strategy:
     top_k: int = 0
     top_p: float = 1.0
     beam_width: int = 4
-    length_alpha: float = 1.0
+    length_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -125,7 +125,7 @@ class Generator:
                 width=strategy.beam_width,
                 length=length,
                 stop_id=self.tokenizer.eos_id,
-                alpha=strategy.length_alpha,
+                alpha=strategy.length_penalty,
                 num=num,
             )
         last, state = self.prefill(seed_ids, num)

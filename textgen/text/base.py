@@ -177,7 +177,7 @@ class Tokenizer:
         normalize: str = "nfc",
     ) -> Tokenizer:
         """Build a tokenizer whose vocabulary is counted over ``texts`` in one pass."""
-        probe = cls(
+        splitter = cls(
             level,
             Vocab([PAD, "<unk>"]),
             lowercase=lowercase,
@@ -185,10 +185,10 @@ class Tokenizer:
             normalize=normalize,
         )
         vocab = Vocab.build(
-            (probe.split(t) for t in texts), eos=eos, max_size=max_vocab, min_freq=min_freq
+            (splitter.split(t) for t in texts), eos=eos, max_size=max_vocab, min_freq=min_freq
         )
-        probe.vocab = vocab
-        return probe
+        splitter.vocab = vocab
+        return splitter
 
     def to_dict(self) -> dict[str, Any]:
         return {

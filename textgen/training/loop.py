@@ -173,7 +173,7 @@ class _Run:
             params=count_params(self.model),
             metric="val_loss" if prepared.val is not None else "check_loss",
         )
-        self.probe = prepared.train[: 4 * config.train.batch_size]  # see fit()
+        self.check_sample = prepared.train[: 4 * config.train.batch_size]  # see fit()
 
     # -- state ---------------------------------------------------------------------------
     def learning_rate(self) -> float:
@@ -342,7 +342,7 @@ class _Run:
             val = self.steps.evaluate(prepared.val, cfg.batch_size) if prepared.val else math.nan
             # The running loss was measured before each update, so it cannot judge the weights
             # as they are now. Without validation, a fixed sample of the training set does.
-            score = val if prepared.val else self.steps.evaluate(self.probe, cfg.batch_size)
+            score = val if prepared.val else self.steps.evaluate(self.check_sample, cfg.batch_size)
             if not math.isfinite(score):
                 raise Diverged(
                     f"loss became {score} at the end of epoch {self.state.epoch}; stopped. The "
@@ -374,13 +374,13 @@ class _Run:
             )
             improved = score < self.state.best_loss
             if improved:
-                self.state.best_loss, self.state.best_epoch, self.state.wait = (
+                self.state.best_loss, self.state.best_epoch, self.state.epochs_since_best = (
                     score,
                     self.state.epoch,
                     0,
                 )
             else:
-                self.state.wait += 1
+                self.state.epochs_since_best += 1
                 if cfg.plateau_factor < 1.0:
                     self.state.lr_scale *= cfg.plateau_factor
                     self.log(f"no improvement: learning rate x{cfg.plateau_factor:g}")
@@ -394,7 +394,7 @@ class _Run:
                 self.state.epoch, self.state.step = self.state.epoch + 1, 0
                 result.out_of_time = out_of_time
             self.save(best=improved)
-            if patience and self.state.wait >= patience:
+            if patience and self.state.epochs_since_best >= patience:
                 result.stopped_early = True
                 self.log(
                     f"early stop: no improvement for {patience} epochs "

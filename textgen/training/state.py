@@ -17,7 +17,7 @@ class TrainState:
 
     epoch: int = 1
     step: int = 0
-    wait: int = 0  # epochs since the best one (early stopping, plateau)
+    epochs_since_best: int = 0  # early stopping and reduce-on-plateau count these
     lr_scale: float = 1.0  # reduce-on-plateau factor so far
     elapsed: float = 0.0  # training seconds of finished epoch segments, over resumes
     global_step: int = 0
@@ -39,6 +39,8 @@ class TrainState:
         """The state :meth:`to_info` wrote; fields an older textgen did not save keep
         their defaults, and its history rows are renamed (``loss`` → ``train_loss``)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        renamed = {"wait": "epochs_since_best"}  # the names of earlier versions
+        info = {renamed.get(k, k): v for k, v in info.items()}
         state = cls(**{k: v for k, v in info.items() if k in known})
         if state.best_loss is None:
             state.best_loss = math.inf
