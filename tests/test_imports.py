@@ -83,3 +83,36 @@ def test_no_circle_of_imports():
 def test_nothing_imports_the_command_line():
     importers = sorted(m for m, deps in graph().items() if "textgen.cli" in deps)
     assert importers == ["textgen.__main__"]
+
+
+# the areas from the ground up; an area imports only areas below it (and itself)
+LAYERS = [
+    ["textgen", "textgen._tf", "textgen.errors"],
+    ["textgen.config"],
+    ["textgen.text", "textgen.model"],
+    ["textgen.corpus", "textgen.decoding"],
+    ["textgen.rundir"],
+    ["textgen.training", "textgen.evaluate", "textgen.plot"],
+    ["textgen.cli"],
+    ["textgen.__main__"],
+]
+
+
+def area(module: str) -> tuple[str, int]:
+    """The area (package or top-level module) of ``module`` and its floor."""
+    for floor, areas in reversed(list(enumerate(LAYERS))):
+        for name in areas:
+            if name != "textgen" and (module == name or module.startswith(name + ".")):
+                return name, floor
+    return "textgen", 0
+
+
+def test_imports_point_down_the_layers():
+    wrong = []
+    for module, deps in graph().items():
+        mine, floor = area(module)
+        for dep in deps:
+            theirs, their_floor = area(dep)
+            if theirs != mine and their_floor >= floor:
+                wrong.append(f"{module} -> {dep}")
+    assert wrong == []

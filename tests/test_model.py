@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from textgen.config import ModelConfig
-from textgen.model.network import build_model, to_numpy
+from textgen.decoding.numpy_lm import NumpyLM
+from textgen.model.network import build_model
 
 
 def _model(cell: str, layers: int = 2, mask: bool = True):
@@ -31,7 +32,7 @@ def test_numpy_twin_matches_keras_logits(cell):
     model = _model(cell)
     ids = np.array([[5, 3, 4, 9, 6, 2]], np.int32)
     ref = np.asarray(model(ids))
-    lm = to_numpy(model)
+    lm = NumpyLM.from_model(model)
     full, _ = lm.run(ids)
     np.testing.assert_allclose(full, ref, atol=1e-4)
     state, steps = lm.initial_state(1), []

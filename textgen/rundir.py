@@ -437,11 +437,10 @@ def write_bundle(commit: Commit, model: Any, config_text: str, metadata: dict[st
     metadata.json records the sha256 of the bundle files, so a bundle copied on its own
     (without the snapshot's manifest) is still checked on load.
     """
-    from textgen.model.network import to_numpy
 
     commit.write_text(CONFIG, config_text)
     commit.write(MODEL, model.save)
-    commit.write(WEIGHTS, to_numpy(model).save)
+    commit.write(WEIGHTS, NumpyLM.from_model(model).save)
     files = {
         n: commit.digests[n] for n in (CONFIG, TOKENIZER, MODEL, WEIGHTS) if n in commit.digests
     }

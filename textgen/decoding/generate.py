@@ -213,9 +213,7 @@ def _as_numpy(model: Any) -> NumpyLM:
         return model
     if hasattr(model, "lm") and isinstance(model.lm, NumpyLM):
         return model.lm
-    from textgen.model.network import to_numpy
-
-    return to_numpy(model)
+    return NumpyLM.from_model(model)
 
 
 def sentence_generation(model: Any, tokenizer: Tokenizer, current_word: str, n: int) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,6 +116,13 @@ class NumpyLM:
             for i in range(n)
         ]
         return cls(cell, arrays["embedding"], layers, arrays["out_kernel"], arrays["out_bias"])
+
+    @classmethod
+    def from_model(cls, model: Any) -> NumpyLM:
+        """The twin of a Keras language model (imports TensorFlow, as the model did)."""
+        from textgen.model.network import weight_arrays
+
+        return cls.from_arrays(weight_arrays(model))
 
     @classmethod
     def load(cls, path: str | Path) -> NumpyLM:

@@ -13,7 +13,9 @@ recurrent state nor counts in the loss: a padded line and the same line fed alon
 zero state give the same outputs, which is what lets generation run statefully without
 any padding.
 
-:func:`to_numpy` turns a trained model into its one-step twin (:class:`NumpyLM`).
+:func:`weight_arrays` copies a trained model's weights out as named numpy arrays, the
+layout of a run's ``weights.npz`` that the numpy twin
+(:class:`textgen.decoding.numpy_lm.NumpyLM`) reads.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from typing import Any
 
 from textgen._tf import keras
 from textgen.config import ModelConfig
-from textgen.decoding.numpy_lm import NumpyLM, RNNWeights
 
 _LAYERS = {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
 
@@ -73,8 +74,12 @@ def count_params(model: Any) -> int:
     return int(model.count_params())
 
 
-def to_numpy(model: Any) -> NumpyLM:
-    """Copy a Keras LM's weights into a :class:`NumpyLM` (layers found by type, in order)."""
+def weight_arrays(model: Any) -> dict[str, Any]:
+    """A Keras LM's weights as the named arrays of ``weights.npz`` (layers found by type,
+    in order): ``cell``, ``embedding``, ``rnn_{i}_kernel/_recurrent/_bias``, ``out_kernel``,
+    ``out_bias``."""
+    import numpy as np
+
     k = keras()
     embedding, dense, layers, cell = None, None, [], None
     kinds = {k.layers.LSTM: "lstm", k.layers.GRU: "gru", k.layers.SimpleRNN: "rnn"}
@@ -83,14 +88,20 @@ def to_numpy(model: Any) -> NumpyLM:
             embedding = layer.get_weights()[0]
         elif type(layer) in kinds:
             cell = kinds[type(layer)]
-            kernel, recurrent, bias = layer.get_weights()
-            layers.append(RNNWeights(kernel, recurrent, bias))
+            layers.append(layer.get_weights())  # kernel, recurrent kernel, bias
         elif isinstance(layer, k.layers.Dense):
             kernel, bias = layer.get_weights()
             dense = (kernel, bias)
     if embedding is None or dense is None or cell is None:
         raise ValueError("model is not an Embedding → RNN → Dense language model")
-    return NumpyLM(cell, embedding, layers, dense[0], dense[1])
+    arrays = {"cell": np.array(cell), "embedding": embedding}
+    for i, (kernel, recurrent, bias) in enumerate(layers):
+        arrays |= {
+            f"rnn_{i}_kernel": kernel,
+            f"rnn_{i}_recurrent": recurrent,
+            f"rnn_{i}_bias": bias,
+        }
+    return arrays | {"out_kernel": dense[0], "out_bias": dense[1]}
 
 
 def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any:
