@@ -251,3 +251,23 @@ def test_bad_decoding_options(runner, toy_run, args, message):
     result = runner.invoke(main, ["generate", "--model", str(toy_run), "--seed", "그의", *args])
     assert result.exit_code == 2
     assert message in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "judged", "on"),
+    [
+        ([], "check loss", "a fixed sample of the training set after the epoch"),
+        (["--set", "data.val_split=0.34"], "val loss", "the held-out text after the epoch"),
+    ],
+)
+def test_train_names_the_losses_it_prints(runner, tmp_path, extra, judged, on):
+    result = runner.invoke(
+        main,
+        ["train", "--config", str(TOY_CONFIG), "--out", str(tmp_path / "r"),
+         "--set", "train.epochs=2", *extra],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2].startswith("epoch 2/2: train loss ") and f", {judged} " in lines[-2]
+    assert lines[-1].startswith(f"saved {tmp_path / 'r'} (best epoch ")
+    assert f": {judged} " in lines[-1] and lines[-1].endswith(f", on {on})")

@@ -24,11 +24,10 @@ from textgen import __version__
 from textgen.errors import TextgenError
 
 STRATEGY_NAMES = ("greedy", "sample", "beam")  # decoding.generate.STRATEGIES, without numpy
-# the losses of history.csv and of the epoch lines, as a user reads them
+# the losses that judge "best", as a user reads them: (name, what it is measured on)
 LOSS_NAMES = {
-    "train_loss": "train loss (mean over the epoch's steps, each before its update)",
-    "val_loss": "val loss (held-out text, after the epoch)",
-    "check_loss": "check loss (a fixed sample of the training set, after the epoch)",
+    "val_loss": ("val loss", "the held-out text after the epoch"),
+    "check_loss": ("check loss", "a fixed sample of the training set after the epoch"),
 }
 
 
@@ -183,7 +182,8 @@ def train(
         progress=False if quiet else None,
         log=log,
     )
-    best = f"best epoch {result.best_epoch}: {LOSS_NAMES[result.metric]} {result.best_loss:.4f}"
+    name, measured_on = LOSS_NAMES[result.metric]
+    best = f"best epoch {result.best_epoch}: {name} {result.best_loss:.4f}, on {measured_on}"
     if result.chief:
         log(f"saved {result.run_dir} ({best})")
     else:
