@@ -25,6 +25,7 @@ from textgen.decoding import generate as generate_mod
 from textgen.decoding.generate import Generator
 from textgen.errors import DataError
 from textgen.rundir import load_bundle
+from textgen.text import stream as stream_mod
 from textgen.text.subword import _sample_lines
 
 from .conftest import ROOT, TOY_CONFIG
@@ -69,7 +70,7 @@ def test_a_line_past_the_limit_is_one_line_error(tmp_path, monkeypatch, encoding
 
 # -- a vocabulary of unique words -----------------------------------------------------------
 def test_a_corpus_of_unique_words_stops_at_the_distinct_token_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(ids_mod, "MAX_DISTINCT", 1000)
+    monkeypatch.setattr(stream_mod, "MAX_DISTINCT", 1000)
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"u{i} v{i}" for i in range(2000)), encoding="utf-8")
     with pytest.raises(DataError, match=r"more than 1,000 distinct tokens.*subword"):
@@ -83,7 +84,7 @@ def test_counts_grow_by_doubling_and_equal_a_bincount(blocks):
     for block in blocks:
         ids = np.asarray(block, np.int64)
         size = max(size, int(ids.max()) + 1 if len(ids) else 0)
-        counts = ids_mod._add_counts(counts, ids, size)
+        counts = stream_mod.add_counts(counts, ids, size)
         seen.extend(block)
         assert len(counts) >= size
     expected = np.bincount(np.asarray(seen, np.int64), minlength=size)

@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import os
 import shutil
 import tempfile
-import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,9 +38,9 @@ from textgen.corpus.read import BLOCK, Progress, scan, split_blocks, text_blocks
 from textgen.errors import DataError
 from textgen.text import load_tokenizer, tokenizer_for, tokenizer_options
 from textgen.text.base import Tokenizer
-from textgen.text.vocab import EOS, PAD, UNK, UNK_ID, Vocab
+from textgen.text.stream import counter_for, final_vocab
+from textgen.text.vocab import PAD, UNK, Vocab
 
-MAX_DISTINCT = 5_000_000  # distinct tokens counted before the vocabulary is cut to size
 CACHE_FORMAT = 1
 CACHE_ENV = "TEXTGEN_CACHE"
 TRAIN, VALID, META, TOKENIZER = "train.ids", "valid.ids", "meta.json", "tokenizer.json"
@@ -55,137 +53,6 @@ def cache_root() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "textgen"
-
-
-# -- encoding -----------------------------------------------------------------------------
-class _CharCoder:
-    """Code points → ids through a table over all of Unicode (vectorized)."""
-
-    def __init__(self, normalize: str, vocab: Vocab | None) -> None:
-        self.form = normalize.upper()
-        self.table = np.full(0x110000, -1, np.int32)
-        self.fixed = vocab is not None
-        self.tokens: list[str] = []
-        if vocab is not None:
-            self.table[:] = vocab.unk_id
-            for i, tok in enumerate(vocab.tokens):
-                if len(tok) == 1:
-                    self.table[ord(tok)] = i
-        self.counts = np.zeros(0, np.int64)
-
-    def encode(self, text: str, count: bool) -> np.ndarray:
-        text = unicodedata.normalize(self.form, text)
-        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-        ids = self.table[cps]
-        if not self.fixed:
-            unseen = np.flatnonzero(ids < 0)
-            if len(unseen):
-                self._add_new(cps, unseen)
-                ids = self.table[cps]
-            if count:
-                self.counts = _add_counts(self.counts, ids, len(self.tokens))
-        return ids
-
-    def _add_new(self, cps: np.ndarray, unseen: np.ndarray) -> None:
-        """Give the code points at positions ``unseen`` ids in order of first appearance.
-
-        Sorting every unseen position (a whole first block) is slow; new code points
-        cluster at the start, so each round sorts only the next 64k unseen positions and
-        drops those the round has just named."""
-        while len(unseen):
-            head, unseen = unseen[:65536], unseen[65536:]
-            fresh, first = np.unique(cps[head], return_index=True)
-            fresh = fresh[np.argsort(first)]
-            fresh = fresh[self.table[fresh] < 0]
-            self.table[fresh] = np.arange(len(self.tokens), len(self.tokens) + len(fresh))
-            self.tokens.extend(chr(c) for c in fresh)
-            unseen = unseen[self.table[cps[unseen]] < 0]
-
-
-class _WordCoder:
-    """Whitespace-split words → ids, ``<eos>`` after every non-blank line."""
-
-    def __init__(self, splitter: Tokenizer, eos: bool, vocab: Vocab | None) -> None:
-        self.splitter, self.eos = splitter, eos
-        self.fixed = vocab is not None
-        specials = [PAD, UNK] + ([EOS] if eos else [])
-        self.index: dict[str, int] = (
-            {t: i for i, t in enumerate(vocab.tokens)}
-            if vocab
-            else {t: i for i, t in enumerate(specials)}
-        )
-        self.tokens: list[str] = list(self.index) if not self.fixed else []
-        self.eos_id = self.index.get(EOS, -1)
-        self.counts = np.zeros(0, np.int64)
-
-    def encode(self, text: str, count: bool) -> np.ndarray:
-        normalized = self.splitter.normalize_text(text)
-        raw_lines, lines = text.splitlines(), normalized.splitlines()
-        if len(raw_lines) != len(lines):  # normalization changed the line breaks
-            lines = [self.splitter.normalize_text(line) for line in raw_lines]
-        out: list[int] = []
-        index = self.index
-        if self.fixed:
-            get = index.get
-            for raw, line in zip(raw_lines, lines, strict=True):
-                if raw.strip():
-                    out.extend([get(t, UNK_ID) for t in line.split()])
-                    out.append(self.eos_id)
-        else:
-            add = index.setdefault
-            for raw, line in zip(raw_lines, lines, strict=True):
-                if raw.strip():
-                    out.extend([add(t, len(index)) for t in line.split()])
-                    out.append(self.eos_id)
-            new = len(index) - len(self.tokens)
-            if new:  # the newest keys, read from the end: O(new), not O(vocabulary)
-                self.tokens.extend(list(itertools.islice(reversed(index), new))[::-1])
-        ids = np.asarray(out, np.int64)
-        if count and not self.fixed:
-            self.counts = _add_counts(self.counts, ids, len(self.tokens))
-        return ids
-
-
-def _add_counts(counts: np.ndarray, ids: np.ndarray, size: int) -> np.ndarray:
-    """``counts`` (at least ``size`` long, grown by doubling) plus the ids of one block.
-
-    The work is O(block) however large the vocabulary: a corpus whose every token is new
-    must not pay O(vocabulary) per block.
-    """
-    if size > MAX_DISTINCT:
-        raise DataError(
-            f"the corpus has more than {MAX_DISTINCT:,} distinct tokens; a word vocabulary "
-            'that large does not fit a model: use data.level = "subword" (or clean the text)'
-        )
-    if len(counts) < size:
-        grown = np.zeros(max(size, 2 * len(counts)), np.int64)
-        grown[: len(counts)] = counts
-        counts = grown
-    uniq, hits = np.unique(ids, return_counts=True)
-    counts[uniq] += hits
-    return counts
-
-
-def _final_vocab(
-    tokens: list[str], counts: np.ndarray, eos: bool, cfg: DataConfig
-) -> tuple[Vocab, np.ndarray]:
-    """The vocabulary :meth:`Vocab.build` would give for these counts, and the map from
-    provisional ids to its ids."""
-    specials = [PAD, UNK] + ([EOS] if eos else [])
-    full = np.zeros(len(tokens), np.int64)
-    full[: min(len(counts), len(tokens))] = counts[: len(tokens)]
-    counts = full
-    remap = np.full(len(tokens), UNK_ID, np.int64)  # unknown by default
-    ordinary = [i for i, t in enumerate(tokens) if t not in specials and counts[i] > 0]
-    ordinary.sort(key=lambda i: -counts[i])  # stable: ties keep first appearance
-    ordinary = [i for i in ordinary if counts[i] >= cfg.min_freq]
-    if cfg.max_vocab:
-        ordinary = ordinary[: max(0, cfg.max_vocab - len(specials))]
-    for i, t in enumerate(tokens):
-        if t in specials:
-            remap[i] = specials.index(t)
-    remap[ordinary] = np.arange(len(specials), len(specials) + len(ordinary))
-    return Vocab(specials + [tokens[i] for i in ordinary]), remap
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -366,7 +233,6 @@ def _tokenize(
     eos = cfg.level != "char"
     if cfg.level in ("subword", "morpheme") and tokenizer is None:
         tokenizer = _fit_streamed(cfg, cut)
-    fixed = tokenizer.vocab if tokenizer is not None else None
     splitter = tokenizer or Tokenizer(
         cfg.level,
         Vocab([PAD, UNK]),
@@ -374,16 +240,12 @@ def _tokenize(
         strip_punctuation=cfg.strip_punctuation,
         normalize=cfg.normalize,
     )
-    coder: Any
-    if cfg.level == "char":
-        coder = _CharCoder(cfg.normalize, fixed)
-    elif cfg.level == "word":
-        coder = _WordCoder(splitter, eos, fixed)
-    else:
-        coder = _LineCoder(splitter)
-    # ids go out in their final dtype when the vocabulary is known, else as int32
-    dtype = id_dtype(len(fixed)) if fixed is not None else np.dtype(np.int32)
-    names = (TRAIN, VALID) if fixed is not None else ("train.prov", "valid.prov")
+    # a known vocabulary: the tokenizer's own encode, ids in their final dtype; else
+    # provisional ids (int32) while the vocabulary is counted in the same pass
+    coder = _Known(tokenizer) if tokenizer is not None else counter_for(splitter)
+    known = tokenizer is not None
+    dtype = id_dtype(len(splitter.vocab)) if known else np.dtype(np.int32)
+    names = (TRAIN, VALID) if known else ("train.prov", "valid.prov")
     counts, val_blank = [0, 0], True
     blocks = text_blocks(cfg.corpus, cfg.encoding, progress)
     with (out / names[0]).open("wb") as ftrain, (out / names[1]).open("wb") as fvalid:
@@ -403,8 +265,8 @@ def _tokenize(
         if val_blank:  # a held-out tail of blank lines validates nothing
             fvalid.truncate(0)
             counts[1] = 0
-    if fixed is None:
-        vocab, remap = _final_vocab(coder.tokens, coder.counts, eos, cfg)
+    if not known:
+        vocab, remap = final_vocab(coder.tokens, coder.counts, eos, cfg.max_vocab, cfg.min_freq)
         dtype = id_dtype(len(vocab))
         for prov, final in zip(names, (TRAIN, VALID), strict=True):
             _remap_file(out / prov, out / final, remap, dtype)
@@ -416,13 +278,16 @@ def _tokenize(
     return {"dtype": dtype.str, "train_tokens": counts[0], "valid_tokens": counts[1]}
 
 
-class _LineCoder:
-    """Any fitted tokenizer, line by line with ``<eos>`` (subword and morpheme levels)."""
+class _Known:
+    """A fitted tokenizer's own :meth:`Tokenizer.encode`: the whole text at the char
+    level, line by line with ``<eos>`` at the others."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
 
     def encode(self, text: str, count: bool) -> np.ndarray:
+        if self.tokenizer.level == "char":
+            return self.tokenizer.encode(text)
         parts = [self.tokenizer.encode(ln, eos=True) for ln in text.splitlines() if ln.strip()]
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from textgen.config import LEVELS
 from textgen.errors import DataError
-from textgen.text.vocab import EOS, PAD, Vocab
+from textgen.text.vocab import EOS, PAD, UNK_ID, Vocab
 
 FORMAT_VERSION = 1
 _KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'
@@ -61,6 +61,11 @@ def check_format_version(data: dict[str, Any], source: str) -> None:
             f"{source}: format version {version} is newer than this textgen supports "
             f"({FORMAT_VERSION}); upgrade textgen"
         )
+
+
+def code_points(text: str) -> np.ndarray:
+    """The code points of ``text`` as a uint32 array (lone surrogates included)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
 
 
 def _is_hangul(ch: str) -> bool:
@@ -141,13 +146,29 @@ class Tokenizer:
         return self.vocab.eos_id
 
     def encode(self, text: str, *, eos: bool = False) -> np.ndarray:
-        """Text → int32 ids; ``eos=True`` appends ``<eos>`` (line mode)."""
-        ids = self.vocab.ids(self.split(text))
+        """Text → int32 ids; ``eos=True`` appends ``<eos>`` (line mode). At the char level
+        the lookup is one vectorized table over all code points."""
+        if self.level == "char":
+            ids = self._char_table()[code_points(self.normalize_text(text))]
+        else:
+            ids = np.asarray(self.vocab.ids(self.split(text)), dtype=np.int32)
         if eos:
             if self.eos_id is None:
                 raise ValueError("this tokenizer has no <eos> token")
-            ids.append(self.eos_id)
-        return np.asarray(ids, dtype=np.int32)
+            ids = np.append(ids, np.int32(self.eos_id))
+        return ids.astype(np.int32, copy=False)
+
+    def _char_table(self) -> np.ndarray:
+        """Code point → id for the current vocabulary (``<unk>`` for the rest)."""
+        cached = getattr(self, "_table", None)
+        if cached is not None and cached[0] is self.vocab:
+            return cached[1]
+        table = np.full(0x110000, UNK_ID, np.int32)
+        for i, tok in enumerate(self.vocab.tokens):
+            if len(tok) == 1:
+                table[ord(tok)] = i
+        self._table = (self.vocab, table)
+        return table
 
     def unknown_tokens(self, text: str) -> list[str]:
         """The tokens of ``text`` that are not in the vocabulary, in order of appearance."""
