@@ -59,20 +59,37 @@ class Steps:
             new_state = tf.stack([tf.stack(pair) for pair in new]) if carry else state
             return tf.reduce_sum(ce * mask), tf.reduce_sum(mask), new_state
 
-        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit)
-        def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
+        sum_ = tf.distribute.ReduceOp.SUM
+
+        def descend(x: Any, y: Any, state: Any, ctx: Any = None) -> tuple[Any, Any, Any, Any]:
+            """One optimizer step on the mean loss over the global batch's tokens.
+
+            Alone (``ctx`` None) that is this batch. On a replica, the token count and
+            the gradients are summed over the replicas (``ctx``) first: the replicas'
+            gradients then sum to the gradient of the global mean, which is clipped as
+            one gradient and handed to the optimizer divided by the replica count,
+            because the optimizer sums it once more across replicas.
+            """
+            variables = model.trainable_variables
             with tf.GradientTape() as tape:
                 total, count, new_state = token_loss(x, y, state, True)
-                loss = total / tf.maximum(count, 1.0)
-            grads = tape.gradient(loss, model.trainable_variables)
+                all_count = count if ctx is None else ctx.all_reduce(sum_, count)
+                loss = total / tf.maximum(all_count, 1.0)
+            grads = tape.gradient(loss, variables)
+            if ctx is not None:
+                grads = ctx.all_reduce(sum_, [tf.convert_to_tensor(g) for g in grads])
             if clipnorm:
                 grads = clip_by_global_norm(grads, clipnorm)
-            optimizer.apply(grads, model.trainable_variables)
+            if ctx is not None:
+                grads = [g / ctx.num_replicas_in_sync for g in grads]
+            optimizer.apply(grads, variables)
             # the loss is measured before the update; a step can still leave bad weights
-            finite = tf.reduce_all(
-                [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
-            )
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
             return total, count, finite, new_state
+
+        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit)
+        def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
+            return descend(x, y, state)
 
         @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit)
         def eval_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any]:
@@ -83,35 +100,19 @@ class Steps:
         # this process was signalled (stop_here), and all stop after the same step
         self.stop_here = self.stop_all = False
         if strategy is not None:
-            self.train_step = self._distributed(strategy, token_loss, clipnorm)
+            self.train_step = self._distributed(strategy, descend)
 
-    def _distributed(self, strategy: Any, token_loss: Any, clipnorm: float) -> Any:
-        """A train step that splits the global batch over the replicas of ``strategy``.
-
-        Each replica scores its rows and divides by the token count of the whole global
-        batch, so the replicas' gradients sum to the gradient of the global mean loss;
-        they are summed, clipped by global norm as one gradient (as without a strategy),
-        and handed to the optimizer divided by the replica count because the optimizer
-        sums them once more across replicas.
-        """
+    def _distributed(self, strategy: Any, descend: Any) -> Any:
+        """A train step that splits the global batch over the replicas of ``strategy``:
+        each replica takes its rows through ``descend`` (the single step, summed over the
+        replicas), and the workers exchange whether one of them was signalled."""
         tf = tensorflow()
-        model, optimizer = self.model, self.optimizer
         count = strategy.num_replicas_in_sync
         sum_ = tf.distribute.ReduceOp.SUM
 
         def replica_step(x: Any, y: Any, stop: Any) -> tuple[Any, Any, Any, Any]:
             ctx = tf.distribute.get_replica_context()
-            variables = model.trainable_variables
-            with tf.GradientTape() as tape:
-                total, tokens, _ = token_loss(x, y, tf.zeros([]), True)
-                all_tokens = ctx.all_reduce(sum_, tokens)
-                loss = total / tf.maximum(all_tokens, 1.0)
-            grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-            grads = ctx.all_reduce(sum_, grads)  # summed over replicas, then clipped as one
-            if clipnorm:
-                grads = clip_by_global_norm(grads, clipnorm)
-            optimizer.apply([g / count for g in grads], variables)
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+            total, tokens, finite, _ = descend(x, y, tf.zeros([]), ctx)
             return total, tokens, tf.cast(finite, tf.float32), stop
 
         @tf.function(reduce_retracing=True)
