@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from textgen.config import ModelConfig  # noqa: E402
 from textgen.decoding.generate import Generator  # noqa: E402
-from textgen.text.base import Tokenizer  # noqa: E402
+from textgen.decoding.numpy_lm import NumpyLM  # noqa: E402
+from textgen.text import fit_tokenizer  # noqa: E402
 
 SEED = "ROMEO:"
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 65 chars
@@ -52,10 +53,10 @@ ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" 
 def build(seed: int = 0):
     """A Keras char LSTM with random non-trivial weights, its tokenizer and numpy twin."""
     from textgen._tf import keras
-    from textgen.model.network import build_model, to_numpy
+    from textgen.model.network import build_model
 
     keras().utils.set_random_seed(seed)
-    tokenizer = Tokenizer.fit([ALPHABET], "char", eos=False)
+    tokenizer = fit_tokenizer([ALPHABET], "char", eos=False)
     cfg = ModelConfig(cell="lstm", embedding_dim=64, units=256, layers=2)
     model = build_model(cfg, len(tokenizer.vocab), mask_padding=False)
     rng = np.random.default_rng(seed)
@@ -65,7 +66,7 @@ def build(seed: int = 0):
             layer.set_weights(
                 [w + 0.05 * rng.standard_normal(w.shape).astype(np.float32) for w in weights]
             )
-    return model, tokenizer, to_numpy(model)
+    return model, tokenizer, NumpyLM.from_model(model)
 
 
 def textgen_decode(lm, tokenizer, tokens: int, batch: int = 1):

@@ -90,9 +90,9 @@ class TextgenSide:
         self.step = self.run._train_step  # the step `textgen train` runs, state handling included
 
     def initial_weights(self) -> dict[str, np.ndarray]:
-        from textgen.model.network import to_numpy
+        from textgen.model.network import weight_arrays
 
-        return to_numpy(self.run.model).arrays()
+        return {k: v for k, v in weight_arrays(self.run.model).items() if k != "cell"}
 
     def train(self, batches) -> tuple[float, float]:
         total = count = 0.0

@@ -96,6 +96,12 @@ CASES = [
         'data.lowercase does not apply to data.level = "subword"',
     ),
     (
+        "lowercase at the char level",
+        [*TRAIN, "--set", "data.level=char", "--set", "data.lowercase=true"],
+        2,
+        'data.lowercase does not apply to data.level = "char"',
+    ),
+    (
         "a subword option at the word level",
         [*TRAIN, "--set", "data.vocab_size=500"],
         2,

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from textgen.config import DataConfig
 from textgen.corpus.examples import line_examples, pad_pre, prepare, read_corpus, stream_examples
 from textgen.errors import DataError
-from textgen.text.base import Tokenizer
+from textgen.text import fit_tokenizer
 
 from .conftest import TOY_CORPUS
 
@@ -40,7 +40,7 @@ def test_pad_pre_invariants(seqs):
 
 
 def test_long_lines_are_cut_into_overlapping_pieces():
-    tok = Tokenizer.fit(["a b c d e f g"], "word", eos=True)
+    tok = fit_tokenizer(["a b c d e f g"], "word", eos=True)
     examples, cut = line_examples(["a b c d e f g"], tok, 4)
     assert cut == 1
     # 8 tokens (7 words + <eos>) → pieces a b c d | d e f g | g <eos> (every pair once)

@@ -12,14 +12,14 @@ from textgen.cli import main
 from textgen.decoding.numpy_lm import NumpyLM, RNNWeights
 from textgen.evaluate import evaluate_text
 from textgen.rundir import Bundle
-from textgen.text.base import Tokenizer
+from textgen.text import fit_tokenizer
 
 PROBS = {"<pad>": 0.05, "<unk>": 0.05, "<eos>": 0.3, "a": 0.2, "b": 0.4}
 
 
 def constant_bundle(mode: str) -> Bundle:
     """A model whose next-token distribution is PROBS whatever the input."""
-    tok = Tokenizer.fit(["b b a"], "word", eos=True)
+    tok = fit_tokenizer(["b b a"], "word", eos=True)
     assert tok.vocab.tokens == ("<pad>", "<unk>", "<eos>", "b", "a")
     vocab, units = len(tok.vocab), 3
     layer = RNNWeights(np.zeros((2, 4 * units)), np.zeros((units, 4 * units)), np.zeros(4 * units))

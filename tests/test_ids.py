@@ -18,6 +18,7 @@ from textgen.corpus import cache as ids_mod
 from textgen.corpus import read as read_mod
 from textgen.corpus.examples import Windows, held_out_text, prepare, stream_examples
 from textgen.errors import DataError
+from textgen.text import fit_tokenizer
 from textgen.text.base import Tokenizer
 
 from .conftest import ROOT, TOY_CORPUS
@@ -28,10 +29,10 @@ ALPHABET = "ab \n말이가\u1100\u1161\u11a8é\u0301.,!"
 def whole_text_ids(text: str, level: str, **options) -> tuple[Tokenizer, np.ndarray]:
     """What the ids must be: fit on the whole text, encode it (the in-memory rule)."""
     if level == "char":
-        tok = Tokenizer.fit([text], "char", eos=False, **options)
+        tok = fit_tokenizer([text], "char", eos=False, **options)
         return tok, tok.encode(text)
     lines = text.splitlines()
-    tok = Tokenizer.fit(lines, "word", eos=True, **options)
+    tok = fit_tokenizer(lines, "word", eos=True, **options)
     parts = [tok.encode(line, eos=True) for line in lines if line.strip()]
     return tok, np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
@@ -96,7 +97,7 @@ def test_resumed_tokenizer_is_used_as_given(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("x y z\nx y\n", encoding="utf-8")
     cfg = DataConfig(corpus=str(corpus), level="word", mode="stream", val_split=0.0)
-    mine = Tokenizer.fit(["y w"], "word", eos=True)  # knows y and w only
+    mine = fit_tokenizer(["y w"], "word", eos=True)  # knows y and w only
     entry = ids_mod.prepare_ids(cfg, tokenizer=mine)
     assert entry.tokenizer == mine
     y, eos = mine.vocab.id("y"), mine.eos_id

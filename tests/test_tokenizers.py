@@ -3,19 +3,18 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from textgen.text import load_tokenizer
-from textgen.text.base import Tokenizer
+from textgen.text import fit_tokenizer, load_tokenizer, tokenizer_from_dict
 from textgen.text.vocab import EOS, PAD, UNK, Vocab
 
 
 def test_specials_have_fixed_ids_and_frequency_order():
-    tok = Tokenizer.fit(["b a b", "c b a"], "word", eos=True)
+    tok = fit_tokenizer(["b a b", "c b a"], "word", eos=True)
     assert tok.vocab.tokens[:3] == (PAD, UNK, EOS)
     assert tok.vocab.tokens[3:] == ("b", "a", "c")  # by count, ties by first appearance
 
 
 def test_encode_appends_eos_and_maps_unknown_to_unk():
-    tok = Tokenizer.fit(["그의 말이 법이다"], "word", eos=True)
+    tok = fit_tokenizer(["그의 말이 법이다"], "word", eos=True)
     ids = tok.encode("그의 낯선 말이", eos=True)
     assert ids.dtype.name == "int32"
     assert list(ids) == [tok.vocab.id("그의"), 1, tok.vocab.id("말이"), tok.eos_id]
@@ -24,12 +23,12 @@ def test_encode_appends_eos_and_maps_unknown_to_unk():
 
 def test_max_vocab_and_min_freq():
     text = ["a a a b b c"]
-    assert Tokenizer.fit(text, "word", eos=False, max_vocab=3).vocab.tokens == (PAD, UNK, "a")
-    assert Tokenizer.fit(text, "word", eos=False, min_freq=2).vocab.tokens == (PAD, UNK, "a", "b")
+    assert fit_tokenizer(text, "word", eos=False, max_vocab=3).vocab.tokens == (PAD, UNK, "a")
+    assert fit_tokenizer(text, "word", eos=False, min_freq=2).vocab.tokens == (PAD, UNK, "a", "b")
 
 
 def test_lowercase_and_punctuation_never_touch_hangul():
-    tok = Tokenizer.fit([""], "word", eos=False, lowercase=True, strip_punctuation=True)
+    tok = fit_tokenizer([""], "word", eos=False, lowercase=True, strip_punctuation=True)
     assert tok.split("Hello, 세계! 대한민국·헌법 (Korea).") == [
         "hello",
         "세계",
@@ -41,13 +40,13 @@ def test_lowercase_and_punctuation_never_touch_hangul():
 
 def test_char_level_is_nfc_code_points():
     decomposed = unicodedata.normalize("NFD", "말이")
-    tok = Tokenizer.fit([decomposed], "char", eos=False)
+    tok = fit_tokenizer([decomposed], "char", eos=False)
     assert tok.split(decomposed) == ["말", "이"]
 
 
 @given(st.text())
 def test_char_round_trip_any_unicode(text):
-    tok = Tokenizer.fit([text], "char", eos=False)
+    tok = fit_tokenizer([text], "char", eos=False)
     assert tok.decode(tok.encode(text)) == unicodedata.normalize("NFC", text)
 
 
@@ -63,7 +62,7 @@ SPECIAL_WORDS = {"<pad>", "<eos>"}
     )
 )
 def test_word_round_trip_modulo_whitespace(lines):
-    tok = Tokenizer.fit(lines, "word", eos=True)
+    tok = fit_tokenizer(lines, "word", eos=True)
     for line in lines:
         expected = " ".join(unicodedata.normalize("NFC", line).split())
         assert tok.decode(tok.encode(line, eos=True)) == expected
@@ -71,8 +70,8 @@ def test_word_round_trip_modulo_whitespace(lines):
 
 @given(st.text(), st.sampled_from(["word", "char"]))
 def test_json_round_trip(text, level):
-    tok = Tokenizer.fit([text], level, eos=level == "word", lowercase=True)
-    again = Tokenizer.from_dict(__import__("json").loads(tok.to_json()))
+    tok = fit_tokenizer([text], level, eos=level == "word", lowercase=True)
+    again = tokenizer_from_dict(__import__("json").loads(tok.to_json()))
     assert again == tok
     assert list(again.encode(text)) == list(tok.encode(text))
 
@@ -84,7 +83,7 @@ def test_newer_format_version_is_refused(tmp_path):
 
     from textgen.errors import DataError
 
-    tok = Tokenizer.fit(["a b"], "word", eos=True)
+    tok = fit_tokenizer(["a b"], "word", eos=True)
     data = tok.to_dict() | {"format_version": 99}
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(data), encoding="utf-8")

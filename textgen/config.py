@@ -93,7 +93,7 @@ DISTRIBUTE = ("none", "mirrored", "multiworker")
 # tokenizer settings a level has no use for: setting one is an error, never ignored
 UNUSED_BY_LEVEL = {
     "word": ("subword_model", "vocab_size"),
-    "char": ("subword_model", "vocab_size"),
+    "char": ("subword_model", "vocab_size", "lowercase", "strip_punctuation"),
     "subword": ("lowercase", "strip_punctuation", "max_vocab", "min_freq"),  # lossless pieces
     "morpheme": ("lowercase", "strip_punctuation", "subword_model", "vocab_size"),
 }

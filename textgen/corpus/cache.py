@@ -36,7 +36,7 @@ import numpy as np
 from textgen.config import DataConfig
 from textgen.corpus.read import BLOCK, Progress, scan, split_blocks, text_blocks
 from textgen.errors import DataError
-from textgen.text import load_tokenizer, tokenizer_for, tokenizer_options
+from textgen.text import level_class, load_tokenizer, tokenizer_for, tokenizer_options
 from textgen.text.base import Tokenizer
 from textgen.text.stream import counter_for, final_vocab
 from textgen.text.vocab import PAD, UNK, Vocab
@@ -233,7 +233,7 @@ def _tokenize(
     eos = cfg.level != "char"
     if cfg.level in ("subword", "morpheme") and tokenizer is None:
         tokenizer = _fit_streamed(cfg, cut)
-    splitter = tokenizer or Tokenizer(
+    splitter = tokenizer or level_class(cfg.level)(
         cfg.level,
         Vocab([PAD, UNK]),
         lowercase=cfg.lowercase,

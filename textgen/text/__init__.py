@@ -1,7 +1,7 @@
 """Text ↔ token ids: the only place text becomes ids and back.
 
-The levels are ``word`` and ``char`` (:mod:`textgen.text.base`, where ``char`` with
-``normalize = "nfd"`` is the jamo level), ``subword`` (:mod:`textgen.text.subword`,
+The levels are ``word`` (:mod:`textgen.text.word`), ``char`` (:mod:`textgen.text.char`,
+where ``normalize = "nfd"`` is the jamo level), ``subword`` (:mod:`textgen.text.subword`,
 sentencepiece) and ``morpheme`` (:mod:`textgen.text.morpheme`, kiwipiepy). This module
 is the registry: it maps a level to its class, fits a tokenizer and rebuilds a saved one.
 The optional levels are imported only when used, so their libraries stay optional.
@@ -16,6 +16,8 @@ from typing import Any
 from textgen.config import LEVELS, UNUSED_BY_LEVEL, DataConfig
 from textgen.errors import UsageError
 from textgen.text.base import Tokenizer
+from textgen.text.char import CharTokenizer
+from textgen.text.word import WordTokenizer
 
 
 def level_class(level: str) -> type[Tokenizer]:
@@ -28,9 +30,11 @@ def level_class(level: str) -> type[Tokenizer]:
         from textgen.text.morpheme import MorphemeTokenizer
 
         return MorphemeTokenizer
-    if level not in LEVELS:
-        raise UsageError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
-    return Tokenizer
+    if level == "word":
+        return WordTokenizer
+    if level == "char":
+        return CharTokenizer
+    raise UsageError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
 
 
 def tokenizer_options(cfg: DataConfig) -> dict[str, Any]:

@@ -1,22 +1,12 @@
-"""Text ↔ token ids at word or character level.
+"""The tokenizer contract every level follows: text → tokens → ids and back, fitting a
+vocabulary, and a versioned JSON form that reloads to an identical object.
 
-* ``word``: Unicode NFC, then whitespace split. Optional lowercasing (which leaves Hangul
-  unchanged: it has no case) and optional punctuation stripping, which turns every
-  Unicode punctuation character (category P*, e.g. ``,`` ``.`` ``·`` ``「``) and the ASCII
-  symbols of the classic Keras ``Tokenizer`` filter into a space. Hangul syllables and
-  jamo are letters, so they are never touched.
-* ``char``: Unicode code points after NFC, so a precomposed syllable such as ``말`` is one
-  token whether the file stored it composed or decomposed. With ``normalize = "nfd"``
-  (jamo level) every Hangul syllable becomes its conjoining jamo (``말`` → ``ᄆ ᅡ ᆯ``, the
-  standard library's canonical decomposition), a vocabulary of a few dozen symbols instead
-  of hundreds of syllables; decoded text is recomposed to NFC, so nobody sees loose jamo.
-* ``subword`` (:mod:`textgen.text.subword`, sentencepiece) and ``morpheme``
-  (:mod:`textgen.text.morpheme`, kiwipiepy) subclass :class:`Tokenizer`; the registry in
-  :mod:`textgen.text` picks the class from the level.
-
-A tokenizer is saved as JSON with a format version and reloads to an identical object.
-Generated text is assembled by :meth:`Tokenizer.continuation` and :meth:`Tokenizer.attach`,
-which each level overrides where its tokens are not simply joined.
+One class per level overrides what is its own: :mod:`textgen.text.word`,
+:mod:`textgen.text.char` (and jamo), :mod:`textgen.text.subword` (sentencepiece) and
+:mod:`textgen.text.morpheme` (kiwipiepy); the registry in :mod:`textgen.text` picks the
+class from the level. Generated text is assembled by :meth:`Tokenizer.continuation` and
+:meth:`Tokenizer.attach`, which each level overrides where its tokens are not simply
+joined.
 """
 
 from __future__ import annotations
@@ -31,24 +21,9 @@ import numpy as np
 
 from textgen.config import LEVELS
 from textgen.errors import DataError
-from textgen.text.vocab import EOS, PAD, UNK_ID, Vocab
+from textgen.text.vocab import EOS, PAD, Vocab
 
 FORMAT_VERSION = 1
-_KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'
-
-
-class _PunctuationTable(dict):
-    """A ``str.translate`` table mapping punctuation code points to a space, computed lazily."""
-
-    def __missing__(self, code: int) -> int:
-        ch = chr(code)
-        punct = unicodedata.category(ch).startswith("P") or ch in _KERAS_FILTERS
-        value = ord(" ") if punct else code
-        self[code] = value
-        return value
-
-
-_PUNCT = _PunctuationTable()
 
 
 def check_format_version(data: dict[str, Any], source: str) -> None:
@@ -66,16 +41,6 @@ def check_format_version(data: dict[str, Any], source: str) -> None:
 def code_points(text: str) -> np.ndarray:
     """The code points of ``text`` as a uint32 array (lone surrogates included)."""
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-
-
-def _is_hangul(ch: str) -> bool:
-    code = ord(ch)
-    return (
-        0xAC00 <= code <= 0xD7A3  # syllables
-        or 0x1100 <= code <= 0x11FF  # conjoining jamo
-        or 0xA960 <= code <= 0xA97F
-        or 0xD7B0 <= code <= 0xD7FF
-    )
 
 
 class Tokenizer:
@@ -98,33 +63,23 @@ class Tokenizer:
         self.strip_punctuation = strip_punctuation
         self.normalize = normalize
 
-    # -- text ↔ tokens -------------------------------------------------------------------
+    # -- text ↔ tokens (each level overrides what is its own) ------------------------------
     def normalize_text(self, text: str) -> str:
-        """Apply the tokenizer's Unicode normalization and case/punctuation options."""
-        text = unicodedata.normalize(self.normalize.upper(), text)
-        if self.level == "word":
-            if self.lowercase:
-                text = text.lower()
-            if self.strip_punctuation:
-                text = text.translate(_PUNCT)
-        return text
+        """Apply the tokenizer's Unicode normalization (NFC, or NFD at the jamo level)."""
+        return unicodedata.normalize(self.normalize.upper(), text)
 
     def split(self, text: str) -> list[str]:
         """Text → token strings (no vocabulary lookup)."""
-        text = self.normalize_text(text)
-        return text.split() if self.level == "word" else list(text)
+        raise NotImplementedError(f"{type(self).__name__} must define split()")
 
     def join(self, tokens: Iterable[str]) -> str:
-        """Token strings → text: words joined by single spaces, characters concatenated
-        (and recomposed to NFC at the jamo level)."""
-        text = (" " if self.level == "word" else "").join(tokens)
+        """Token strings → text (concatenated, and recomposed to NFC at the jamo level)."""
+        text = "".join(tokens)
         return unicodedata.normalize("NFC", text) if self.normalize == "nfd" else text
 
     def continuation(self, seed: str, ids: Iterable[int]) -> str:
-        """The text generated ``ids`` add after ``seed``, as it is printed after it
-        (with its leading space at the word level)."""
-        text = self.decode(ids)
-        return f" {text}" if text and self.level == "word" else text
+        """The text generated ``ids`` add after ``seed``, as it is printed after it."""
+        return self.decode(ids)
 
     def attach(self, seed: str, text: str) -> str:
         """``seed`` followed by a :meth:`continuation` (recomposed at the jamo level, where
@@ -134,10 +89,7 @@ class Tokenizer:
 
     def unstable_tail(self, text: str) -> int:
         """How many trailing characters of a continuation may still change as tokens are
-        added (a jamo-level syllable that can take a final consonant); streaming output
-        holds them back."""
-        if self.normalize == "nfd" and text and _is_hangul(text[-1]):
-            return 1
+        added; streaming output holds them back."""
         return 0
 
     # -- text ↔ ids ----------------------------------------------------------------------
@@ -146,29 +98,17 @@ class Tokenizer:
         return self.vocab.eos_id
 
     def encode(self, text: str, *, eos: bool = False) -> np.ndarray:
-        """Text → int32 ids; ``eos=True`` appends ``<eos>`` (line mode). At the char level
-        the lookup is one vectorized table over all code points."""
-        if self.level == "char":
-            ids = self._char_table()[code_points(self.normalize_text(text))]
-        else:
-            ids = np.asarray(self.vocab.ids(self.split(text)), dtype=np.int32)
+        """Text → int32 ids; ``eos=True`` appends ``<eos>`` (line mode)."""
+        ids = self.lookup(text)
         if eos:
             if self.eos_id is None:
                 raise ValueError("this tokenizer has no <eos> token")
             ids = np.append(ids, np.int32(self.eos_id))
         return ids.astype(np.int32, copy=False)
 
-    def _char_table(self) -> np.ndarray:
-        """Code point → id for the current vocabulary (``<unk>`` for the rest)."""
-        cached = getattr(self, "_table", None)
-        if cached is not None and cached[0] is self.vocab:
-            return cached[1]
-        table = np.full(0x110000, UNK_ID, np.int32)
-        for i, tok in enumerate(self.vocab.tokens):
-            if len(tok) == 1:
-                table[ord(tok)] = i
-        self._table = (self.vocab, table)
-        return table
+    def lookup(self, text: str) -> np.ndarray:
+        """The ids of the tokens of ``text`` (``<unk>`` for the unknown), as int32."""
+        return np.asarray(self.vocab.ids(self.split(text)), dtype=np.int32)
 
     def unknown_tokens(self, text: str) -> list[str]:
         """The tokens of ``text`` that are not in the vocabulary, in order of appearance."""
