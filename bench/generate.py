@@ -184,8 +184,9 @@ def save_run(model, tokenizer, directory: Path) -> Path:
         data=DataConfig(level="char", mode="stream"),
         model=ModelConfig(embedding_dim=64, units=256, layers=2),
     )
-    rundir.atomic_write_text(run / rundir.TOKENIZER, tokenizer.to_json())
-    rundir.save_bundle(run, model, cfg.to_toml(), {"parameters": int(model.count_params())})
+    with rundir.Commit(run) as commit:
+        commit.write_text(rundir.TOKENIZER, tokenizer.to_json())
+        rundir.write_bundle(commit, model, cfg.to_toml(), {"parameters": model.count_params()})
     return run
 
 

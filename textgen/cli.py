@@ -527,8 +527,7 @@ def info(run: str | None, show_history: bool) -> None:
       textgen info runs/ko-toy
       textgen info runs/ko-toy --history
     """
-    from textgen.plot import parse_history
-    from textgen.rundir import load_bundle, resolve_run
+    from textgen.rundir import load_bundle, parse_history, resolve_run
 
     bundle = load_bundle(resolve_run(run))
     if show_history:

@@ -7,12 +7,18 @@ says how to install it. Nothing here needs TensorFlow.
 from __future__ import annotations
 
 import csv
-import io
 import math
 from pathlib import Path
 
 from textgen.errors import DataError, UsageError
-from textgen.rundir import HISTORY, Snapshot, atomic_write, current_snapshot, read_run
+from textgen.rundir import (
+    HISTORY,
+    Snapshot,
+    atomic_write,
+    current_snapshot,
+    parse_history,
+    read_run,
+)
 
 X_AXES = {"epoch": ("epoch", "epoch"), "time": ("elapsed", "training time (minutes)")}
 
@@ -29,35 +35,12 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
     if current_snapshot(run_dir) is None:
         raise DataError(f"{path} not found: the run has not finished an epoch yet")
     try:
-        rows = parse_history(read_run(run_dir, read, "run"))
+        rows = parse_history(read_run(run_dir, read))
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path} is not a readable history file ({err})") from None
     if not rows or "train_loss" not in rows[0]:
         raise DataError(f"{path} has no epochs recorded")
     return rows
-
-
-def parse_history(text: str) -> list[dict[str, float]]:
-    """The rows of a history.csv text as floats (NaN where a value is missing).
-
-    An older run's history called the running training loss ``loss``: it is read as
-    ``train_loss``.
-    """
-    rows = [
-        {key: _number(value) for key, value in row.items() if key is not None}
-        for row in csv.DictReader(io.StringIO(text, newline=""))
-    ]
-    for row in rows:
-        if "train_loss" not in row and "loss" in row:
-            row["train_loss"] = row.pop("loss")
-    return rows
-
-
-def _number(value: str | None) -> float:
-    try:
-        return float(value) if value not in (None, "") else math.nan
-    except ValueError:
-        return math.nan
 
 
 def plot_history(run_dir: Path, out: Path, x_axis: str = "epoch") -> Path:

@@ -37,9 +37,12 @@ only numpy (see :class:`Bundle`).
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
+import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -122,8 +125,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def _replace_link(link: Path, target: str) -> None:
+    """Point the symlink ``link`` at ``target`` in one rename (whatever ``link`` was)."""
+    tmp = link.with_name(f".{link.name}.link.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
 
 
 def sha256_file(path: Path) -> str:
@@ -199,7 +207,7 @@ def _legacy_snapshot(run_dir: Path) -> Snapshot | None:
     return Snapshot(run_dir, run_dir, digests)
 
 
-def read_run(run_dir: Path, read: Callable[[Snapshot], T], what: str = "run") -> T:
+def read_run(run_dir: Path, read: Callable[[Snapshot], T]) -> T:
     """``read(snapshot)`` on the run's current snapshot, retried if a save removed it.
 
     A snapshot lives until the save after the next one; a reader slower than two saves
@@ -208,7 +216,7 @@ def read_run(run_dir: Path, read: Callable[[Snapshot], T], what: str = "run") ->
     for attempt in range(READ_RETRIES):
         snap = current_snapshot(run_dir)
         if snap is None:
-            raise DataError(f"{run_dir} holds no textgen {what}")
+            raise DataError(f"{run_dir} holds no textgen run")
         try:
             return read(snap)
         except FileNotFoundError:
@@ -236,6 +244,7 @@ class Commit:
         self.run_dir = run_dir
         self.tmp: Path | None = None
         self.digests: dict[str, str] = {}
+        self.previous = ""  # the snapshot folder this commit follows (kept for readers)
 
     def __enter__(self) -> Commit:
         store = _snapshots(self.run_dir)
@@ -244,6 +253,7 @@ class Commit:
         os.chmod(self.tmp, 0o777 & ~_umask())
         previous = current_snapshot(self.run_dir)
         if previous is not None:
+            self.previous = previous.folder.name
             for name in FILES:
                 if previous.has(name):
                     _link_or_copy(previous.folder / name, self.tmp / name)
@@ -286,14 +296,10 @@ class Commit:
         _fsync_dir(store)
         if (store / CURRENT).is_dir() and not (store / CURRENT).is_symlink():
             shutil.rmtree(store / CURRENT)  # a copy that followed links (cp -L, copytree)
-        link = store / f".{CURRENT}.{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-        os.symlink(name, link)
-        os.replace(link, store / CURRENT)  # the commit
+        _replace_link(store / CURRENT, name)  # the commit
         _fsync_dir(store)
         _link_top_level(self.run_dir, sorted(self.digests))
-        _prune(store, keep={name, *_previous(store, name)})
+        _prune(store, keep={name, self.previous})
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -311,23 +317,14 @@ def _link_top_level(run_dir: Path, names: list[str]) -> None:
         path = run_dir / name
         if path.is_symlink() and os.readlink(path) == target:
             continue
-        tmp = run_dir / f".{name}.link.{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(target, tmp)
-        os.replace(tmp, path)  # also replaces a file of a run from before snapshots
+        _replace_link(path, target)  # also replaces a file of a run from before snapshots
         changed = True
     if changed:
         _fsync_dir(run_dir)
 
 
-def _previous(store: Path, newest: str) -> list[str]:
-    older = sorted(p.name for p in store.iterdir() if p.name.isdigit() and p.name < newest)
-    return older[-1:]
-
-
 def _prune(store: Path, keep: set[str]) -> None:
-    """Remove snapshots but the newest two, and folders of saves that never committed."""
+    """Remove snapshots but those in ``keep``, and folders of saves that never committed."""
     for path in store.iterdir():
         if path.is_dir() and not path.is_symlink() and path.name not in keep:
             shutil.rmtree(path, ignore_errors=True)
@@ -401,11 +398,7 @@ def set_latest(run_dir: Path) -> bool:
     link = run_dir.parent / "latest"
     if link.exists() and not link.is_symlink():
         return False
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    os.symlink(run_dir.name, tmp)
-    os.replace(tmp, link)
+    _replace_link(link, run_dir.name)
     return True
 
 
@@ -472,12 +465,6 @@ def write_state(
     commit.write(STATE, write)
 
 
-def save_bundle(run_dir: Path, model: Any, config_text: str, metadata: dict[str, Any]) -> None:
-    """Commit a snapshot whose bundle is ``model`` (the other files carried over)."""
-    with Commit(run_dir) as commit:
-        write_bundle(commit, model, config_text, metadata)
-
-
 def load_state(
     run_dir: Path, *, info_only: bool = False
 ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
@@ -489,7 +476,7 @@ def load_state(
         raise DataError(f"run directory not found: {run_dir}")
     if current_snapshot(run_dir) is None:
         raise DataError(f"{run_dir} has no resumable state ({STATE}); it cannot be resumed")
-    return read_run(run_dir, _state_reader(info_only), "run")
+    return read_run(run_dir, _state_reader(info_only))
 
 
 def _state_reader(info_only: bool) -> Callable[[Snapshot], Any]:
@@ -555,7 +542,7 @@ def load_bundle(run_dir: str | Path) -> Bundle:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"run directory not found: {run_dir}")
-    return read_run(run_dir, _read_bundle, "run")
+    return read_run(run_dir, _read_bundle)
 
 
 def _read_bundle(snap: Snapshot) -> Bundle:
@@ -563,19 +550,12 @@ def _read_bundle(snap: Snapshot) -> Bundle:
     missing = [name for name in NEEDED if not snap.has(name)]
     if missing:
         raise DataError(f"run directory {run_dir} is incomplete: missing {', '.join(missing)}")
-    try:
-        metadata = json.loads(snap.path(METADATA).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{run_dir / METADATA} is corrupt ({err})") from None
+    metadata = _read_metadata(snap)
     version = metadata.get("format_version") if isinstance(metadata, dict) else None
     if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
         raise DataError(
             f"{run_dir} has run format version {version!r}; this textgen reads up to "
             f"{RUN_FORMAT_VERSION}: upgrade textgen"
-        )
-    if snap.folder == run_dir:  # a run from before snapshots: its metadata lists the checksums
-        snap = Snapshot(
-            run_dir, run_dir, {n: d for n, d in metadata.get("files", {}).items() if n in NEEDED}
         )
     config = config_mod.load(snap.path(CONFIG))
     tokenizer = load_tokenizer(snap.path(TOKENIZER))
@@ -594,24 +574,50 @@ def _read_bundle(snap: Snapshot) -> Bundle:
     return Bundle(run_dir, config, tokenizer, lm, metadata, history)
 
 
+def parse_history(text: str) -> list[dict[str, float]]:
+    """The rows of a history.csv text as floats (NaN where a value is missing).
+
+    An older run's history called the running training loss ``loss``: it is read as
+    ``train_loss``.
+    """
+    rows = [
+        {key: _number(value) for key, value in row.items() if key is not None}
+        for row in csv.DictReader(io.StringIO(text, newline=""))
+    ]
+    for row in rows:
+        if "train_loss" not in row and "loss" in row:
+            row["train_loss"] = row.pop("loss")
+    return rows
+
+
+def _number(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
 def run_tokenizer(run_dir: Path) -> Tokenizer:
     """The run's saved tokenizer (checked against its checksum)."""
-    return read_run(run_dir, lambda snap: load_tokenizer(snap.path(TOKENIZER)), "run")
+    return read_run(run_dir, lambda snap: load_tokenizer(snap.path(TOKENIZER)))
 
 
 def load_metadata(run_dir: Path) -> dict[str, Any] | None:
     """The run's metadata.json, or None before its first best model."""
 
     def read(snap: Snapshot) -> dict[str, Any] | None:
-        if not snap.has(METADATA):
-            return None
-        try:
-            data = json.loads(snap.path(METADATA).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DataError(f"{run_dir / METADATA} is corrupt ({err})") from None
+        data = _read_metadata(snap) if snap.has(METADATA) else None
         return data if isinstance(data, dict) else None
 
-    return read_run(run_dir, read, "run")
+    return read_run(run_dir, read)
+
+
+def _read_metadata(snap: Snapshot) -> Any:
+    """metadata.json of ``snap``, parsed (checked against its checksum first)."""
+    try:
+        return json.loads(snap.path(METADATA).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{snap.run_dir / METADATA} is corrupt ({err})") from None
 
 
 def load_keras_model(run_dir: str | Path) -> Any:
@@ -638,7 +644,7 @@ def load_keras_model(run_dir: str | Path) -> Any:
 
     if not run_dir.is_dir():
         raise DataError(f"model file not found: {path}")
-    return read_run(run_dir, read, "run")
+    return read_run(run_dir, read)
 
 
 # -- a new run ---------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from textgen.config import DataConfig
-from textgen.corpus.read import BLOCK, Progress, scan, split_blocks, text_blocks
+from textgen.corpus.read import BLOCK, Progress, scan, split_blocks, tail_start, text_blocks
 from textgen.errors import DataError
 from textgen.text import level_class, load_tokenizer, tokenizer_for, tokenizer_options
 from textgen.text.base import Tokenizer
@@ -133,7 +133,7 @@ def prepare_ids(
             f"cannot create the corpus cache in {root}: {err.strerror or err}"
         ) from None
     try:
-        cut = int(chars * (1.0 - cfg.val_split)) if split else None
+        cut = tail_start(chars, cfg.val_split) if split else None
         made = _tokenize(cfg, tmp, cut, tokenizer, progress)
         made["sha256"] = {name: _sha256(tmp / name) for name in (TRAIN, VALID)}
         meta = {"format": CACHE_FORMAT, "corpus_sha256": sha, "corpus": str(cfg.corpus)} | made

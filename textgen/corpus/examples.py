@@ -26,7 +26,14 @@ import numpy as np
 
 from textgen.config import DataConfig
 from textgen.corpus.cache import IdFile, prepare_ids
-from textgen.corpus.read import Progress, read_corpus, scan, split_blocks, text_blocks
+from textgen.corpus.read import (
+    Progress,
+    read_corpus,
+    scan,
+    split_blocks,
+    tail_start,
+    text_blocks,
+)
 from textgen.errors import DataError
 from textgen.text import tokenizer_for
 from textgen.text.base import Tokenizer
@@ -183,28 +190,26 @@ def held_out_text(cfg: DataConfig, corpus_sha256: str | None = None) -> str:
         return read_corpus(cfg.valid_corpus, cfg.encoding)[0]
     if cfg.val_split <= 0:
         return ""
-    if (
-        corpus_sha256 is not None
-        and scan(cfg.corpus, cfg.encoding, count_chars=False)[0] != corpus_sha256
-    ):
+    if cfg.mode == "lines":
+        text, sha = read_corpus(cfg.corpus, cfg.encoding)
+        _check_same(cfg, sha, corpus_sha256)
+        _, val_lines = _hold_out_lines([ln for ln in text.splitlines() if ln.strip()], cfg)
+        return "\n".join(val_lines) + "\n" if val_lines else ""
+    sha, chars = scan(cfg.corpus, cfg.encoding)  # one pass: the checksum and the cut
+    _check_same(cfg, sha, corpus_sha256)
+    cut = tail_start(chars, cfg.val_split)
+    return "".join(
+        val for _, val in split_blocks(text_blocks(cfg.corpus, cfg.encoding), cut, cfg.level)
+    )
+
+
+def _check_same(cfg: DataConfig, sha: str, expected: str | None) -> None:
+    """Refuse a corpus that is not the file the run was trained on (when that is known)."""
+    if expected is not None and sha != expected:
         raise DataError(
             f"corpus {cfg.corpus} is not the file this run was trained on (sha256 "
             "differs), so its held-out tail is unknown; score a file instead"
         )
-    if cfg.mode == "lines":
-        text, _ = read_corpus(cfg.corpus, cfg.encoding)
-        _, val_lines = _hold_out_lines([ln for ln in text.splitlines() if ln.strip()], cfg)
-        return "\n".join(val_lines) + "\n" if val_lines else ""
-    return "".join(
-        val for _, val in split_blocks(text_blocks(cfg.corpus, cfg.encoding), _cut(cfg), cfg.level)
-    )
-
-
-def _cut(cfg: DataConfig) -> int | None:
-    """The character where the held-out tail starts, before moving to a line start."""
-    if cfg.valid_corpus or cfg.val_split <= 0:
-        return None
-    return int(scan(cfg.corpus, cfg.encoding)[1] * (1.0 - cfg.val_split))
 
 
 def _hold_out_lines(lines: list[str], cfg: DataConfig) -> tuple[list[str], list[str]]:

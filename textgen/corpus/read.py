@@ -149,6 +149,12 @@ def _bad_bytes(path: object, encoding: str, offset: int, byte: int) -> DataError
     )
 
 
+def tail_start(chars: int, val_split: float) -> int:
+    """The character where the held-out tail of a ``chars``-character text starts, before
+    :func:`split_blocks` moves it to a line start."""
+    return int(chars * (1.0 - val_split))
+
+
 def split_blocks(blocks: Iterator[str], cut: int | None, level: str) -> Iterator[tuple[str, str]]:
     """``(training part, validation part)`` of each block: the held-out tail starts at
     character ``cut`` moved forward to the start of the next line, so every level (word

@@ -57,7 +57,6 @@ HISTORY_FIELDS = (
     "epoch", "train_loss", "val_loss", "check_loss", "perplexity", "bits_per_token",
     "tokens_per_s", "seconds", "elapsed", "learning_rate",
 )  # fmt: skip
-LOGS = "logs"  # TensorBoard event files, under the run directory
 # what --set may change on --resume: how long and how fast to go on, never what the saved
 # state means (data, model, optimizer kind, seed); batch_size is checked against the position
 RESUME_KEYS = frozenset(
@@ -83,9 +82,7 @@ class TrainResult:
     """What a finished run reports back."""
 
     run_dir: Path
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_loss: float = math.inf
+    state: TrainState = field(default_factory=TrainState)  # history and best epoch, as saved
     stopped_early: bool = False
     out_of_time: bool = False  # stopped by train.max_minutes
     params: int = 0
@@ -93,6 +90,18 @@ class TrainResult:
     # fixed sample of the training set after the epoch)
     metric: str = "check_loss"
     chief: bool = True  # False on the workers of a multi-worker run that write nothing
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.state.history
+
+    @property
+    def best_epoch(self) -> int:
+        return self.state.best_epoch
+
+    @property
+    def best_loss(self) -> float:
+        return self.state.best_loss
 
 
 def _stderr(message: str) -> None:
@@ -271,7 +280,7 @@ class _Run:
         if self.writer is None:
             from tensorflow.core.framework import summary_pb2
 
-            self.writer = tf.summary.create_file_writer(str(self.run_dir / LOGS))
+            self.writer = tf.summary.create_file_writer(str(self.run_dir / rundir.LOGS))
             plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
             self.scalar_meta = summary_pb2.SummaryMetadata(plugin_data=plugin)
         with self.writer.as_default():
@@ -405,10 +414,7 @@ class _Run:
                 self.interrupt(reporter, signals.received)
         if self.writer is not None:
             self.writer.flush()
-        state = self.state
-        result.history, result.best_epoch, result.best_loss = (
-            state.history, state.best_epoch, state.best_loss,
-        )  # fmt: skip
+        result.state = self.state
         return result
 
     def _stop_requested(self, signals: Signals) -> bool:
@@ -472,9 +478,9 @@ def train(
     directory is touched; one process at a time holds a run directory.
     """
     run_dir = Path(run_dir)
-    if resume and run_dir.is_symlink():
-        run_dir = run_dir.resolve()  # --resume runs/latest continues the run it names
-    if not resume:
+    if resume:  # a missing run is an error; --resume runs/latest continues the run it names
+        run_dir = rundir.resolve_run(run_dir)
+    else:
         rundir.check_out(run_dir)
     if progress is None:
         progress = sys.stderr.isatty()
@@ -554,8 +560,6 @@ def _fit(
 
 
 def _saved_tokenizer(run_dir: Path) -> Any:
-    if not run_dir.is_dir():
-        raise DataError(f"run directory not found: {run_dir}")
     rundir.load_state(run_dir, info_only=True)  # a clear error when there is no state
     return rundir.run_tokenizer(run_dir)
 
@@ -566,10 +570,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
     An override may change how long and how fast training goes on (:data:`RESUME_KEYS`),
     never what the saved state means: data, model, optimizer kind or seed.
     """
-    if run_dir.is_symlink():
-        run_dir = run_dir.resolve()
-    if not run_dir.is_dir():
-        raise DataError(f"run directory not found: {run_dir}")
+    run_dir = rundir.resolve_run(run_dir)
     _, _, info = rundir.load_state(run_dir, info_only=True)
     source = f"{run_dir / rundir.STATE} (config)"
     saved = config_mod.loads(info["config"], source=source)
