@@ -143,14 +143,17 @@ def prepare_ids(
             shutil.rmtree(folder, ignore_errors=True)  # a damaged or partial entry
         try:
             os.replace(tmp, folder)
+            ours = True
         except OSError:  # another process made it meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
+            ours = False
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         os.close(owner)
-    entry = _load_entry(folder, sha, tokenizer)
+    # the ids just written were hashed a moment ago: only another process' entry is checked
+    entry = _load_entry(folder, sha, tokenizer, verify=not ours)
     if entry is None:
         raise DataError(f"the corpus cache {folder} could not be read back")
     if log is not None:
@@ -199,7 +202,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_entry(folder: Path, sha: str, tokenizer: Tokenizer | None) -> PreparedIds | None:
+def _load_entry(
+    folder: Path, sha: str, tokenizer: Tokenizer | None, *, verify: bool = True
+) -> PreparedIds | None:
     """A complete cache entry for this corpus (and tokenizer, when given), or None."""
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
@@ -216,7 +221,7 @@ def _load_entry(folder: Path, sha: str, tokenizer: Tokenizer | None) -> Prepared
     if not train.intact() or (valid is not None and not valid.intact()):
         return None
     digests = meta.get("sha256", {})
-    for part in (train, valid):  # the same size is not the same ids
+    for part in (train, valid) if verify else ():  # the same size is not the same ids
         if part is not None and digests.get(part.path.name) != _sha256(part.path):
             return None
     return PreparedIds(folder, saved, train, valid, sha, cached=True)
