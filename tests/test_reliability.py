@@ -14,6 +14,7 @@ import pytest
 from textgen import rundir
 from textgen.decoding.generate import sentence_generation
 from textgen.errors import DataError
+from textgen.rundir import contents
 from textgen.training.loop import Diverged, Interrupted, train
 from textgen.training.signals import Signals
 
@@ -134,7 +135,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, toy_confi
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rundir.np, "savez", full)
+    monkeypatch.setattr(contents.np, "savez", full)
     cfg = toy_config.with_overrides(["train.epochs=40"])
     with pytest.raises(
         DataError, match="No space left on device; the previous checkpoint is intact"

@@ -21,6 +21,7 @@ from textgen import rundir
 from textgen.cli import main
 from textgen.decoding.numpy_lm import NumpyLM
 from textgen.errors import DataError
+from textgen.rundir import store
 from textgen.training.loop import resume_config, train
 
 from .conftest import ROOT, TOY_CONFIG, small_config
@@ -213,7 +214,7 @@ def test_a_save_that_fails_at_any_file_changes_nothing(tmp_path, monkeypatch):
     run = toy_run(tmp_path / "run")
     before = {n: (run / n).read_bytes() for n in rundir.FILES}
     calls = {"n": 0}
-    real = rundir._write_synced
+    real = store._write_synced
 
     def fails_on_third(path, write):
         calls["n"] += 1
@@ -221,7 +222,7 @@ def test_a_save_that_fails_at_any_file_changes_nothing(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real(path, write)
 
-    monkeypatch.setattr(rundir, "_write_synced", fails_on_third)
+    monkeypatch.setattr(store, "_write_synced", fails_on_third)
     result = invoke("train", "--resume", run, "--quiet", "--set", "train.epochs=5")
     monkeypatch.undo()
     assert_one_line_error(result, 1, "No space left on device; the previous checkpoint is intact")
@@ -240,7 +241,7 @@ def test_a_crash_at_the_commit_point_keeps_the_previous_snapshot(tmp_path, monke
             raise SystemExit("killed at the commit")
         return real(src, dst)
 
-    monkeypatch.setattr(rundir.os, "replace", crash)
+    monkeypatch.setattr(store.os, "replace", crash)
     with pytest.raises(SystemExit):
         train(resume_config(run, ["train.epochs=5"]), run, resume=True, **QUIET)
     monkeypatch.undo()
