@@ -84,9 +84,9 @@ class TextgenSide:
     """textgen's own training step (the one ``textgen train`` runs)."""
 
     def __init__(self, cfg: config_mod.Config, prepared) -> None:
-        from textgen.training.loop import _Run
+        from textgen.training.loop import Trainer
 
-        self.run = _Run(cfg, prepared, Path("/nonexistent"), lambda _m: None)
+        self.run = Trainer(cfg, prepared, Path("/nonexistent"), lambda _m: None)
         self.step = self.run._train_step  # the step `textgen train` runs, state handling included
 
     def initial_weights(self) -> dict[str, np.ndarray]:
@@ -232,10 +232,10 @@ from pathlib import Path
 from textgen import config as config_mod
 from textgen.corpus.examples import prepare
 from textgen.training.batches import batches
-from textgen.training.loop import _Run
+from textgen.training.loop import Trainer
 cfg = config_mod.load({config!r}).with_overrides(['data.corpus="{corpus}"'])
 prepared = prepare(cfg.data)
-run = _Run(cfg, prepared, Path("/nonexistent"), lambda _m: None)
+run = Trainer(cfg, prepared, Path("/nonexistent"), lambda _m: None)
 _, x, y = next(batches(prepared.train, cfg.train.batch_size, cfg.train.seed, 1, 0))
 float(run._train_step(x, y)[0])
 print(time.perf_counter() - start)

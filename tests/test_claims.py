@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 
 from textgen.corpus.examples import prepare
-from textgen.training.loop import _Run
+from textgen.training.loop import Trainer
 
 QUIET_LOG = {"log": lambda _m: None}
 
 
-def toy_run_object(toy_config, tmp_path, *overrides: str) -> tuple[_Run, np.ndarray, np.ndarray]:
+def toy_run_object(toy_config, tmp_path, *overrides: str) -> tuple[Trainer, np.ndarray, np.ndarray]:
     cfg = toy_config.with_overrides(list(overrides))
     prepared = prepare(cfg.data)
-    run = _Run(cfg, prepared, tmp_path / "r", lambda _m: None)
+    run = Trainer(cfg, prepared, tmp_path / "r", lambda _m: None)
     x, y = prepared.train.rows(np.arange(len(prepared.train)))
     return run, x, y
 
 
-def weights(run: _Run) -> list[np.ndarray]:
+def weights(run: Trainer) -> list[np.ndarray]:
     return [np.array(v) for v in run.model.trainable_variables]
 
 
@@ -83,7 +83,7 @@ def test_momentum_and_init_scale_reach_the_optimizer_and_the_weights(tmp_path):
     )
     cfg = config_mod.load(path)
     prepared = prepare(cfg.data)
-    run = _Run(cfg, prepared, tmp_path / "r", lambda _m: None)
+    run = Trainer(cfg, prepared, tmp_path / "r", lambda _m: None)
     assert float(run.optimizer.momentum) == pytest.approx(0.9)
     values = np.concatenate([np.ravel(v) for v in weights(run)])
     assert np.abs(values).max() <= 0.04 and np.abs(values).max() > 0.035  # uniform, not Keras'

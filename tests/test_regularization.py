@@ -14,7 +14,8 @@ from textgen.config import ModelConfig, TrainConfig
 from textgen.decoding.numpy_lm import NumpyLM
 from textgen.errors import UsageError
 from textgen.model.network import build_model, init_uniform, training_forward
-from textgen.training.loop import Interrupted, scheduled_learning_rate, train
+from textgen.training.loop import Interrupted, train
+from textgen.training.optimizer import scheduled_learning_rate
 
 from .conftest import small_config
 from .test_reliability import QUIET, corpus_file, final_state, interrupt_after
@@ -107,6 +108,29 @@ def test_tied_model_trains_and_saves_its_tied_copy(tmp_path):
     train(cfg, tmp_path / "run", **QUIET)
     lm = NumpyLM.load(tmp_path / "run" / rundir.WEIGHTS)
     np.testing.assert_array_equal(lm.out_kernel, lm.embedding.T)
+    model = rundir.load_keras_model(tmp_path / "run")
+    kernel = np.asarray(model.get_layer("logits").kernel)
+    np.testing.assert_array_equal(kernel, np.asarray(model.get_layer("embedding").embeddings).T)
+
+
+def test_every_export_of_a_tied_model_ties_by_construction(tmp_path):
+    """Training moves only the embedding; whatever the Dense copy holds by then, each
+    export (weights.npz arrays, the resumable variables, model.keras) has its transpose."""
+    from textgen._tf import keras
+    from textgen.model.network import save_keras, variable_arrays, weight_arrays
+
+    cfg = ModelConfig(embedding_dim=8, units=8, tie_weights=True)
+    model = build_model(cfg, 13, mask_padding=False)
+    embedding = model.get_layer("embedding").embeddings
+    moved = np.random.default_rng(0).normal(size=(13, 8)).astype(np.float32)
+    embedding.assign(moved)  # a step: the embedding moved, the Dense copy did not
+    np.testing.assert_array_equal(weight_arrays(model)["out_kernel"], moved.T)
+    kernel_at = [i for i, v in enumerate(model.variables) if v is model.get_layer("logits").kernel]
+    np.testing.assert_array_equal(variable_arrays(model)[kernel_at[0]], moved.T)
+    embedding.assign(moved * 2)
+    save_keras(model, tmp_path / "m.keras")
+    saved = keras().saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(np.asarray(saved.get_layer("logits").kernel), (moved * 2).T)
 
 
 def test_carried_state_run_resumes_exactly(tmp_path, monkeypatch):

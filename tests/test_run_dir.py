@@ -22,7 +22,8 @@ from textgen.cli import main
 from textgen.decoding.numpy_lm import NumpyLM
 from textgen.errors import DataError
 from textgen.rundir import store
-from textgen.training.loop import resume_config, train
+from textgen.training.checkpoint import resume_config
+from textgen.training.loop import train
 
 from .conftest import ROOT, TOY_CONFIG, small_config
 from .test_reliability import QUIET, corpus_file

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from textgen import rundir
-from textgen.training.loop import resume_config, train
+from textgen.training.checkpoint import resume_config
+from textgen.training.loop import train
 
 from .conftest import ROOT
 

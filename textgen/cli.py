@@ -159,7 +159,7 @@ def train(
     writes it, and a restarted cluster continues from its last saved state.
     """
     from textgen.errors import UsageError
-    from textgen.training.loop import resume_config
+    from textgen.training.checkpoint import resume_config
     from textgen.training.loop import train as run_training
 
     if resume_dir is not None:

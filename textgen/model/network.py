@@ -5,8 +5,11 @@ sigmoid, no recurrent dropout, no unrolling), so a GPU gets cuDNN. Dropout sits 
 non-recurrent connections only (Zaremba et al. 2014): on the embeddings
 (``input_dropout``), between recurrent layers (``dropout``) and before the logits
 (``output_dropout``). With ``tie_weights`` the output projection is the embedding matrix:
-training uses the embedding's transpose, and the Dense kernel holds a copy of it whenever
-the model is saved, so a saved model stays a plain Keras model.
+training uses the embedding's transpose, and the Dense kernel (not trainable) holds a copy
+of it in everything exported, so a saved model stays a plain Keras model. The exports are
+the three functions below, and each of them ties by construction: :func:`save_keras`
+(model.keras), :func:`variable_arrays` (the resumable state) and :func:`weight_arrays`
+(weights.npz); nothing else needs to remember to copy the embedding.
 
 In ``lines`` mode the embedding masks id 0, so the pre-padding neither changes the
 recurrent state nor counts in the loss: a padded line and the same line fed alone from a
@@ -47,15 +50,37 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, mask_padding: bool) -> Any
     model = k.Model(ids, logits, name="textgen_lm")
     if cfg.tie_weights:
         dense = model.get_layer("logits")
-        dense.kernel.trainable = False  # training uses the embedding; see sync_tied()
-        sync_tied(model)
+        dense.kernel.trainable = False  # training uses the embedding; see _sync_tied()
+        _sync_tied(model)
     return model
 
 
-def sync_tied(model: Any) -> None:
-    """Copy the embedding's transpose into the output kernel (tied models, before saving)."""
-    dense = model.get_layer("logits")
-    dense.kernel.assign(model.get_layer("embedding").embeddings.value.numpy().T)
+def is_tied(model: Any) -> bool:
+    """Whether the output projection is the embedding (its Dense kernel is a frozen copy)."""
+    return model.get_layer("logits").kernel.trainable is False
+
+
+def _sync_tied(model: Any) -> None:
+    """Copy the embedding's transpose into the output kernel of a tied model."""
+    if is_tied(model):
+        dense = model.get_layer("logits")
+        dense.kernel.assign(model.get_layer("embedding").embeddings.value.numpy().T)
+
+
+def save_keras(model: Any, path: Any) -> None:
+    """Write ``model.keras`` (a tied output kernel holds the embedding's transpose)."""
+    _sync_tied(model)
+    model.save(path)
+
+
+def variable_arrays(model: Any) -> list[Any]:
+    """Every variable of ``model`` as a numpy array, in ``model.variables`` order: the
+    model's part of the resumable state (a tied output kernel holds the embedding's
+    transpose)."""
+    import numpy as np
+
+    _sync_tied(model)
+    return [np.asarray(v) for v in model.variables]
 
 
 def init_uniform(model: Any, scale: float, seed: int) -> None:
@@ -66,8 +91,7 @@ def init_uniform(model: Any, scale: float, seed: int) -> None:
     for variable in model.trainable_variables:
         shape = tuple(variable.shape)
         variable.assign(rng.uniform(-scale, scale, shape).astype(variable.dtype))
-    if model.get_layer("logits").kernel.trainable is False:
-        sync_tied(model)
+    _sync_tied(model)
 
 
 def count_params(model: Any) -> int:
@@ -77,7 +101,8 @@ def count_params(model: Any) -> int:
 def weight_arrays(model: Any) -> dict[str, Any]:
     """A Keras LM's weights as the named arrays of ``weights.npz`` (layers found by type,
     in order): ``cell``, ``embedding``, ``rnn_{i}_kernel/_recurrent/_bias``, ``out_kernel``,
-    ``out_bias``."""
+    ``out_bias``. A tied model's ``out_kernel`` is the embedding's transpose, whatever its
+    Dense kernel holds."""
     import numpy as np
 
     k = keras()
@@ -91,9 +116,11 @@ def weight_arrays(model: Any) -> dict[str, Any]:
             layers.append(layer.get_weights())  # kernel, recurrent kernel, bias
         elif isinstance(layer, k.layers.Dense):
             kernel, bias = layer.get_weights()
-            dense = (kernel, bias)
+            tied = layer.kernel.trainable is False  # the kernel is the embedding's copy
+            dense = (kernel, bias, tied)
     if embedding is None or dense is None or cell is None:
         raise ValueError("model is not an Embedding → RNN → Dense language model")
+    out_kernel = np.ascontiguousarray(embedding.T) if dense[2] else dense[0]
     arrays = {"cell": np.array(cell), "embedding": embedding}
     for i, (kernel, recurrent, bias) in enumerate(layers):
         arrays |= {
@@ -101,7 +128,7 @@ def weight_arrays(model: Any) -> dict[str, Any]:
             f"rnn_{i}_recurrent": recurrent,
             f"rnn_{i}_bias": bias,
         }
-    return arrays | {"out_kernel": dense[0], "out_bias": dense[1]}
+    return arrays | {"out_kernel": out_kernel, "out_bias": dense[1]}
 
 
 def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any:

@@ -14,6 +14,7 @@ import math
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from textgen import config as config_mod
 from textgen.config import Config
 from textgen.decoding.numpy_lm import NumpyLM
 from textgen.errors import DataError, TextgenError
+from textgen.model.network import save_keras
 from textgen.rundir.names import (
     CONFIG,
     HISTORY,
@@ -47,7 +49,7 @@ def write_bundle(commit: Commit, model: Any, config_text: str, metadata: dict[st
     """
 
     commit.write_text(CONFIG, config_text)
-    commit.write(MODEL, model.save)
+    commit.write(MODEL, partial(save_keras, model))
     commit.write(WEIGHTS, NumpyLM.from_model(model).save)
     files = {
         n: commit.digests[n] for n in (CONFIG, TOKENIZER, MODEL, WEIGHTS) if n in commit.digests

@@ -28,6 +28,15 @@ class TrainState:
     best_loss: float = math.inf
     created: str = ""
 
+    def record(self, score: float) -> bool:
+        """Judge the epoch that just ended by ``score`` (lower is better): whether it is
+        the best so far. Early stopping and reduce-on-plateau count the epochs since."""
+        if score < self.best_loss:
+            self.best_loss, self.best_epoch, self.epochs_since_best = score, self.epoch, 0
+            return True
+        self.epochs_since_best += 1
+        return False
+
     def to_info(self) -> dict[str, Any]:
         """The fields as JSON-ready values (an infinite best loss is ``None``)."""
         info = dataclasses.asdict(self)
