@@ -148,7 +148,14 @@ def test_prepare_command_reports_and_then_finds_the_cache(tmp_path):
     assert info["cached"] is False and info["level"] == "char" and info["id_dtype"] == "uint8"
     assert info["train_tokens"] + info["valid_tokens"] == len(TOY_CORPUS.read_text("utf-8"))
     second = CliRunner().invoke(main, args[:-2])
-    assert second.exit_code == 0 and "found in the cache" in second.output
+    assert second.exit_code == 0
+    lines = second.output.splitlines()
+    assert lines[0] == f"{TOY_CORPUS}: {info['bytes'] / 1e6:.1f} MB found in the cache"
+    assert lines[1] == (
+        f"  char level, vocabulary {info['vocab_size']:,}, {info['train_tokens']:,} training "
+        f"+ {info['valid_tokens']:,} validation tokens (uint8)"
+    )
+    assert lines[2:] == [f"  cache: {info['cache']}"]
 
 
 def test_prepare_command_refuses_lines_mode(tmp_path):

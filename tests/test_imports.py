@@ -92,7 +92,7 @@ LAYERS = [
     ["textgen.text", "textgen.model"],
     ["textgen.corpus", "textgen.decoding"],
     ["textgen.rundir"],
-    ["textgen.training", "textgen.evaluate", "textgen.plot"],
+    ["textgen.training", "textgen.evaluate", "textgen.plot", "textgen.report"],
     ["textgen.cli"],
     ["textgen.__main__"],
 ]

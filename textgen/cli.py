@@ -8,7 +8,6 @@ traceback. TensorFlow is imported only by the commands that train, so ``--help``
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 import threading
@@ -24,11 +23,6 @@ from textgen import __version__
 from textgen.errors import TextgenError
 
 STRATEGY_NAMES = ("greedy", "sample", "beam")  # decoding.generate.STRATEGIES, without numpy
-# the losses that judge "best", as a user reads them: (name, what it is measured on)
-LOSS_NAMES = {
-    "val_loss": ("val loss", "the held-out text after the epoch"),
-    "check_loss": ("check loss", "a fixed sample of the training set after the epoch"),
-}
 
 
 class Terminated(KeyboardInterrupt):
@@ -159,6 +153,7 @@ def train(
     writes it, and a restarted cluster continues from its last saved state.
     """
     from textgen.errors import UsageError
+    from textgen.report import best_summary
     from textgen.training.checkpoint import resume_config
     from textgen.training.loop import train as run_training
 
@@ -182,8 +177,7 @@ def train(
         progress=False if quiet else None,
         log=log,
     )
-    name, measured_on = LOSS_NAMES[result.metric]
-    best = f"best epoch {result.best_epoch}: {name} {result.best_loss:.4f}, on {measured_on}"
+    best = best_summary(result.metric, result.best_epoch, result.best_loss)
     if result.chief:
         log(f"saved {result.run_dir} ({best})")
     else:
@@ -237,6 +231,7 @@ def prepare(
 
     from textgen.corpus.cache import prepare_ids
     from textgen.errors import UsageError
+    from textgen.report import prepare_lines, prepare_summary
     from textgen.training.progress import ByteBar
 
     cfg = _config(config_path, corpus, encoding, overrides)
@@ -248,35 +243,12 @@ def prepare(
     t0 = time.perf_counter()
     with ByteBar(cfg.data.corpus, "tokenizing", enabled=not quiet and sys.stderr.isatty()) as bar:
         entry = prepare_ids(cfg.data, progress=bar.update)
-    seconds = time.perf_counter() - t0
-    size = Path(cfg.data.corpus).stat().st_size
-    summary = {
-        "corpus": str(cfg.data.corpus),
-        "bytes": size,
-        "level": cfg.data.level,
-        "vocab_size": len(entry.tokenizer.vocab),
-        "train_tokens": len(entry.train),
-        "valid_tokens": len(entry.valid) if entry.valid is not None else 0,
-        "id_dtype": entry.train.dtype.name,
-        "cache": str(entry.folder),
-        "cached": entry.cached,
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(size / 1e6 / seconds, 2) if seconds > 0 else None,
-    }
+    summary = prepare_summary(cfg.data, entry, time.perf_counter() - t0)
     if fmt == "json":
         click.echo(json.dumps(summary, ensure_ascii=False))
         return
-    how = "found in the cache" if entry.cached else f"tokenized in {seconds:.1f} s"
-    click.echo(
-        f"{summary['corpus']}: {size / 1e6:.1f} MB {how}"
-        + ("" if entry.cached else f" ({summary['mb_per_s']} MB/s)")
-    )
-    click.echo(
-        f"  {cfg.data.level} level, vocabulary {summary['vocab_size']:,}, "
-        f"{summary['train_tokens']:,} training + {summary['valid_tokens']:,} validation tokens "
-        f"({summary['id_dtype']})"
-    )
-    click.echo(f"  cache: {entry.folder}")
+    for line in prepare_lines(summary):
+        click.echo(line)
 
 
 @main.command()
@@ -527,41 +499,12 @@ def info(run: str | None, show_history: bool) -> None:
       textgen info runs/ko-toy
       textgen info runs/ko-toy --history
     """
-    from textgen.rundir import load_bundle, parse_history, resolve_run
+    from textgen.report import run_summary
+    from textgen.rundir import load_bundle, resolve_run
 
     bundle = load_bundle(resolve_run(run))
     if show_history:
         click.echo(bundle.history.rstrip() or "no epoch finished yet")
         return
-    meta, cfg = bundle.metadata, bundle.config
-    tok, m, t = bundle.tokenizer, cfg.model, cfg.train
-    level = tok.level
-    if tok.normalize == "nfd":
-        level += " (jamo: NFD)"
-    if tok.level == "subword":
-        level += f" ({cfg.data.subword_model})"
-    click.echo(f"run: {bundle.run_dir}")
-    click.echo(f"level: {level}, mode: {cfg.data.mode}, vocab: {len(tok.vocab)}")
-    click.echo(
-        f"model: {m.layers}x{m.units} {m.cell}, embedding {m.embedding_dim}, "
-        f"{meta.get('parameters', 0):,} parameters"
-    )
-    click.echo(
-        f"train: {t.optimizer}, learning rate {t.learning_rate:g}, batch {t.batch_size}, "
-        f"{t.epochs} epochs, seed {t.seed}"
-    )
-    click.echo(f"corpus: {meta.get('corpus')} (sha256 {str(meta.get('corpus_sha256'))[:12]})")
-    rows = parse_history(bundle.history)
-    if not rows:
-        return
-    has_val = any(math.isfinite(r.get("val_loss", math.nan)) for r in rows)
-    judged = "val_loss" if has_val else "check_loss"
-    best = next((r for r in rows if r["epoch"] == meta.get("best_epoch")), None)
-    for label, row in (("first", rows[0]), ("best", best), ("last", rows[-1])):
-        if row is None:
-            continue
-        score = row.get(judged, math.nan)  # runs of earlier versions recorded no check loss
-        shown = f", {judged.replace('_', ' ')} {score:.4f}" if math.isfinite(score) else ""
-        epoch = int(row["epoch"])
-        click.echo(f"{label:>5} epoch {epoch}: train loss {row['train_loss']:.4f}{shown}")
-    click.echo(f"{len(rows)} epochs in history.csv (--history prints them)")
+    for line in run_summary(bundle):
+        click.echo(line)

@@ -24,7 +24,7 @@ import numpy as np
 
 from textgen.errors import DataError, UsageError
 from textgen.text.base import Tokenizer, check_format_version
-from textgen.text.vocab import EOS, PAD, PAD_ID, UNK, UNK_ID, Vocab
+from textgen.text.vocab import EOS, EOS_ID, PAD, PAD_ID, UNK, UNK_ID, Vocab
 
 MAX_SENTENCE_BYTES = 1 << 16  # longer lines are cut for training the pieces only
 # characters of training lines held to learn the pieces: a larger corpus is sampled
@@ -161,7 +161,7 @@ class SubwordTokenizer(Tokenizer):
                 max_sentence_length=MAX_SENTENCE_BYTES,
                 pad_id=PAD_ID,
                 unk_id=UNK_ID,
-                eos_id=2,
+                eos_id=EOS_ID,
                 bos_id=-1,
                 pad_piece=PAD,
                 unk_piece=UNK,

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 PAD = "<pad>"
 UNK = "<unk>"
 EOS = "<eos>"
-PAD_ID, UNK_ID = 0, 1  # every vocabulary starts with <pad>, <unk> (and <eos> = 2 if it has one)
+PAD_ID, UNK_ID, EOS_ID = 0, 1, 2  # every vocabulary starts <pad>, <unk> (, <eos> if it has one)
 
 
 class Vocab:
@@ -62,7 +62,7 @@ class Vocab:
 
     @property
     def unk_id(self) -> int:
-        return 1
+        return UNK_ID
 
     @property
     def eos_id(self) -> int | None:
