@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine_line  # noqa: E402
 from textgen.config import ModelConfig  # noqa: E402
 from textgen.decoding.generate import Generator  # noqa: E402
 from textgen.decoding.numpy_lm import NumpyLM  # noqa: E402
@@ -219,8 +220,7 @@ def main() -> None:
     rate = n / statistics.median(ours)
     torch_rate = n / statistics.median(theirs)
     batch_rate = args.batch * n / statistics.median(batch_secs)
-    cpu = platform.processor() or platform.machine()
-    print(f"# {time.strftime('%Y-%m-%d')}  {cpu}, {os.cpu_count()} cores")
+    print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}")
     print(
         f"# python {platform.python_version()}, numpy {np.__version__}, "
         f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"

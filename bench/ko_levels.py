@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine_line  # noqa: E402
+
 LEVELS = ("word", "char", "jamo", "bpe", "unigram", "morpheme")
 SEED = "대한민국은"
 
@@ -66,6 +70,7 @@ def run_level(level: str, runs: Path) -> dict[str, object]:
 
 def main() -> None:
     levels = sys.argv[1:] or list(LEVELS)
+    print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}")
     runs = ROOT / "runs" / "bench-ko"
     rows = []
     for level in levels:

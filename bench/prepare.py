@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine_line  # noqa: E402
+
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 CONFIG = ROOT / "configs" / "shakespeare-char.toml"
 
@@ -61,6 +65,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/textgen-bench"))
     parser.add_argument("--train-seconds", type=float, default=30.0)
     opts = parser.parse_args()
+    print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}")
     opts.work.mkdir(parents=True, exist_ok=True)
     big, small = opts.work / f"shakespeare-{opts.mb:g}mb.txt", opts.work / "shakespeare-2mb.txt"
     synthetic(big, opts.mb)

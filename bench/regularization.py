@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine_line  # noqa: E402
 from textgen.errors import DataError  # noqa: E402
 from textgen.plot import read_history  # noqa: E402
 
@@ -88,6 +89,7 @@ def run_variant(name: str, sets: list[str], train: Path, valid: Path) -> dict[st
 
 def main() -> None:
     names = sys.argv[1:] or list(VARIANTS)
+    print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}")
     WORK.mkdir(parents=True, exist_ok=True)
     train_lines = 4200  # ~10% of ptb.train.txt
     train, valid = WORK / "ptb.train.10pct.txt", WORK / "ptb.valid.1000.txt"

@@ -15,8 +15,6 @@ ratio, the mean loss over the timed steps of each, and the fraction of the GEMM 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine_line  # noqa: E402
 from textgen import config as config_mod  # noqa: E402
 from textgen.corpus.examples import prepare  # noqa: E402
 
@@ -270,7 +269,7 @@ def main() -> None:
 
     tf = tensorflow()
     gflops = sgemm_gflops()
-    print(f"# {time.strftime('%Y-%m-%d')}  {platform.machine()}, {os.cpu_count()} cores, ", end="")
+    print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}, ", end="")
     print(f"sgemm {gflops:.0f} GFLOP/s (numpy, 1024^3)")
     print(f"# tensorflow {tf.__version__}, torch {torch.__version__}, numpy {np.__version__}")
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
