@@ -97,8 +97,8 @@ class TextgenSide:
         total = count = 0.0
         start = time.perf_counter()
         for x, y in batches:
-            t, c, _, _ = self.step(x, y)
-            total, count = total + float(t), count + float(c)
+            loss_sum, tokens, _, _ = self.step(x, y)
+            total, count = total + float(loss_sum), count + float(tokens)
         return time.perf_counter() - start, total / count
 
 

@@ -157,12 +157,12 @@ class Steps:
         if self.state_shape is not None:  # parallel streams, state carried through each
             state = self.zero_state(min(batch_size, len(examples)))
             for _, x, y in batches(examples, batch_size, 0, 0, 0, carry=True):
-                t, c, state = self.eval_step(x, y, state)
-                total, count = total + float(t), count + float(c)
+                loss_sum, tokens, state = self.eval_step(x, y, state)
+                total, count = total + float(loss_sum), count + float(tokens)
             return total / max(count, 1.0)
         none = self.zero_state(0)
         for start in range(0, len(examples), batch_size):
             x, y = examples.rows(np.arange(start, min(start + batch_size, len(examples))))
-            t, c, _ = self.eval_step(x, y, none)
-            total, count = total + float(t), count + float(c)
+            loss_sum, tokens, _ = self.eval_step(x, y, none)
+            total, count = total + float(loss_sum), count + float(tokens)
         return total / max(count, 1.0)
