@@ -14,8 +14,9 @@ from textgen.config import ModelConfig, TrainConfig
 from textgen.decoding.numpy_lm import NumpyLM
 from textgen.errors import UsageError
 from textgen.model.network import build_model, init_uniform, training_forward
-from textgen.training.loop import Interrupted, train
+from textgen.training.loop import train
 from textgen.training.optimizer import scheduled_learning_rate
+from textgen.training.signals import Interrupted
 
 from .conftest import small_config
 from .test_reliability import QUIET, corpus_file, final_state, interrupt_after

@@ -15,8 +15,8 @@ from textgen import rundir
 from textgen.decoding.generate import sentence_generation
 from textgen.errors import DataError
 from textgen.rundir import contents
-from textgen.training.loop import Diverged, Interrupted, train
-from textgen.training.signals import Signals
+from textgen.training.loop import Diverged, train
+from textgen.training.signals import Interrupted, Signals
 
 from .conftest import ROOT, small_config
 

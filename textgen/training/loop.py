@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +41,7 @@ from textgen.training.checkpoint import Checkpoint, saved_tokenizer
 from textgen.training.optimizer import make_optimizer, scheduled_learning_rate
 from textgen.training.progress import ByteBar, Reporter
 from textgen.training.scalars import Scalars
-from textgen.training.signals import Interrupted, Signals
+from textgen.training.signals import Signals, interrupted
 from textgen.training.state import TrainState
 from textgen.training.steps import Steps
 
@@ -263,11 +262,6 @@ class Trainer:
                 f"loss became {score} at the end of epoch {state.epoch}; stopped. The "
                 f"last good checkpoint in {self.run_dir} is kept (try a lower learning_rate)"
             )
-        done = (state.step - first_step) / steps
-        if state.history and state.history[-1]["epoch"] == state.epoch:
-            # the rest of an epoch a time budget cut short: one row for the whole epoch
-            seconds += state.history.pop()["seconds"]
-            done = state.step / steps
         row = {
             "epoch": state.epoch,
             "train_loss": loss,
@@ -275,13 +269,13 @@ class Trainer:
             "check_loss": score if not prepared.val else math.nan,
             "perplexity": math.exp(min(score, 700.0)),
             "bits_per_token": score / math.log(2),
-            "tokens_per_s": prepared.train.num_tokens * done / seconds,
+            "tokens_per_s": math.nan,  # the state adds it (see add_epoch_row)
             "seconds": seconds,
             "elapsed": state.elapsed,
             "learning_rate": lr,
         }
-        state.history.append(row)
-        return row
+        tokens = prepared.train.num_tokens
+        return state.add_epoch_row(row, tokens, state.step - first_step, steps)
 
     def _next_position(self, out_of_time: bool, steps: int) -> None:
         """Move to the next epoch, or stay mid-epoch when the time budget cut this one."""
@@ -321,23 +315,9 @@ class Trainer:
         """Save (the chief) and stop with a message that says how to go on."""
         reporter.close()
         self.save()
-        name = signal.Signals(signum).name if signum else "another worker was interrupted"
         where = f"training stopped at epoch {self.state.epoch}, step {self.state.step}"
-        if self.strategy is None:
-            message = (
-                f"{name}: {where}; state saved. Resume with: textgen train --resume {self.run_dir}"
-            )
-        elif self.chief:
-            message = (
-                f"{name}: {where}; state saved in {self.run_dir}. Restart every worker with "
-                "the same command to continue"
-            )
-        else:
-            message = (
-                f"{name}: {where}; the chief worker saved the state. Restart every worker "
-                "with the same command to continue"
-            )
-        raise Interrupted(message, exit_code=128 + (signum or signal.SIGINT))
+        role = "alone" if self.strategy is None else "chief" if self.chief else "worker"
+        raise interrupted(signum, where, self.run_dir, role)
 
 
 def train(

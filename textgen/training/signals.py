@@ -20,6 +20,19 @@ class Interrupted(TextgenError):
         self.exit_code = exit_code
 
 
+def interrupted(signum: int | None, where: str, run_dir: object, role: str) -> Interrupted:
+    """The error that ends a run stopped by ``signum`` (None: another worker was
+    signalled), saying how to go on. ``role`` is ``alone``, ``chief`` or ``worker``."""
+    name = signal.Signals(signum).name if signum else "another worker was interrupted"
+    restart = "Restart every worker with the same command to continue"
+    how = {
+        "alone": f"state saved. Resume with: textgen train --resume {run_dir}",
+        "chief": f"state saved in {run_dir}. {restart}",
+        "worker": f"the chief worker saved the state. {restart}",
+    }[role]
+    return Interrupted(f"{name}: {where}; {how}", exit_code=128 + (signum or signal.SIGINT))
+
+
 class Signals:
     """Turns the first SIGINT/SIGTERM into a flag checked after each step.
 

@@ -37,6 +37,24 @@ class TrainState:
         self.epochs_since_best += 1
         return False
 
+    def add_epoch_row(
+        self, row: dict[str, float], tokens_per_epoch: int, steps_done: int, steps: int
+    ) -> dict[str, float]:
+        """Add the history row of the epoch that just ended (``row`` without throughput),
+        and return it whole.
+
+        One row per epoch: the rest of an epoch a time budget cut short replaces the row
+        its first part wrote, with the seconds of both parts and the throughput over all
+        of its steps.
+        """
+        seconds, done = row["seconds"], steps_done / steps
+        if self.history and self.history[-1]["epoch"] == self.epoch:
+            seconds += self.history.pop()["seconds"]
+            done = self.step / steps
+        row = row | {"tokens_per_s": tokens_per_epoch * done / seconds, "seconds": seconds}
+        self.history.append(row)
+        return row
+
     def to_info(self) -> dict[str, Any]:
         """The fields as JSON-ready values (an infinite best loss is ``None``)."""
         info = dataclasses.asdict(self)
