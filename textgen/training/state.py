@@ -40,8 +40,8 @@ class TrainState:
     def add_epoch_row(
         self, row: dict[str, float], tokens_per_epoch: int, steps_done: int, steps: int
     ) -> dict[str, float]:
-        """Add the history row of the epoch that just ended (``row`` without throughput),
-        and return it whole.
+        """Add the history row of the epoch that just ended, its ``tokens_per_s``
+        computed here from ``steps_done`` of ``steps``, and return it.
 
         One row per epoch: the rest of an epoch a time budget cut short replaces the row
         its first part wrote, with the seconds of both parts and the throughput over all
