@@ -123,6 +123,28 @@ def prepare_ids(
         if found is not None:
             return found
     folder = candidates[-1]
+    cut = tail_start(chars, cfg.val_split) if split else None
+    ours = _write_entry(cfg, folder, sha, cut, tokenizer, progress)
+    # the ids just written were hashed a moment ago: only another process' entry is checked
+    entry = _load_entry(folder, sha, tokenizer, verify=not ours)
+    if entry is None:
+        raise DataError(f"the corpus cache {folder} could not be read back")
+    if log is not None:
+        log(f"prepared {cfg.corpus} → {folder}")
+    return dataclasses.replace(entry, cached=False)
+
+
+def _write_entry(
+    cfg: DataConfig,
+    folder: Path,
+    sha: str,
+    cut: int | None,
+    tokenizer: Tokenizer | None,
+    progress: Progress | None,
+) -> bool:
+    """Tokenize into a temporary folder beside ``folder`` and rename it into place;
+    False when another process made the entry meanwhile (its entry is kept)."""
+    root = folder.parent
     _sweep_abandoned(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -133,7 +155,6 @@ def prepare_ids(
             f"cannot create the corpus cache in {root}: {err.strerror or err}"
         ) from None
     try:
-        cut = tail_start(chars, cfg.val_split) if split else None
         made = _tokenize(cfg, tmp, cut, tokenizer, progress)
         made["sha256"] = {name: _sha256(tmp / name) for name in (TRAIN, VALID)}
         meta = {"format": CACHE_FORMAT, "corpus_sha256": sha, "corpus": str(cfg.corpus)} | made
@@ -143,22 +164,15 @@ def prepare_ids(
             shutil.rmtree(folder, ignore_errors=True)  # a damaged or partial entry
         try:
             os.replace(tmp, folder)
-            ours = True
+            return True
         except OSError:  # another process made it meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
-            ours = False
+            return False
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         os.close(owner)
-    # the ids just written were hashed a moment ago: only another process' entry is checked
-    entry = _load_entry(folder, sha, tokenizer, verify=not ours)
-    if entry is None:
-        raise DataError(f"the corpus cache {folder} could not be read back")
-    if log is not None:
-        log(f"prepared {cfg.corpus} → {folder}")
-    return dataclasses.replace(entry, cached=False)
 
 
 def _hold(path: Path) -> int:

@@ -20,7 +20,7 @@ split); the vocabulary is counted on the training part only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -234,42 +234,54 @@ def prepare(
     cache of :mod:`textgen.corpus.cache` (any corpus size; ``progress`` gets bytes read); lines
     mode pads sentences in memory.
     """
-    where = cfg.corpus
-    given = tokenizer
     if cfg.mode == "lines":
-        text, sha = read_corpus(cfg.corpus, cfg.encoding)
-        valid_text = read_corpus(cfg.valid_corpus, cfg.encoding)[0] if cfg.valid_corpus else None
-        lines = [line for line in text.splitlines() if line.strip()]
-        if valid_text is not None:
-            train_lines = lines
-            val_lines = [line for line in valid_text.splitlines() if line.strip()]
-            lines = lines + val_lines
-        else:
-            train_lines, val_lines = _hold_out_lines(lines, cfg)
-        tokenizer = given or tokenizer_for(cfg, train_lines)
-        _check_vocab(tokenizer, where)
-        length = cfg.max_len or _longest_line(lines, tokenizer, where)
-        train, cut = line_examples(train_lines, tokenizer, length)
-        val, cut_val = line_examples(val_lines, tokenizer, length) if val_lines else (None, 0)
-        split_lines = cut + cut_val
+        prepared = _prepare_lines(cfg, tokenizer)
     else:
-        entry = prepare_ids(cfg, given, progress=progress, log=log)
-        tokenizer = entry.tokenizer
-        _check_vocab(tokenizer, where)
-        sha = entry.corpus_sha256
-        if len(entry.train) < cfg.seq_len + 1:
-            raise DataError(
-                f"corpus {where} is too short for one window: {len(entry.train)} training "
-                f"tokens, data.seq_len = {cfg.seq_len} needs {cfg.seq_len + 1}"
-            )
-        train = Windows(entry.train, cfg.seq_len)
-        val = Windows(entry.valid, cfg.seq_len) if entry.valid is not None else None
-        split_lines = 0
-    if len(train) == 0:
-        raise DataError(f"corpus {where} gives no training sequence of two or more tokens")
-    if val is not None and len(val) == 0:
-        val = None
-    return Prepared(tokenizer, train, val, sha, split_lines)
+        prepared = _prepare_stream(cfg, tokenizer, progress, log)
+    if len(prepared.train) == 0:
+        raise DataError(f"corpus {cfg.corpus} gives no training sequence of two or more tokens")
+    if prepared.val is not None and len(prepared.val) == 0:
+        prepared = replace(prepared, val=None)
+    return prepared
+
+
+def _prepare_lines(cfg: DataConfig, given: Tokenizer | None) -> Prepared:
+    """Lines mode: every non-blank line a pre-padded example, read into memory."""
+    where = cfg.corpus
+    text, sha = read_corpus(cfg.corpus, cfg.encoding)
+    valid_text = read_corpus(cfg.valid_corpus, cfg.encoding)[0] if cfg.valid_corpus else None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if valid_text is not None:
+        train_lines = lines
+        val_lines = [line for line in valid_text.splitlines() if line.strip()]
+        lines = lines + val_lines
+    else:
+        train_lines, val_lines = _hold_out_lines(lines, cfg)
+    tokenizer = given or tokenizer_for(cfg, train_lines)
+    _check_vocab(tokenizer, where)
+    length = cfg.max_len or _longest_line(lines, tokenizer, where)
+    train, cut = line_examples(train_lines, tokenizer, length)
+    val, cut_val = line_examples(val_lines, tokenizer, length) if val_lines else (None, 0)
+    return Prepared(tokenizer, train, val, sha, cut + cut_val)
+
+
+def _prepare_stream(
+    cfg: DataConfig,
+    given: Tokenizer | None,
+    progress: Progress | None,
+    log: Callable[[str], None] | None,
+) -> Prepared:
+    """Stream mode: windows of ``seq_len`` over the ids of the on-disk cache."""
+    entry = prepare_ids(cfg, given, progress=progress, log=log)
+    _check_vocab(entry.tokenizer, cfg.corpus)
+    if len(entry.train) < cfg.seq_len + 1:
+        raise DataError(
+            f"corpus {cfg.corpus} is too short for one window: {len(entry.train)} training "
+            f"tokens, data.seq_len = {cfg.seq_len} needs {cfg.seq_len + 1}"
+        )
+    train = Windows(entry.train, cfg.seq_len)
+    val = Windows(entry.valid, cfg.seq_len) if entry.valid is not None else None
+    return Prepared(entry.tokenizer, train, val, entry.corpus_sha256, 0)
 
 
 def _longest_line(lines: list[str], tokenizer: Tokenizer, where: object) -> int:
