@@ -96,6 +96,20 @@ def test_bad_corpus_files(tmp_path, content, message):
         read_corpus(path)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_read_corpus_gives_the_sha256_of_the_bytes_in_its_one_pass(tmp_path, encoding):
+    """Lines mode records read_corpus' sha256 and stream mode scan's: they must agree."""
+    import hashlib
+
+    from textgen.corpus.read import scan
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes("\ufeff경마장에\r\n말이 뛴다\n".encode(encoding) * 1000)
+    text, sha = read_corpus(path, encoding)
+    assert text.startswith("경마장에") and sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha == scan(path, encoding)[0]
+
+
 def test_missing_corpus(tmp_path):
     with pytest.raises(DataError, match="corpus not found"):
         read_corpus(tmp_path / "nope.txt")

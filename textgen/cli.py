@@ -427,7 +427,8 @@ def evaluate(
       textgen eval --model runs/shakespeare-char held-out.txt --format json
       textgen eval --model runs/ko-constitution-jamo --valid
     """
-    from textgen.corpus.examples import held_out_text, read_corpus
+    from textgen.corpus.examples import held_out_text
+    from textgen.corpus.read import read_corpus
     from textgen.errors import DataError, UsageError
     from textgen.evaluate import evaluate_text
     from textgen.rundir import load_bundle, resolve_run
@@ -476,10 +477,10 @@ def plot(run: str | None, out: Path | None, x_axis: str) -> None:
       textgen plot runs/shakespeare-char --x time --out curves.png
     """
     from textgen.plot import plot_history
-    from textgen.rundir import resolve_run
+    from textgen.rundir import PLOT, resolve_run
 
     run_dir = resolve_run(run)
-    click.echo(plot_history(run_dir, out or run_dir / "loss.png", x_axis))
+    click.echo(plot_history(run_dir, out or run_dir / PLOT, x_axis))
 
 
 @main.command()

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from textgen.corpus.examples import _stream_ids
 from textgen.decoding.sampling import log_softmax
 from textgen.rundir import Bundle
 
@@ -104,7 +103,7 @@ def evaluate_text(bundle: Bundle, text: str) -> Evaluation:
                 unknown = int(np.count_nonzero(ids[1:] == tok.vocab.unk_id))
                 total = total + Evaluation(len(ids) - 1, nll, 0, unknown)
         return total
-    ids = _stream_ids(text, tok)  # the text as trained: blank lines are tokens at char level
+    ids = tok.encode_stream(text)  # the text as trained: blank lines are tokens at char level
     unknown = int(np.count_nonzero(ids[1:] == tok.vocab.unk_id))
     if bundle.config.train.carry_state:
         nll = _score(bundle, ids) if len(ids) >= 2 else 0.0

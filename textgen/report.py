@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textgen.config import DataConfig
-from textgen.corpus.cache import PreparedIds
 from textgen.rundir import Bundle, parse_history
+
+if TYPE_CHECKING:  # a type only: `textgen info` need not import the cache
+    from textgen.corpus.cache import PreparedIds
 
 # the losses that judge "best", as a user reads them: (name, what it is measured on)
 LOSS_NAMES = {

@@ -209,11 +209,8 @@ def _sweep_abandoned(root: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _load_entry(
@@ -298,17 +295,14 @@ def _tokenize(
 
 
 class _Known:
-    """A fitted tokenizer's own :meth:`Tokenizer.encode`: the whole text at the char
-    level, line by line with ``<eos>`` at the others."""
+    """A fitted tokenizer as a coder of the cache: its own
+    :meth:`~textgen.text.base.Tokenizer.encode_stream` (there is nothing to count)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
 
     def encode(self, text: str, count: bool) -> np.ndarray:
-        if self.tokenizer.level == "char":
-            return self.tokenizer.encode(text)
-        parts = [self.tokenizer.encode(ln, eos=True) for ln in text.splitlines() if ln.strip()]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        return self.tokenizer.encode_stream(text)
 
 
 def _fit_streamed(cfg: DataConfig, cut: int | None) -> Tokenizer:

@@ -171,13 +171,6 @@ def stream_examples(ids: np.ndarray, seq_len: int) -> Examples:
     return Examples(np.ascontiguousarray(inputs), np.ascontiguousarray(targets))
 
 
-def _stream_ids(text: str, tokenizer: Tokenizer) -> np.ndarray:
-    if tokenizer.level == "char":
-        return tokenizer.encode(text)
-    parts = [tokenizer.encode(line, eos=True) for line in text.splitlines() if line.strip()]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-
-
 def held_out_text(cfg: DataConfig, corpus_sha256: str | None = None) -> str:
     """The validation text a run held out: ``valid_corpus``, or the corpus' tail that
     :func:`prepare` set aside (empty when ``val_split`` is 0).

@@ -75,11 +75,14 @@ def _ascii_compatible(encoding: str) -> bool:
 
 
 def text_blocks(
-    path: str | Path, encoding: str = "utf-8", progress: Progress | None = None
+    path: str | Path,
+    encoding: str = "utf-8",
+    progress: Progress | None = None,
+    digest: Any = None,
 ) -> Iterator[str]:
     """The decoded text of ``path`` in pieces that each end at a line break (the last one
-    may not), with the same checks as :func:`textgen.corpus.examples.read_corpus`: a NUL byte, bad
-    bytes (with their offset) and a text with nothing but whitespace are errors.
+    may not). A NUL byte, bad bytes (with their offset) and a text with nothing but
+    whitespace are errors. ``digest`` (a ``hashlib`` object) is fed every byte read.
 
     A line is held whole until its break, in linear time; one longer than
     :data:`MAX_LINE_BYTES` is an error rather than unbounded memory."""
@@ -91,6 +94,8 @@ def text_blocks(
     with open_corpus(path) as f:
         while True:
             block = f.read(BLOCK)
+            if digest is not None:
+                digest.update(block)
             if compatible and not offset and b"\x00" in block[:65536]:  # the first block
                 raise DataError(f"corpus {path} looks binary (NUL byte); give a text file")
             if compatible:
@@ -187,5 +192,6 @@ def split_blocks(blocks: Iterator[str], cut: int | None, level: str) -> Iterator
 def read_corpus(path: str | Path, encoding: str = "utf-8") -> tuple[str, str]:
     """Read a whole corpus; return ``(text, sha256 of the bytes)``, with the checks of
     :func:`text_blocks` (one path for every reader)."""
-    text = "".join(text_blocks(path, encoding))
-    return text, scan(path, encoding, count_chars=False)[0]
+    digest = hashlib.sha256()
+    text = "".join(text_blocks(path, encoding, digest=digest))
+    return text, digest.hexdigest()

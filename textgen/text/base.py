@@ -21,7 +21,7 @@ import numpy as np
 
 from textgen.config import LEVELS
 from textgen.errors import DataError
-from textgen.text.vocab import EOS, PAD, Vocab
+from textgen.text.vocab import EOS, PAD, PAD_ID, UNK, Vocab
 
 FORMAT_VERSION = 1
 
@@ -106,6 +106,15 @@ class Tokenizer:
             ids = np.append(ids, np.int32(self.eos_id))
         return ids.astype(np.int32, copy=False)
 
+    def encode_stream(self, text: str) -> np.ndarray:
+        """A text as the stream of ids that stream mode trains on: the whole text at the
+        char level (line breaks are tokens), each non-blank line with ``<eos>`` at the
+        others. The id cache and ``textgen eval`` both encode through it."""
+        if self.level == "char":
+            return self.encode(text)
+        parts = [self.encode(line, eos=True) for line in text.splitlines() if line.strip()]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
     def lookup(self, text: str) -> np.ndarray:
         """The ids of the tokens of ``text`` (``<unk>`` for the unknown), as int32."""
         return np.asarray(self.vocab.ids(self.split(text)), dtype=np.int32)
@@ -120,7 +129,7 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids → text, leaving out ``<pad>`` and ``<eos>``."""
-        skip = {0, self.eos_id}
+        skip = {PAD_ID, self.eos_id}
         return self.join(self.vocab.token(int(i)) for i in ids if int(i) not in skip)
 
     # -- training and persistence ---------------------------------------------------------
@@ -140,7 +149,7 @@ class Tokenizer:
         """Build a tokenizer whose vocabulary is counted over ``texts`` in one pass."""
         splitter = cls(
             level,
-            Vocab([PAD, "<unk>"]),
+            Vocab([PAD, UNK]),
             lowercase=lowercase,
             strip_punctuation=strip_punctuation,
             normalize=normalize,
