@@ -36,6 +36,7 @@ FILES: dict[str, bytes] = {
 }
 
 TRAIN = ["train", "--config", "{toy}", "--out", "{tmp}/out", "--quiet"]
+GENERATE = ["generate", "--model", "{run}", "--seed", "그의"]
 CASES = [
     # corpora
     ("empty corpus", [*TRAIN, "--corpus", "{tmp}/empty.txt"], 1, "is empty"),
@@ -112,52 +113,32 @@ CASES = [
     ("seed of unknown tokens", ["generate", "--model", "{run}", "--seed", "안녕"], 1, "no token"),
     (
         "--length 0",
-        ["generate", "--model", "{run}", "--seed", "그의", "--length", "0"],
+        [*GENERATE, "--length", "0"],
         2,
         "--length must be at least 1",
     ),
     (
         "--length absurd",
-        ["generate", "--model", "{run}", "--seed", "그의", "--length", "1000000000000"],
+        [*GENERATE, "--length", "1000000000000"],
         2,
         "--length must be at most 1,000,000",
     ),
-    ("-n 0", ["generate", "--model", "{run}", "--seed", "그의", "-n", "0"], 2, "at least 1"),
+    ("-n 0", [*GENERATE, "-n", "0"], 2, "at least 1"),
     (
         "--temperature 0 when sampling",
-        [
-            "generate",
-            "--model",
-            "{run}",
-            "--seed",
-            "그의",
-            "--strategy",
-            "sample",
-            "--temperature",
-            "0",
-        ],
+        [*GENERATE, "--strategy", "sample", "--temperature", "0"],
         2,
         "--temperature must be > 0",
     ),
     (
         "--top-p outside (0, 1]",
-        ["generate", "--model", "{run}", "--seed", "그의", "--top-p", "2"],
+        [*GENERATE, "--top-p", "2"],
         2,
         "--top-p must be in (0, 1]",
     ),
     (
         "--beam-width 0",
-        [
-            "generate",
-            "--model",
-            "{run}",
-            "--seed",
-            "그의",
-            "--strategy",
-            "beam",
-            "--beam-width",
-            "0",
-        ],
+        [*GENERATE, "--strategy", "beam", "--beam-width", "0"],
         2,
         "--beam-width must be >= 1",
     ),
@@ -216,11 +197,11 @@ def damage(kind: str, run: Path) -> str:
 
 
 DAMAGE = [
-    ("run directory with a missing file", ["generate", "--model", "{run}", "--seed", "그의"]),
-    ("corrupt weights (checksum)", ["generate", "--model", "{run}", "--seed", "그의"]),
+    ("run directory with a missing file", GENERATE),
+    ("corrupt weights (checksum)", GENERATE),
     ("corrupt metadata", ["info", "{run}"]),
     ("corrupt manifest", ["eval", "--model", "{run}", "{toy_corpus}"]),
-    ("run from a newer format version", ["generate", "--model", "{run}", "--seed", "그의"]),
+    ("run from a newer format version", GENERATE),
     ("truncated state", ["train", "--resume", "{run}", "--set", "train.epochs=200"]),
 ]
 
