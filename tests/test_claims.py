@@ -119,25 +119,62 @@ def replace_in_snapshot(run, name: str, data: bytes) -> None:
             replace_in_snapshot(run, rundir.METADATA, json.dumps(meta).encode())
 
 
-def test_pickled_arrays_are_refused(tmp_path, toy_run):
+class _WritesAMarker:
+    """Unpickling this calls ``open(marker, "w")``: proof that a file was unpickled."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _with_a_pickled_array(path, key: str, marker) -> bytes:
+    """The .npz at ``path`` complete, with ``key`` replaced by an object array that would
+    create ``marker`` when loaded with pickle allowed (every other array is the real one)."""
     import io
+
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    assert key in arrays
+    evil = np.empty(arrays[key].shape[:1] or (1,), dtype=object)
+    evil[0] = _WritesAMarker(marker)
+    arrays[key] = evil
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_pickled_arrays_are_refused(tmp_path, toy_run):
+    """A complete weights.npz and last.npz, each with one object array that writes a marker
+    file when unpickled: both are refused with a clear error and nothing is unpickled."""
     import shutil
 
     from click.testing import CliRunner
 
+    from textgen import rundir
     from textgen.cli import main
 
     run = tmp_path / "run"
     shutil.copytree(toy_run, run, symlinks=True)
-    buf = io.BytesIO()
-    np.savez(buf, embedding=np.array([{"evil": 1}], dtype=object))  # needs pickle to load
-    replace_in_snapshot(run, "weights.npz", buf.getvalue())
+    marker = tmp_path / "unpickled"
+    snap = rundir.current_snapshot(run).folder
+    planted = _with_a_pickled_array(snap / "weights.npz", "embedding", marker)
+    replace_in_snapshot(run, "weights.npz", planted)
     result = CliRunner().invoke(main, ["generate", "--model", str(run), "--seed", "그의"])
-    assert result.exit_code == 1 and "not a readable weights file" in result.stderr
+    assert not marker.exists(), "weights.npz was unpickled"
+    assert result.exit_code == 1, result.output
+    assert "weights.npz is not a readable weights file (Object arrays cannot be loaded" in (
+        result.stderr
+    )
     assert "Traceback" not in result.output
-    replace_in_snapshot(run, "last.npz", buf.getvalue())
+    planted = _with_a_pickled_array(snap / "last.npz", "model_0", marker)
+    replace_in_snapshot(run, "last.npz", planted)
     result = CliRunner().invoke(main, ["train", "--resume", str(run), "--set", "train.epochs=151"])
-    assert result.exit_code == 1 and "last.npz is corrupt" in result.stderr
+    assert not marker.exists(), "last.npz was unpickled"
+    assert result.exit_code == 1, result.output
+    assert "last.npz is corrupt (ValueError); it cannot be resumed" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_a_model_keras_with_code_is_refused_by_safe_mode(tmp_path, toy_run):
