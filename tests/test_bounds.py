@@ -120,25 +120,60 @@ def test_padding_every_line_to_one_huge_line_is_refused(tmp_path, monkeypatch):
 
 
 # -- seeds and lengths ----------------------------------------------------------------------
+def spy_on_runs(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the ids every ``NumpyLM.run`` call is given (the seed's chunks)."""
+    from textgen.decoding.numpy_lm import NumpyLM
+
+    shapes: list[tuple[int, ...]] = []
+    original = NumpyLM.run
+
+    def run(self, ids, state=None):
+        shapes.append(np.shape(ids))
+        return original(self, ids, state)
+
+    monkeypatch.setattr(NumpyLM, "run", run)
+    return shapes
+
+
+def chunks(total: int, size: int, rows: int) -> list[tuple[int, int]]:
+    """The (rows, time) shapes of ``total`` seed tokens cut into chunks of ``size``."""
+    return [(rows, min(size, total - start)) for start in range(0, total, size)]
+
+
 def test_a_long_seed_runs_in_chunks_with_the_same_result(toy_run, monkeypatch):
     bundle = load_bundle(toy_run)
     generator = Generator(bundle.lm, bundle.tokenizer)
     seed_ids = generator.encode_seed(" ".join(["그의 말이 법이다"] * 40))
+    assert len(seed_ids) == 120
+    shapes = spy_on_runs(monkeypatch)
     whole_logits, whole_state = generator.prefill(seed_ids, 2)
+    assert shapes == [(2, 120)]  # the default bound holds the whole seed
     vocab = bundle.lm.vocab_size
     monkeypatch.setattr(generate_mod, "PREFILL_LOGITS", 2 * 7 * vocab)  # chunks of 7 tokens
+    shapes.clear()
     logits, state = generator.prefill(seed_ids, 2)
+    assert shapes == chunks(120, 7, 2)  # 17 chunks of 7, then one of 1
     np.testing.assert_allclose(logits, whole_logits, rtol=1e-5, atol=1e-5)
     for a, b in zip(state, whole_state, strict=True):
         for x, y in zip(a, b, strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
-def test_a_megabyte_seed_generates(toy_run):
+def test_a_megabyte_seed_generates(toy_run, monkeypatch):
+    """A seed of 350k tokens goes through the network in chunks whose logits stay under the
+    bound (lowered here so that the toy's small vocabulary needs several chunks)."""
+    vocab = load_bundle(toy_run).lm.vocab_size
+    bound = 1 << 20
+    monkeypatch.setattr(generate_mod, "PREFILL_LOGITS", bound)
+    shapes = spy_on_runs(monkeypatch)
     seed = "그의 " * 350_000  # ~1 MB of text, 350k tokens
     result = invoke("generate", "--model", toy_run, "--seed", seed.strip(), "--length", "3")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("그의 그의")
+    size = bound // vocab
+    assert 350_000 // size >= 4  # the bound really cuts the seed
+    assert shapes == chunks(350_000, size, 1)
+    assert all(rows * time * vocab <= bound for rows, time in shapes)
 
 
 @pytest.mark.parametrize(
