@@ -12,6 +12,7 @@ from textgen.errors import DataError, UsageError
 from textgen.training.loop import train
 
 from .conftest import TOY_SENTENCES, small_config
+from .test_reliability import temporaries
 
 
 def first_word(sentence: str) -> str:
@@ -28,7 +29,7 @@ def test_toy_run_writes_a_complete_bundle(toy_run):
         "metadata.json",
     ):
         assert (toy_run / name).is_file(), name
-    assert not list(toy_run.glob(".*tmp*")), "temporary files left behind"
+    assert temporaries(toy_run) == [], "temporary files left behind"
     meta = json.loads((toy_run / "metadata.json").read_text(encoding="utf-8"))
     assert meta["parameters"] > 0 and len(meta["corpus_sha256"]) == 64
     assert set(meta["files"]) == {"config.toml", "tokenizer.json", "model.keras", "weights.npz"}
