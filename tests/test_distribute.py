@@ -201,8 +201,14 @@ def test_sigint_to_a_worker_stops_every_worker_after_the_same_step(tmp_path):
 
 def test_two_workers_equal_one_process_step_by_step(tmp_path, toy_config):
     """Mean loss over the global batch, global-norm clipping of the summed gradient: two
-    workers with 4 rows each take the same SGD steps as one process with 8 rows."""
-    settings = ["train.optimizer=sgd", "train.learning_rate=0.5", "train.clipnorm=0.05",
+    workers with 4 rows each take the same SGD steps as one process with 8 rows.
+
+    A clip norm of 0.313 clips the first three steps (gradient norms 0.352, 0.334, 0.319)
+    and leaves the last three alone (0.305, 0.290, 0.275), so one run checks both the
+    clipping of the summed gradient and the plain reduction: a reduction off by a uniform
+    factor (say each replica dividing by its own token count) would be rescaled away if
+    every step were clipped, as it was at the clip norm of 0.05 this test once used."""
+    settings = ["train.optimizer=sgd", "train.learning_rate=0.5", "train.clipnorm=0.313",
                 "train.epochs=6"]  # fmt: skip
     run = tmp_path / "workers"
     extra = [a for s in [*settings, "train.batch_size=4"] for a in ("--set", s)]
