@@ -1,7 +1,6 @@
 """The rest of the bad-input matrix: each case is one line, a fitting exit code, no traceback."""
 
 import json
-import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -70,9 +69,21 @@ def test_long_lines_are_reported(tmp_path):
     )
 
 
+def flat_copy(source, run, without_digest: str = ""):
+    """A run in the flat layout of earlier versions (plain files, no snapshots), where
+    metadata.json itself is unchecked: the checks behind the checksums can be reached."""
+    run.mkdir()
+    for name in ("config.toml", "tokenizer.json", "model.keras", "weights.npz", "metadata.json"):
+        (run / name).write_bytes((source / name).read_bytes())
+    if without_digest:
+        meta = json.loads((run / "metadata.json").read_text(encoding="utf-8"))
+        del meta["files"][without_digest]
+        (run / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
 def test_run_from_a_newer_format(tmp_path, toy_run):
     run = tmp_path / "run"
-    shutil.copytree(toy_run, run)
+    flat_copy(toy_run, run)
     meta = json.loads((run / "metadata.json").read_text(encoding="utf-8"))
     (run / "metadata.json").write_text(json.dumps(meta | {"format_version": 99}), encoding="utf-8")
     result = invoke("generate", "--model", run, "--seed", "그의")
@@ -83,7 +94,7 @@ def test_run_from_a_newer_format(tmp_path, toy_run):
 
 def test_corrupt_metadata(tmp_path, toy_run):
     run = tmp_path / "run"
-    shutil.copytree(toy_run, run)
+    flat_copy(toy_run, run)
     (run / "metadata.json").write_bytes(b"{not json")
     one_line_error(invoke("info", run), 1, "metadata.json is corrupt")
 
@@ -93,7 +104,7 @@ def test_corrupt_keras_model(tmp_path, toy_run):
     from textgen.rundir import load_keras_model
 
     run = tmp_path / "run"
-    shutil.copytree(toy_run, run)
+    flat_copy(toy_run, run, without_digest="model.keras")
     (run / "model.keras").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(DataError, match=r"model\.keras is not a loadable Keras model"):
         load_keras_model(run)

@@ -27,7 +27,7 @@ from textgen.training.checkpoint import resume_config
 from textgen.training.loop import train
 
 from .conftest import ROOT, TOY_CONFIG, small_config
-from .test_reliability import QUIET, corpus_file
+from .test_reliability import QUIET, corpus_file, temporaries
 
 
 def invoke(*args: str):
@@ -63,7 +63,7 @@ def test_overwrite_keeps_a_folder_with_files_textgen_did_not_write(tmp_path):
     bad_seed = toy(folder, "--overwrite", "--set", "train.seed=-1")
     assert_one_line_error(bad_seed, 2, "train.seed must be in [0, 2**32)")
     refused = toy(folder, "--overwrite")
-    assert_one_line_error(refused, 2, "holds src, which textgen did not write")
+    assert_one_line_error(refused, 2, "holds src/, tokenizer.json, which textgen did not write")
     assert (folder / "src" / "keep.py").read_text(encoding="utf-8") == "print('mine')\n"
     assert (folder / "tokenizer.json").read_text(encoding="utf-8") == "{}"
 
@@ -220,25 +220,78 @@ def test_a_damaged_model_keras_is_refused_by_its_checksum(tmp_path):
         rundir.load_keras_model(run)
 
 
-def test_a_save_that_fails_at_any_file_changes_nothing(tmp_path, monkeypatch):
-    run = toy_run(tmp_path / "run")
-    before = {n: (run / n).read_bytes() for n in rundir.FILES}
-    calls = {"n": 0}
-    real = store._write_synced
+# every step of a save: each file it writes, the manifest, the rename of the staging
+# folder into place and the `current` link (made, then renamed over the old one: the commit)
+SAVE_STEPS = [*(f"write {name}" for name in rundir.FILES if name != rundir.TOKENIZER),
+              f"write {rundir.MANIFEST}", "rename", "make the link", "replace the link"]  # fmt: skip
 
-    def fails_on_third(path, write):
-        calls["n"] += 1
-        if calls["n"] == 3:  # config.toml and model.keras written, not weights.npz
-            raise OSError(28, "No space left on device")
-        return real(path, write)
 
-    monkeypatch.setattr(store, "_write_synced", fails_on_third)
-    result = invoke("train", "--resume", run, "--quiet", "--set", "train.epochs=5")
+def fail_at(step: str, monkeypatch) -> dict[str, int]:
+    """Make ``step`` of the next save fail with ENOSPC; count how often it was reached."""
+    hits = {"n": 0}
+
+    def full():
+        hits["n"] += 1
+        raise OSError(28, "No space left on device")
+
+    if step.startswith("write "):
+        real_write = store._write_synced
+
+        def write(path, fill):
+            if Path(path).name == step.removeprefix("write "):
+                full()
+            return real_write(path, fill)
+
+        monkeypatch.setattr(store, "_write_synced", write)
+        return hits
+    name = {"rename": "rename", "make the link": "symlink", "replace the link": "replace"}[step]
+    real = getattr(os, name)
+
+    def fails(src, dst, *args, **kwargs):
+        if step == "rename" or Path(dst).name.startswith((rundir.CURRENT, f".{rundir.CURRENT}.")):
+            full()
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(store.os, name, fails)
+    return hits
+
+
+def everything_in(run: Path) -> dict[str, object]:
+    """Every entry under ``run`` (links not followed): a file's bytes, a link's target."""
+    found: dict[str, object] = {}
+    for folder, dirs, files in os.walk(run):
+        for name in dirs + files:
+            path = Path(folder) / name
+            relative = str(path.relative_to(run))
+            if path.is_symlink():
+                found[relative] = ("link", os.readlink(path))
+            elif path.is_file():
+                found[relative] = path.read_bytes()
+            else:
+                found[relative] = "folder"
+    return found
+
+
+@pytest.mark.parametrize("step", SAVE_STEPS)
+def test_a_save_that_fails_at_any_step_changes_nothing(tmp_path, monkeypatch, request, step):
+    """A resumed run's first save (a best epoch: the bundle, history and state) fails at
+    ``step``: one clear error, and the run is byte for byte as it was, snapshots included."""
+    run = tmp_path / "run"
+    shutil.copytree(request.getfixturevalue("toy_run"), run, symlinks=True)  # 150 epochs
+    (run / rundir.LOCK).unlink(missing_ok=True)
+    before = everything_in(run)
+    hits = fail_at(step, monkeypatch)
+    result = invoke("train", "--resume", run, "--quiet", "--set", "train.epochs=152")
     monkeypatch.undo()
+    assert hits["n"] == 1, f"the save never reached {step}"
     assert_one_line_error(result, 1, "No space left on device; the previous checkpoint is intact")
-    assert {n: (run / n).read_bytes() for n in rundir.FILES} == before
-    leftovers = [p.name for p in (run / rundir.SNAPSHOTS).iterdir() if p.name.startswith(".")]
-    assert leftovers == []
+    after = everything_in(run)
+    after.pop(rundir.LOCK, None)  # the lock file the resume held
+    # TensorBoard's event files in logs/ record the epoch that ran: not part of a save
+    assert {k: v for k, v in after.items() if not k.startswith(f"{rundir.LOGS}/")} == {
+        k: v for k, v in before.items() if not k.startswith(f"{rundir.LOGS}/")
+    }
+    assert temporaries(run) == []
 
 
 def test_a_crash_at_the_commit_point_keeps_the_previous_snapshot(tmp_path, monkeypatch):
@@ -317,7 +370,7 @@ def test_readers_never_see_a_save_in_progress(tmp_path):
 
 # -- 7. resume refuses what would change the saved state's meaning --------------------------
 @pytest.mark.parametrize(
-    "override", ["data.seq_len=7", "data.level=char", "model.units=64", "train.seed=1"]
+    "override", ["data.max_len=7", "data.level=char", "model.units=64", "train.seed=1"]
 )
 def test_resume_refuses_overrides_that_change_what_the_state_means(tmp_path, override):
     run = toy_run(tmp_path / "run")
@@ -386,7 +439,7 @@ def test_out_dot_trains_into_the_working_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(here)
     assert toy(Path("."), "--set", "train.epochs=2").exit_code == 0
     assert rundir.load_bundle(here).metadata["best_epoch"] == 2
-    assert os.readlink(tmp_path / "latest") == "project"
+    assert not (tmp_path / "latest").is_symlink()  # nothing outside the folder named
 
 
 def test_a_users_own_file_named_latest_is_left_alone(tmp_path, monkeypatch):

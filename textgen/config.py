@@ -259,10 +259,28 @@ def _check_ranges(config: Config) -> None:
         (t.patience >= 0, "train.patience must be >= 0 (0 = no early stopping)"),
         (t.save_every_steps >= 0, "train.save_every_steps must be >= 0 (0 = every epoch only)"),
     ]
+    defaults = DataConfig()
+    # settings that the rest of the config makes unused: an error, never silently ignored
+    rules += [
+        (
+            t.momentum == TrainConfig.momentum or t.optimizer == "sgd",
+            f'train.momentum applies to train.optimizer = "sgd" only (got {t.optimizer!r}: '
+            "it would be ignored); remove it",
+        ),
+        (
+            d.seq_len == defaults.seq_len or d.mode == "stream",
+            'data.seq_len applies to data.mode = "stream" only (lines are cut at '
+            "data.max_len; it would be ignored); remove it",
+        ),
+        (
+            not d.valid_corpus or d.val_split in (0.0, defaults.val_split),
+            "data.val_split is not used beside data.valid_corpus (the validation text is "
+            "that file; it would be ignored); remove it",
+        ),
+    ]
     for ok, message in rules:
         if not ok:
             raise UsageError(message)
-    defaults = DataConfig()
     for key in UNUSED_BY_LEVEL[d.level]:
         if getattr(d, key) != getattr(defaults, key):
             raise UsageError(

@@ -49,6 +49,7 @@ from textgen.rundir.contents import (
     parse_history,
     run_tokenizer,
     write_bundle,
+    write_config,
     write_state,
 )
 from textgen.rundir.folder import (
@@ -56,6 +57,7 @@ from textgen.rundir.folder import (
     check_out,
     clear_run,
     foreign_entries,
+    latest_link,
     prepare_new,
     resolve_run,
     set_latest,
@@ -65,18 +67,19 @@ from textgen.rundir.names import (
     CURRENT,
     FILES,
     HISTORY,
+    LATEST,
     LOCK,
     LOGS,
     MANIFEST,
     METADATA,
     MODEL,
     NEEDED,
-    OWNED,
     PLOT,
     SNAPSHOTS,
     STATE,
     TOKENIZER,
     WEIGHTS,
+    WRITTEN,
 )
 from textgen.rundir.store import (
     Commit,
@@ -85,15 +88,16 @@ from textgen.rundir.store import (
     current_snapshot,
     is_run,
     read_run,
+    record_written,
     sha256_file,
 )
 
 __all__ = [
-    "CONFIG", "CURRENT", "FILES", "HISTORY", "LOCK", "LOGS", "MANIFEST", "METADATA", "MODEL",
-    "NEEDED", "OWNED", "PLOT", "SNAPSHOTS", "STATE", "TOKENIZER", "WEIGHTS",
+    "CONFIG", "CURRENT", "FILES", "HISTORY", "LATEST", "LOCK", "LOGS", "MANIFEST", "METADATA",
+    "MODEL", "NEEDED", "PLOT", "SNAPSHOTS", "STATE", "TOKENIZER", "WEIGHTS", "WRITTEN",
     "Bundle", "Commit", "RunLock", "Snapshot",
     "atomic_write", "check_out", "clear_run", "current_snapshot", "foreign_entries", "is_run",
-    "load_bundle", "load_keras_model", "load_metadata", "load_state", "parse_history",
-    "prepare_new", "read_run", "resolve_run", "run_tokenizer", "set_latest", "sha256_file",
-    "write_bundle", "write_state",
+    "latest_link", "load_bundle", "load_keras_model", "load_metadata", "load_state",
+    "parse_history", "prepare_new", "read_run", "record_written", "resolve_run",
+    "run_tokenizer", "set_latest", "sha256_file", "write_bundle", "write_config", "write_state",
 ]  # fmt: skip

@@ -36,7 +36,7 @@ from textgen.rundir.names import (
     TOKENIZER,
     WEIGHTS,
 )
-from textgen.rundir.store import Commit, Snapshot, current_snapshot, read_run
+from textgen.rundir.store import Commit, Snapshot, is_run, read_run
 from textgen.text import load_tokenizer
 from textgen.text.base import Tokenizer
 
@@ -58,6 +58,18 @@ def write_bundle(commit: Commit, model: Any, config_text: str, metadata: dict[st
     commit.write_text(METADATA, json.dumps(data, ensure_ascii=False, indent=1))
 
 
+def write_config(commit: Commit, config_text: str) -> None:
+    """Replace config.toml in ``commit`` by the config in force (after a ``--resume --set``),
+    keeping metadata.json's record of its sha256 true."""
+    commit.write_text(CONFIG, config_text)
+    path = commit.staged(METADATA)
+    if path is None:
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.setdefault("files", {})[CONFIG] = commit.digests[CONFIG]
+    commit.write_text(METADATA, json.dumps(data, ensure_ascii=False, indent=1))
+
+
 def write_state(
     commit: Commit,
     model_vars: list[np.ndarray],
@@ -73,7 +85,9 @@ def write_state(
     arrays = {f"model_{i}": v for i, v in enumerate(model_vars)}
     arrays |= {f"opt_{i}": v for i, v in enumerate(opt_vars)}
     arrays |= {f"extra_{name}": v for name, v in (extra or {}).items()}
-    arrays["info"] = np.array(json.dumps({"format_version": RUN_FORMAT_VERSION, **info}))
+    # UTF-8 bytes: a numpy string would be UTF-32, four times the size
+    text = json.dumps({"format_version": RUN_FORMAT_VERSION, **info}, ensure_ascii=False)
+    arrays["info"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     def write(path: Path) -> None:
         with open(path, "wb") as fh:
@@ -91,7 +105,7 @@ def load_state(
     """
     if not run_dir.is_dir():
         raise DataError(f"run directory not found: {run_dir}")
-    if current_snapshot(run_dir) is None:
+    if not is_run(run_dir):
         raise DataError(f"{run_dir} has no resumable state ({STATE}); it cannot be resumed")
     return read_run(run_dir, _state_reader(info_only))
 
@@ -102,7 +116,13 @@ def _state_reader(info_only: bool) -> Callable[[Snapshot], Any]:
             raise DataError(
                 f"{snap.run_dir} has no resumable state ({STATE}); it cannot be resumed"
             )
-        return _read_state(snap.path(STATE), snap.run_dir / STATE, info_only)
+        state = _read_state(snap.path(STATE), snap.run_dir / STATE, info_only)
+        info = state[2]
+        if "history" not in info:  # the history lives in history.csv of the same snapshot
+            info["history_csv"] = (
+                snap.path(HISTORY).read_text(encoding="utf-8") if snap.has(HISTORY) else ""
+            )
+        return state
 
     return read
 
@@ -114,7 +134,9 @@ def _read_state(
     opt_vars: list[np.ndarray] = []
     try:
         with np.load(path, allow_pickle=False) as data:
-            info = json.loads(str(data["info"]))
+            raw = data["info"]
+            text = raw.tobytes().decode("utf-8") if raw.dtype == np.uint8 else str(raw)
+            info = json.loads(text)
             if not info_only:
                 model_vars = [data[f"model_{i}"] for i in range(_count(data.files, "model_"))]
                 opt_vars = [data[f"opt_{i}"] for i in range(_count(data.files, "opt_"))]

@@ -9,7 +9,9 @@ HISTORY, METADATA, STATE = "history.csv", "metadata.json", "last.npz"
 NEEDED = (CONFIG, TOKENIZER, WEIGHTS, METADATA)
 FILES = (CONFIG, TOKENIZER, MODEL, WEIGHTS, HISTORY, METADATA, STATE)
 SNAPSHOTS, CURRENT, MANIFEST, LOCK, LOGS = ".snapshots", "current", "manifest.json", ".lock", "logs"
+LATEST = "latest"  # the link beside the runs to the most recent one
 PLOT = "loss.png"  # textgen plot's default output
-# every name textgen writes at the top of a run directory: all --overwrite may delete
-OWNED = frozenset({*FILES, SNAPSHOTS, LOCK, LOGS, PLOT})
+# in .snapshots/: what textgen wrote outside the snapshots (TensorBoard files, the plot),
+# with checksums, so that --overwrite can tell them from a user's files
+WRITTEN = "written.json"
 READ_RETRIES = 5  # a reader whose snapshot two later saves removed starts over this often

@@ -25,10 +25,10 @@ from textgen.rundir.names import (
     FILES,
     MANIFEST,
     METADATA,
-    NEEDED,
     READ_RETRIES,
     SNAPSHOT_FORMAT_VERSION,
     SNAPSHOTS,
+    WRITTEN,
 )
 
 T = TypeVar("T")
@@ -127,16 +127,36 @@ def _snapshots(run_dir: Path) -> Path:
     return run_dir / SNAPSHOTS
 
 
-def current_snapshot(run_dir: Path) -> Snapshot | None:
-    """The run's committed snapshot; a run from before snapshots reads its top-level files.
-
-    ``None`` when ``run_dir`` holds no textgen files at all.
-    """
+def manifest_digests(folder: Path) -> dict[str, str] | None:
+    """The file → sha256 record of the snapshot ``folder``; None when it has no readable
+    manifest."""
     try:
-        name = os.readlink(_snapshots(run_dir) / CURRENT)
-    except OSError:
-        return _legacy_snapshot(run_dir)
-    folder = _snapshots(run_dir) / name
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        return {str(k): str(v) for k, v in dict(files).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def current_snapshot(run_dir: Path) -> Snapshot | None:
+    """The run's committed snapshot; ``None`` when ``run_dir`` holds no textgen files.
+
+    Three layouts are read: snapshots with ``current`` a link (as written, or copied with
+    ``cp -r``/``tar``); a copy that followed the links (``cp -rL``, an unpacked zip), where
+    ``current`` is a folder and the top-level names are files, checked against its
+    manifest; and a run from before snapshots (plain files, checked against the digests
+    metadata.json records). A snapshot or manifest that vanished raises
+    ``FileNotFoundError`` (a reader retries: a save may have removed it).
+    """
+    link = _snapshots(run_dir) / CURRENT
+    if link.is_symlink():
+        folder = _snapshots(run_dir) / os.readlink(link)
+        return Snapshot(run_dir, folder, _read_manifest(folder, run_dir))
+    if link.is_dir():  # a copy that followed the links: the top-level files are the copies
+        return Snapshot(run_dir, run_dir, _read_manifest(link, run_dir))
+    return _legacy_snapshot(run_dir)
+
+
+def _read_manifest(folder: Path, run_dir: Path) -> dict[str, str]:
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         digests = dict(manifest["files"])
@@ -149,36 +169,114 @@ def current_snapshot(run_dir: Path) -> Snapshot | None:
         ) from None
     if not isinstance(version, int) or version > SNAPSHOT_FORMAT_VERSION:
         raise DataError(f"{run_dir} was written by a newer textgen; upgrade textgen")
-    return Snapshot(run_dir, folder, digests)
+    return digests
 
 
 def _legacy_snapshot(run_dir: Path) -> Snapshot | None:
     names = [n for n in FILES if (run_dir / n).is_file() and not (run_dir / n).is_symlink()]
     if not names:
         return None
-    digests: dict[str, str] = {}
-    with contextlib.suppress(OSError, ValueError, AttributeError):
+    return Snapshot(run_dir, run_dir, _metadata_digests(run_dir))
+
+
+def _metadata_digests(run_dir: Path) -> dict[str, str]:
+    """The sha256 of the bundle files metadata.json records (a run from before snapshots)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
         files = json.loads((run_dir / METADATA).read_text(encoding="utf-8")).get("files", {})
-        digests = {n: d for n, d in files.items() if n in NEEDED}
-    return Snapshot(run_dir, run_dir, digests)
+        return {str(n): str(d) for n, d in dict(files).items() if n in FILES}
+    return {}
+
+
+def current_digests(run_dir: Path) -> dict[str, str]:
+    """What the top-level names of ``run_dir`` must hash to, by the current record
+    (``{}`` when there is none)."""
+    try:
+        snap = current_snapshot(run_dir)
+    except (FileNotFoundError, DataError):
+        return {}
+    return dict(snap.digests) if snap is not None else {}
 
 
 def read_run(run_dir: Path, read: Callable[[Snapshot], T]) -> T:
     """``read(snapshot)`` on the run's current snapshot, retried if a save removed it.
 
     A snapshot lives until the save after the next one; a reader slower than two saves
-    sees a file vanish and starts over on the newer snapshot.
+    sees a file (or the manifest) vanish and starts over on the newer snapshot. A file
+    still missing after the retries is a damaged run: one clear error naming it.
     """
     for attempt in range(READ_RETRIES):
-        snap = current_snapshot(run_dir)
-        if snap is None:
-            raise DataError(f"{run_dir} holds no textgen run")
         try:
+            snap = current_snapshot(run_dir)
+            if snap is None:
+                raise DataError(f"{run_dir} holds no textgen run")
             return read(snap)
-        except FileNotFoundError:
-            if snap.folder == run_dir or attempt == READ_RETRIES - 1:
-                raise
+        except FileNotFoundError as err:
+            legacy = not (_snapshots(run_dir) / CURRENT).is_symlink()
+            if legacy or attempt == READ_RETRIES - 1:
+                raise DataError(_missing(run_dir, err)) from None
     raise AssertionError("unreachable")
+
+
+def _missing(run_dir: Path, err: FileNotFoundError) -> str:
+    name = Path(err.filename) if err.filename else None
+    if name is not None:
+        with contextlib.suppress(ValueError):
+            name = name.relative_to(run_dir)
+    what = f"{name} is missing" if name is not None else "a file is missing"
+    return f"run directory {run_dir} is damaged: {what}"
+
+
+# -- what textgen wrote outside the snapshots --------------------------------------------
+def read_written(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The record of files textgen wrote outside the snapshots (path relative to the run
+    → size, sha256 and whether it may grow), ``{}`` when there is none."""
+    try:
+        data = json.loads((_snapshots(run_dir) / WRITTEN).read_text(encoding="utf-8"))
+        return {str(k): dict(v) for k, v in dict(data["files"]).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def record_written(run_dir: Path, paths: list[Path], *, grows: bool = False) -> None:
+    """Add ``paths`` (files under ``run_dir`` that textgen just wrote) to the record.
+
+    ``grows``: an append-only file (a TensorBoard event file); the record then holds its
+    size and the sha256 of that many bytes, and the file may only have grown since.
+    """
+    record = read_written(run_dir)
+    for path in paths:
+        key = path.relative_to(run_dir).as_posix()
+        size = path.stat().st_size
+        record[key] = {"size": size, "sha256": _prefix_sha256(path, size), "grows": grows}
+    text = json.dumps({"format_version": 1, "files": record}, indent=1, sort_keys=True)
+    atomic_write(_snapshots(run_dir) / WRITTEN, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def written_unchanged(path: Path, record: dict[str, Any] | None) -> bool:
+    """Whether ``path`` is as the record says textgen wrote it (or only grew, where the
+    record allows)."""
+    if not record:
+        return False
+    try:
+        size, actual = int(record["size"]), path.stat().st_size
+        if actual < size or (actual > size and not record.get("grows")):
+            return False
+        return _prefix_sha256(path, size) == record["sha256"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+def _prefix_sha256(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        left = size
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
 
 
 # -- snapshots: writing ------------------------------------------------------------------
@@ -207,15 +305,30 @@ class Commit:
         store.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=store))
         os.chmod(self.tmp, 0o777 & ~current_umask())
-        previous = current_snapshot(self.run_dir)
+        try:
+            self._carry_over()
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        return self
+
+    def _carry_over(self) -> None:
+        """Link the current snapshot's files into the new one (checked, in a copy)."""
+        assert self.tmp is not None
+        try:
+            previous = current_snapshot(self.run_dir)
+        except FileNotFoundError as err:
+            raise DataError(_missing(self.run_dir, err)) from None
         if previous is not None:
             self.previous = previous.folder.name
+            copied = previous.folder == self.run_dir  # files, not an immutable snapshot
             for name in FILES:
                 if previous.has(name):
-                    _link_or_copy(previous.folder / name, self.tmp / name)
+                    # a copy's files are checked before they are carried into a snapshot
+                    source = previous.path(name) if copied else previous.folder / name
+                    _link_or_copy(source, self.tmp / name)
                     digest = previous.digests.get(name)
                     self.digests[name] = digest or sha256_file(self.tmp / name)
-        return self
 
     def write(self, name: str, write: Callable[[Path], None]) -> None:
         """Write the file ``name`` of the new snapshot with ``write(path)``."""
@@ -225,6 +338,12 @@ class Commit:
             path.unlink()  # a carried hard link: never write through it
         _write_synced(path, write)
         self.digests[name] = sha256_file(path)
+
+    def staged(self, name: str) -> Path | None:
+        """The file ``name`` of the snapshot being built (carried or written), if any."""
+        assert self.tmp is not None, "use Commit as a context manager"
+        path = self.tmp / name
+        return path if path.is_file() else None
 
     def write_text(self, name: str, text: str) -> None:
         self.write(name, lambda path: path.write_text(text, encoding="utf-8"))
@@ -288,4 +407,5 @@ def _prune(store: Path, keep: set[str]) -> None:
 
 def is_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a textgen run (snapshots, or files of an older run)."""
-    return (_snapshots(run_dir) / CURRENT).is_symlink() or _legacy_snapshot(run_dir) is not None
+    current = _snapshots(run_dir) / CURRENT
+    return current.is_symlink() or current.is_dir() or _legacy_snapshot(run_dir) is not None

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +70,14 @@ class Checkpoint:
             "config": toml,  # resume continues with the config in force
             "global_batch": self.global_batch,
             "corpus_sha256": self.prepared.corpus_sha256,
+            "valid_sha256": self.valid_sha256,
         }
+        del info["history"]  # history.csv holds it: last.npz stays the same size
         with rundir.Commit(self.run_dir) as commit:
             if best:
                 rundir.write_bundle(commit, model, toml, self._bundle_metadata(state))
+            else:  # config.toml shows the config in force (a --resume --set, say)
+                rundir.write_config(commit, toml)
             commit.write_text(rundir.HISTORY, history_csv(state.history))
             rundir.write_state(
                 commit,
@@ -80,6 +86,17 @@ class Checkpoint:
                 info,
                 {"carry": np.asarray(carry)},
             )
+
+    @cached_property
+    def valid_sha256(self) -> str:
+        """The sha256 of the separate validation file ("" without one), so that a moved
+        one can be recognised on resume."""
+        from textgen.corpus.read import scan
+
+        data = self.config.data
+        if not data.valid_corpus:
+            return ""
+        return scan(data.valid_corpus, data.encoding, count_chars=False)[0]
 
     def restore(self, model: Any, optimizer: Any) -> tuple[TrainState, np.ndarray | None]:
         """Load ``last.npz`` into ``model`` and ``optimizer``: (the position, the carried
@@ -101,6 +118,8 @@ class Checkpoint:
                 raise DataError(f"{self.run_dir / rundir.STATE} does not match this {name}")
             for variable, value in zip(mine, theirs, strict=True):
                 variable.assign(value)
+        if "history" not in info:  # written since history.csv holds the history
+            info["history"] = history_rows(info.pop("history_csv", ""))
         state = TrainState.from_info(info)
         saved_batch = info.get("global_batch", self.config.train.batch_size)
         if state.step and saved_batch != self.global_batch:
@@ -137,6 +156,16 @@ def history_csv(rows: list[dict[str, float]]) -> str:
     return buf.getvalue()
 
 
+def history_rows(text: str) -> list[dict[str, float]]:
+    """history.csv's rows back as the state's history (epochs as integers)."""
+    rows = rundir.parse_history(text)
+    for number, row in enumerate(rows, start=2):
+        if not math.isfinite(row.get("epoch", math.nan)):
+            raise DataError(f"{rundir.HISTORY} line {number} has no epoch; it cannot be resumed")
+        row["epoch"] = int(row["epoch"])
+    return rows
+
+
 def _versions() -> dict[str, str]:
     tf, k = tensorflow(), keras()
     return {
@@ -165,6 +194,7 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
     source = f"{run_dir / rundir.STATE} (config)"
     saved = config_mod.loads(info["config"], source=source)
     config = saved.with_overrides(overrides)
+    saved, config = _moved_corpus(run_dir, saved, config, info)
     old, new = saved.to_dict(), config.to_dict()
     for section, values in new.items():
         for key, value in values.items():
@@ -175,3 +205,35 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
                     f"{name} = {old[section][key]!r}; start a new run (--out) to change it"
                 )
     return config
+
+
+def _moved_corpus(
+    run_dir: Path, saved: Config, config: Config, info: dict[str, Any]
+) -> tuple[Config, Config]:
+    """Accept ``--set data.corpus=NEW`` (or ``data.valid_corpus``) on resume when the file
+    there has the sha256 the run recorded: the same text, moved or on another machine.
+    A file whose content differs is refused, saying so."""
+    from textgen.corpus.read import scan
+
+    changes = {}
+    for key, sha_key in (("corpus", "corpus_sha256"), ("valid_corpus", "valid_sha256")):
+        old, new = getattr(saved.data, key), getattr(config.data, key)
+        if new == old or not new:
+            continue
+        recorded = info.get(sha_key)
+        if not recorded:
+            raise UsageError(
+                f"--set data.{key} cannot change when resuming: {run_dir} recorded no sha256 "
+                f"of its {key.replace('_', ' ')} to check {new} against"
+            )
+        sha, _ = scan(new, saved.data.encoding, count_chars=False)
+        if sha != recorded:
+            raise DataError(
+                f"--set data.{key}={new}: that file is not the one {run_dir} was trained on "
+                f"(sha256 {sha[:12]}…, the run recorded {recorded[:12]}…); cannot resume"
+            )
+        changes[key] = str(Path(new).resolve())
+    if not changes:
+        return saved, config
+    moved = replace(saved, data=replace(saved.data, **changes))
+    return moved, replace(config, data=replace(config.data, **changes))

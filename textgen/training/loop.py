@@ -131,8 +131,6 @@ class Trainer:
             params=params,
             metric="val_loss" if prepared.val is not None else "check_loss",
         )
-        # without validation, "best" is judged on this fixed sample of the training set
-        self.check_sample = prepared.train[: 4 * cfg.batch_size]
 
     # -- state ---------------------------------------------------------------------------
     def learning_rate(self) -> float:
@@ -144,6 +142,13 @@ class Trainer:
         if self.chief:
             state = replace(self.state, elapsed=self.elapsed_now())  # the running epoch too
             self.checkpoint.save(self.model, self.optimizer, state, self.carry, best=best)
+            self.record_logs()
+
+    def record_logs(self) -> None:
+        """Record the TensorBoard files written so far (they are not in the snapshots)."""
+        files = self.scalars.files()
+        if self.chief and files:
+            rundir.record_written(self.run_dir, files, grows=True)
 
     def restore_state(self) -> None:
         """Load ``last.npz`` into the model, the optimizer and the loop's position."""
@@ -152,6 +157,13 @@ class Trainer:
             self.carry = carry
         # a --set on resume may change the learning rate; the config wins over the saved one
         self.optimizer.learning_rate.assign(self.learning_rate())
+
+    def check_sample(self) -> Any:
+        """Without validation, "best" is judged on this fixed sample of the training set:
+        its size is set when the run starts and kept over resumes."""
+        if not self.state.check_rows:
+            self.state.check_rows = 4 * self.config.train.batch_size
+        return self.prepared.train[: self.state.check_rows]
 
     def elapsed_now(self) -> float:
         """Training seconds so far, the running epoch included (validation excluded)."""
@@ -204,7 +216,7 @@ class Trainer:
                 break
             if self._stop_requested(signals):
                 self.interrupt(reporter, signals.received)
-        self.scalars.flush()
+        self.record_logs()
         self.result.state = state
         return self.result
 
@@ -256,7 +268,7 @@ class Trainer:
         val = self.steps.evaluate(prepared.val, batch_size) if prepared.val else math.nan
         # The running loss was measured before each update, so it cannot judge the weights
         # as they are now. Without validation, a fixed sample of the training set does.
-        score = val if prepared.val else self.steps.evaluate(self.check_sample, batch_size)
+        score = val if prepared.val else self.steps.evaluate(self.check_sample(), batch_size)
         if not math.isfinite(score):
             raise Diverged(
                 f"loss became {score} at the end of epoch {state.epoch}; stopped. The "
@@ -351,6 +363,8 @@ def train(
     if _restarted_worker(config, run_dir, resume or overwrite):
         resume = True
         log(f"found the backup {run_dir / rundir.STATE}; continuing from it")
+    if resume:
+        _check_corpus_is_there(config, run_dir)
     config, prepared = _prepare_data(config, run_dir if resume else None, progress, log)
     run = Trainer(config, prepared, run_dir, log, strategy)  # model errors, too
     lock = rundir.RunLock(run_dir) if chief else contextlib.nullcontext()
@@ -362,11 +376,23 @@ def train(
             with rundir.Commit(run_dir) as commit:
                 commit.write_text(rundir.CONFIG, config.to_toml())
                 commit.write_text(rundir.TOKENIZER, prepared.tokenizer.to_json())
+        if chief and not rundir.set_latest(run_dir):  # from the run's first commit on
+            log(f"note: {rundir.latest_link(run_dir)} is not a link; left it alone")
         result = _fit(run, config, prepared, progress, log)
-        if chief and not rundir.set_latest(run_dir):
-            log(f"note: {run_dir.resolve().parent / 'latest'} is not a link; left it alone")
     result.chief = chief
     return result
+
+
+def _check_corpus_is_there(config: Config, run_dir: Path) -> None:
+    """A run whose corpus moved (or that was copied to another machine) says how to
+    point it at the same text elsewhere."""
+    for key in ("corpus", "valid_corpus"):
+        path = getattr(config.data, key)
+        if path and not Path(path).exists():
+            raise DataError(
+                f"{key.replace('_', ' ')} not found: {path}; if the same text is elsewhere, "
+                f"resume with --set data.{key}=PATH (its sha256 must match the run's record)"
+            )
 
 
 def _restarted_worker(config: Config, run_dir: Path, resuming_or_overwriting: bool) -> bool:
@@ -406,9 +432,11 @@ def _restore(run: Trainer, log: Callable[[str], None]) -> None:
     run.restore_state()
     epochs, run_dir = run.config.train.epochs, run.run_dir
     if run.state.epoch > epochs:
+        reached = run.state.epoch - 1
+        now = f" (train.epochs is now {epochs})" if epochs != reached else ""
         raise UsageError(
-            f"{run_dir} has already trained its {epochs} epochs; to go on, raise them: "
-            f"textgen train --resume {run_dir} --set train.epochs={epochs + 10}"
+            f"{run_dir} has already trained its {reached} epochs{now}; to go on, raise them: "
+            f"textgen train --resume {run_dir} --set train.epochs={reached + 10}"
         )
     log(f"resuming {run_dir} at epoch {run.state.epoch}, step {run.state.step}")
 

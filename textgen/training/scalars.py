@@ -21,6 +21,7 @@ class Scalars:
         self.folder, self.enabled = folder, enabled
         self.writer: Any = None
         self.metadata: Any = None
+        self.before: set[Path] = set()  # what the folder held before this writer opened
 
     def write(self, scalars: dict[str, float], step: int) -> None:
         """Write the finite values of ``scalars`` at ``step`` (NaN, e.g. no validation,
@@ -31,6 +32,7 @@ class Scalars:
         if self.writer is None:
             from tensorflow.core.framework import summary_pb2
 
+            self.before = set(self.folder.iterdir()) if self.folder.is_dir() else set()
             self.writer = tf.summary.create_file_writer(str(self.folder))
             plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
             self.metadata = summary_pb2.SummaryMetadata(plugin_data=plugin)
@@ -44,3 +46,11 @@ class Scalars:
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()
+
+    def files(self) -> list[Path]:
+        """The event files this writer wrote (flushed first), for the run's record of
+        what textgen wrote (``--overwrite`` deletes only recorded files)."""
+        if self.writer is None or not self.folder.is_dir():
+            return []
+        self.flush()
+        return sorted(p for p in set(self.folder.iterdir()) - self.before if p.is_file())

@@ -27,6 +27,9 @@ class TrainState:
     best_epoch: int = 0
     best_loss: float = math.inf
     created: str = ""
+    # without validation, "best" is judged on the first check_rows training rows: fixed
+    # when the run starts, so a resume with another batch_size judges the same sample
+    check_rows: int = 0
 
     def record(self, score: float) -> bool:
         """Judge the epoch that just ended by ``score`` (lower is better): whether it is
