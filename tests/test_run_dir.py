@@ -422,6 +422,11 @@ def test_resume_accepts_more_epochs_and_a_new_learning_rate(tmp_path):
         "--set", "train.learning_rate=0.01", "--set", "data.level=word",  # unchanged: fine
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    rows = rundir.parse_history((run / rundir.HISTORY).read_text(encoding="utf-8"))
+    assert [(r["epoch"], r["learning_rate"]) for r in rows] == [
+        (1, 0.02), (2, 0.02), (3, 0.02), (4, 0.01),  # the toy's rate, then the new one
+    ]  # fmt: skip
+    assert resume_config(run, []).train.learning_rate == 0.01  # and it is kept for later
 
 
 def test_resume_of_a_finished_run_says_so(tmp_path):
