@@ -51,13 +51,13 @@ def test_a_step_below_the_clip_norm_is_not_scaled(toy_config, tmp_path):
 
 
 # -- dropout, momentum, init_scale from a config --------------------------------------------
-def test_dropout_is_active_in_training_and_off_in_evaluation(toy_config, tmp_path):
+@pytest.mark.parametrize("key", ["model.input_dropout", "model.dropout", "model.output_dropout"])
+def test_dropout_is_active_in_training_and_off_in_evaluation(toy_config, tmp_path, key):
+    """Each dropout key on its own (on the embeddings, between the two layers, before the
+    logits) draws a new mask at every training call and none in evaluation."""
     from textgen.model.network import training_forward
 
-    run, x, _ = toy_run_object(
-        toy_config, tmp_path, "model.layers=2", "model.dropout=0.5",
-        "model.input_dropout=0.3", "model.output_dropout=0.3",
-    )  # fmt: skip
+    run, x, _ = toy_run_object(toy_config, tmp_path, "model.layers=2", f"{key}=0.5")
     forward = training_forward(run.model, run.config.model, mask_padding=True)
     train_a, _ = forward(x, True)
     train_b, _ = forward(x, True)
