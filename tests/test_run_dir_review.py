@@ -8,6 +8,7 @@ Each test failed on b64777a (see RELIABILITY.md).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from pathlib import Path
@@ -289,16 +290,21 @@ def test_a_run_without_validation_keeps_its_check_sample_over_a_new_batch_size(t
     assert info["check_rows"] == 8  # 4 x the batch size the run started with, not 4 x 8
 
 
-def test_config_toml_shows_the_config_in_force_after_a_resume(tmp_path):
-    run = toy_run(tmp_path / "run", epochs=150)  # the toy's best epoch is long past
+def test_config_toml_shows_the_config_in_force_after_a_resume(tmp_path, monkeypatch):
+    from textgen.training.state import TrainState
+
+    run = toy_run(tmp_path / "run", epochs=3)
+    real = TrainState.record
+    monkeypatch.setattr(TrainState, "record", lambda self, score: real(self, math.inf))
     result = invoke(
-        "train", "--resume", run, "--quiet", "--set", "train.epochs=152",
-        "--set", "train.learning_rate=0.0001",
+        "train", "--resume", run, "--quiet", "--set", "train.epochs=5",
+        "--set", "train.learning_rate=0.001",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     bundle = rundir.load_bundle(run)  # checksums, the metadata's record of config included
-    assert bundle.config.train.epochs == 152
-    assert bundle.config.train.learning_rate == 0.0001
+    assert bundle.metadata["best_epoch"] == 3  # no new best: the bundle is the old one ...
+    assert bundle.config.train.epochs == 5  # ... and its config.toml the one in force
+    assert bundle.config.train.learning_rate == 0.001
 
 
 # -- 16. settings the rest of the config makes unused are errors ---------------------------
