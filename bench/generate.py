@@ -16,7 +16,8 @@ one process:
 textgen and PyTorch run alternately ``--repeats`` times (A B A B ...) and report medians;
 all three must produce the same greedy tokens. Also reported: the per-token cost early
 (tokens 10-110) against late (900-1000), and the time from starting ``textgen generate``
-to its first generated character on a terminal (a pseudo-terminal here), TensorFlow-free.
+to its first generated character on a terminal (a pseudo-terminal here), TensorFlow-free,
+run as ``python -m textgen`` by the interpreter the bench runs under.
 
     .venv/bin/python bench/generate.py                 # full run (re-feed takes minutes)
     .venv/bin/python bench/generate.py --tokens 200    # quick look
@@ -149,8 +150,10 @@ def torch_decode(net, tokenizer, tokens: int):
 def first_token_latency(run_dir: Path) -> float:
     """Seconds from spawning ``textgen generate`` on a pty to its first generated character."""
     master, slave = pty.openpty()
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "textgen"),
+    cmd = [  # the interpreter this bench runs under, wherever textgen is installed
+        sys.executable,
+        "-m",
+        "textgen",
         "generate",
         "--model",
         str(run_dir),
