@@ -1,11 +1,15 @@
-"""generate's edges (issue 21): the decoding bench runs textgen by the interpreter it
-runs under."""
+"""generate's edges (issue 21): eval's character count and its message for a folder; the
+decoding bench runs textgen by the interpreter it runs under."""
 
 from __future__ import annotations
+
+import json
 
 from click.testing import CliRunner
 
 from textgen.cli import main
+
+from .test_run_dir import assert_one_line_error
 
 GO = "가는 말이 고와야 오는 말이 곱다"  # what the toy run says after 가는
 HIS = "그의 말이 법이다"  # and after 그의
@@ -13,6 +17,27 @@ HIS = "그의 말이 법이다"  # and after 그의
 
 def invoke(*args, **kwargs):
     return CliRunner().invoke(main, [str(a) for a in args], **kwargs)
+
+
+# -- 12. eval ------------------------------------------------------------------------------
+def test_crlf_scores_as_lf(toy_run, tmp_path):
+    lf, crlf = tmp_path / "lf.txt", tmp_path / "crlf.txt"
+    lf.write_bytes(f"{HIS}\n{GO}\n".encode())
+    crlf.write_bytes(f"{HIS}\r\n{GO}\r\n".encode())
+    scores = []
+    for path in (lf, crlf):
+        result = invoke("eval", "--model", toy_run, path, "--format", "json")
+        assert result.exit_code == 0, result.output
+        scores.append(json.loads(result.stdout)[str(path)])
+    assert scores[0] == scores[1]
+    assert scores[0]["characters"] == len(HIS) + len(GO) + 2
+
+
+def test_eval_of_a_folder_says_it_is_a_folder(toy_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("eval", "--model", toy_run, ".")
+    assert_one_line_error(result, 1, ". is a folder, not a text file")
+    assert "data.corpus" not in result.stderr
 
 
 # -- 17. the bench runs textgen under its own interpreter ----------------------------------

@@ -401,7 +401,7 @@ def _run_name(config_path: Path) -> str:
 
 
 @main.command(name="eval")
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path())
 @click.option("--model", "model_dir", default=None, help="Run directory [default: runs/latest].")
 @click.option(
     "--valid", is_flag=True, help="Also score the validation text the run held out in training."
@@ -412,7 +412,7 @@ def _run_name(config_path: Path) -> str:
 )
 @_friendly
 def evaluate(
-    files: tuple[Path, ...], model_dir: str | None, valid: bool, encoding: str, fmt: str
+    files: tuple[str, ...], model_dir: str | None, valid: bool, encoding: str, fmt: str
 ) -> None:
     """Measure a model on held-out text: cross-entropy, perplexity, bits per character.
 
@@ -442,9 +442,13 @@ def evaluate(
         if not text.strip():
             raise DataError(f"{bundle.run_dir} held out no validation text (val_split = 0)")
         results["validation"] = evaluate_text(bundle, text)
-    for path in files:
+    for path in files:  # checked here: read_corpus would speak of data.corpus
+        if not path:
+            raise UsageError("a file name to score is empty")
+        if Path(path).is_dir():
+            raise DataError(f"{path} is a folder, not a text file; give the files to score")
         text, _ = read_corpus(path, encoding)
-        results[str(path)] = evaluate_text(bundle, text)
+        results[path] = evaluate_text(bundle, text)
     if fmt == "json":
         click.echo(json.dumps({name: r.as_dict() for name, r in results.items()}, indent=1))
         return

@@ -10,7 +10,10 @@ than one window scores worse when the state runs on. A ``lines`` model reads eac
 from a zero state, as it was trained, and predicts every token after the first,
 ``<eos>`` included. Bits per character divide the total
 log-loss by the number of characters of the whole (NFC) text, newlines and blank lines
-included, so models with different tokenizations compare on the same text.
+included, so models with different tokenizations compare on the same text. A line break
+is one character however it is spelled: ``\r\n`` is read as ``\n`` (unless the model's
+vocabulary has ``\r``, a char model trained on such text), so a file scores the same
+with either line ending.
 """
 
 from __future__ import annotations
@@ -86,12 +89,14 @@ def evaluate_text(bundle: Bundle, text: str) -> Evaluation:
     """Score one text with a loaded run.
 
     Bits per character divide by the characters of the whole NFC text, blank lines and
-    newlines included (a final newline is assumed), whatever the level.
+    newlines included (a final newline is assumed; ``\r\n`` is one), whatever the level.
     """
     tok = bundle.tokenizer
+    if "\r" not in tok.vocab:  # a model that never saw \r reads \r\n as the \n it knows
+        text = text.replace("\r\n", "\n")
     if not text.endswith("\n"):
         text += "\n"
-    characters = len(unicodedata.normalize("NFC", text))
+    characters = len(unicodedata.normalize("NFC", text.replace("\r\n", "\n")))
     if bundle.line_mode:
         total = Evaluation(0, 0.0, characters, 0)
         for line in text.splitlines():
