@@ -463,13 +463,17 @@ def evaluate(
 @main.command()
 @click.argument("run", required=False)
 @click.option(
-    "--out", "out", type=click.Path(path_type=Path), help="PNG to write [default: RUN/loss.png]."
+    "--out",
+    "out",
+    metavar="PATH",
+    help="PNG to write, or a folder (an existing one, or a name ending in /) to write "
+    "loss.png in [default: RUN/loss.png].",
 )
 @click.option(
     "--x", "x_axis", type=click.Choice(["epoch", "time"]), default="epoch", show_default=True
 )
 @_friendly
-def plot(run: str | None, out: Path | None, x_axis: str) -> None:
+def plot(run: str | None, out: str | None, x_axis: str) -> None:
     """Draw a run's train and validation loss per epoch (or per minute) as a PNG.
 
     Needs matplotlib (pip install 'textgen[plot]'). Live curves of a run in progress:
@@ -479,12 +483,13 @@ def plot(run: str | None, out: Path | None, x_axis: str) -> None:
     Examples:
       textgen plot runs/ptb-small
       textgen plot runs/shakespeare-char --x time --out curves.png
+      textgen plot runs/ptb-small --out plots/
     """
-    from textgen.plot import plot_history
-    from textgen.rundir import PLOT, resolve_run
+    from textgen.plot import out_path, plot_history
+    from textgen.rundir import resolve_run
 
     run_dir = resolve_run(run)
-    click.echo(plot_history(run_dir, out or run_dir / PLOT, x_axis))
+    click.echo(plot_history(run_dir, out_path(out, run_dir), x_axis))
 
 
 @main.command()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 from textgen.errors import DataError, UsageError
 from textgen.rundir import (
     HISTORY,
+    PLOT,
     Snapshot,
     atomic_write,
     current_snapshot,
@@ -43,6 +45,33 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
+def out_path(out: str | None, run_dir: Path) -> Path:
+    """The file ``--out`` names: ``RUN/loss.png`` without one, ``loss.png`` inside a folder
+    (one that exists, or a name ending in a slash, which is created), else the path."""
+    if out is None:
+        return run_dir / PLOT
+    if not out:
+        raise UsageError("--out is empty; give a PNG file or a folder")
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        return path / PLOT
+    return path
+
+
+def _write_error(out: Path, err: OSError) -> DataError:
+    """One line for a PNG that cannot be written: a file where a folder must be, or the
+    system's reason (permission denied, no space left)."""
+    for parent in out.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return DataError(f"cannot write {out}: {parent} is a file, not a folder")
+            break
+    if out.is_dir():
+        return DataError(f"cannot write {out}: it is a folder")
+    reason = (err.strerror or str(err)).lower()
+    return DataError(f"cannot write {out}: {reason}")
+
+
 def plot_history(run_dir: Path, out: Path, x_axis: str = "epoch") -> Path:
     """Draw loss and validation loss per epoch (or per minute of training) into ``out``."""
     rows = read_history(run_dir)
@@ -70,6 +99,8 @@ def plot_history(run_dir: Path, out: Path, x_axis: str = "epoch") -> Path:
     fig.tight_layout()
     try:  # a unique temporary name (mkstemp): a planted link cannot redirect the write
         atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    except OSError as err:
+        raise _write_error(out, err) from None
     finally:
         plt.close(fig)
     return out
