@@ -8,7 +8,9 @@ and output (greedy argmax, seed followed by the generated words) on this fast pa
 
 from __future__ import annotations
 
+import bisect
 import sys
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +21,14 @@ from textgen.decoding.numpy_lm import NumpyLM
 from textgen.decoding.sampling import Decoded, beam_search, decode, greedy, sampler
 from textgen.errors import DataError, UsageError
 from textgen.text.base import Tokenizer
+from textgen.text.vocab import EOS, PAD, UNK, UNK_ID
 
 STRATEGIES = ("greedy", "sample", "beam")
 MAX_LENGTH = 1_000_000  # new tokens per text: the picked ids are kept in one array
 MAX_SAMPLES = 10_000  # texts per seed, decoded as one batch
+MAX_BEAM_WIDTH = 1_000  # beams of one search; each step ranks width x vocabulary scores
+MAX_TOKENS = 10_000_000  # rows x --length: the picked ids (or the beams' back-pointers)
+SPECIALS = (PAD, UNK, EOS)  # spelled in a seed, they are text, never the special ids
 PREFILL_LOGITS = 1 << 24  # logits (floats) of one chunk of the seed, at most
 
 
@@ -53,10 +59,17 @@ class Strategy:
             raise UsageError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
         if self.beam_width < 1:
             raise UsageError(f"--beam-width must be >= 1, got {self.beam_width}")
+        if self.beam_width > MAX_BEAM_WIDTH:
+            raise UsageError(
+                f"--beam-width must be at most {MAX_BEAM_WIDTH:,}, got {self.beam_width:,}"
+            )
 
 
-def check_sizes(length: int, num: int) -> None:
-    """Refuse a --length or -n that is not positive or would not fit in memory."""
+def check_sizes(length: int, num: int, strategy: Strategy | None = None) -> None:
+    """Refuse a --length or -n that is not positive or would not fit in memory, alone or
+    together: the ids of -n texts (or of --beam-width beams) of --length tokens are held
+    at once, so their product is bounded by :data:`MAX_TOKENS`. A beam search finds at
+    most --beam-width texts, so -n may not exceed it."""
     if length < 1:
         raise UsageError(f"--length must be at least 1, got {length}")
     if length > MAX_LENGTH:
@@ -65,6 +78,18 @@ def check_sizes(length: int, num: int) -> None:
         raise UsageError(f"-n/--num-samples must be at least 1, got {num}")
     if num > MAX_SAMPLES:
         raise UsageError(f"-n/--num-samples must be at most {MAX_SAMPLES:,}, got {num:,}")
+    beam = strategy is not None and strategy.name == "beam"
+    if beam and num > strategy.beam_width:
+        raise UsageError(
+            f"-n {num} is more than --beam-width {strategy.beam_width}: a beam search keeps "
+            "at most --beam-width texts; raise --beam-width or lower -n"
+        )
+    rows, name = (strategy.beam_width, "--beam-width") if beam else (num, "-n")
+    if rows * length > MAX_TOKENS:
+        raise UsageError(
+            f"{name} × --length must be at most {MAX_TOKENS:,} tokens, got "
+            f"{rows:,} × {length:,}; ask for fewer or shorter texts"
+        )
 
 
 def _warn(message: str) -> None:
@@ -80,13 +105,20 @@ class Generator:
         self.lm = lm
         self.tokenizer = tokenizer
         self.warn = warn
+        self._seed: tuple[str, str] = ("", "")  # the last seed_text: (seed, text)
 
     def encode_seed(self, seed: str) -> np.ndarray:
-        """Seed text → ids; unknown tokens become ``<unk>`` with a warning naming them."""
+        """Seed text → ids; unknown tokens become ``<unk>`` with a warning naming them.
+
+        A seed that spells a special token (``<eos>``, ``<unk>``, ``<pad>``) means the
+        text: it is no word of any vocabulary, so it is read as ``<unk>`` like any other
+        unknown token, never as the special id."""
         tokens = self.tokenizer.split(seed)
         if not tokens:
             raise UsageError('the seed is empty; give at least one token, e.g. --seed "The"')
-        unknown = self.tokenizer.unknown_tokens(seed)
+        vocab = self.tokenizer.vocab
+        missing = set(self.tokenizer.unknown_tokens(seed)) | (set(tokens) & set(SPECIALS))
+        unknown = [t for t in dict.fromkeys(tokens) if t in missing]
         if len(unknown) == len(set(tokens)):
             raise DataError(
                 "no token of the seed is in the model's vocabulary: "
@@ -94,7 +126,15 @@ class Generator:
             )
         if unknown:
             self.warn(f"not in the vocabulary, read as <unk>: {', '.join(map(repr, unknown))}")
-        return np.asarray(self.tokenizer.vocab.ids(tokens), dtype=np.int64)
+        ids = [UNK_ID if t in SPECIALS else vocab.id(t) for t in tokens]
+        return np.asarray(ids, dtype=np.int64)
+
+    def seed_text(self, seed: str) -> str:
+        """The seed as the model reads it, which is how it is printed: normalized (NFC),
+        with single spaces between words at the word level (its tokens, joined)."""
+        if self._seed[0] != seed:
+            self._seed = (seed, self.tokenizer.join(self.tokenizer.split(seed)))
+        return self._seed[1]
 
     def continue_ids(
         self,
@@ -110,12 +150,14 @@ class Generator:
         """Generate up to ``length`` ids after ``seed``, ``num`` samples decoded as one batch.
 
         The seed runs through the network once; then each token is one recurrent step.
-        Each sample ends at ``<eos>``, at the ``stop`` string, or after ``length`` tokens.
-        Beam search returns the ``num`` best beams of a single search.
+        Each sample ends at ``<eos>``, at the ``stop`` string (its ids then run to the
+        token that completed it; :meth:`finish` cuts the text), or after ``length``
+        tokens. Beam search returns the ``num`` best beams of a single search.
         """
         strategy = strategy or Strategy()
-        check_sizes(length, num)
+        check_sizes(length, num, strategy)
         seed_ids = self.encode_seed(seed)
+        should_stop, lookback = self._stop_test(stop)
         if strategy.name == "beam":
             last, state = self.prefill(seed_ids, 1)
             return beam_search(
@@ -125,6 +167,8 @@ class Generator:
                 width=strategy.beam_width,
                 length=length,
                 stop_id=self.tokenizer.eos_id,
+                should_stop=should_stop,
+                lookback=lookback,
                 alpha=strategy.length_penalty,
                 num=num,
             )
@@ -141,7 +185,8 @@ class Generator:
             length=length,
             pick=pick,
             stop_id=self.tokenizer.eos_id,
-            should_stop=self._stop_test(stop),
+            should_stop=should_stop,
+            lookback=lookback,
             rng=np.random.default_rng(rng_seed),
             on_token=on_token,
         )
@@ -160,32 +205,60 @@ class Generator:
             logits, state = self.lm.run(np.tile(seed_ids[start : start + chunk], (rows, 1)), state)
         return logits[:, -1], state
 
-    def _stop_test(self, stop: str | None) -> Callable[[int, list[int]], bool] | None:
+    @staticmethod
+    def _stop(stop: str | None) -> str:
+        """The stop string as generated text is written (NFC); "" for none."""
+        return unicodedata.normalize("NFC", stop) if stop else ""
+
+    def _stop_test(self, stop: str | None) -> tuple[Callable[[int, list[int]], bool] | None, int]:
+        """The test that ends a sequence whose new text holds ``stop``, and how many of its
+        last ids it needs: enough for ``len(stop) + 1`` characters, a character being at
+        most 4 tokens (3 jamo for a Hangul syllable, 4 byte pieces for a subword)."""
+        stop = self._stop(stop)
         if not stop:
+            return None, 0
+        continuation = self.tokenizer.continuation
+        return (lambda _row, ids: stop in continuation("", ids)), 4 * (len(stop) + 1)
+
+    def _cut(self, text: str, stop: str) -> str | None:
+        """The new ``text`` up to the first occurrence of ``stop`` (without the spaces
+        before it, but at the char level), or None when it has none."""
+        if not stop or stop not in text:
             return None
-        tail = len(stop) + 1  # every token is at least one character
-        return lambda _row, ids: stop in self.tokenizer.decode(ids[-tail:])
+        text = text[: text.index(stop)]
+        return text if self.tokenizer.level == "char" else text.rstrip()
+
+    def finish(self, seed: str, ids: list[int], stop: str | None = None) -> tuple[str, int]:
+        """The text of one generated sequence and the number of its tokens kept.
+
+        The text is the seed as the model reads it (:meth:`seed_text`) followed by the new
+        text, which ends just before the first occurrence of ``stop`` in it; the tokens
+        kept are those whose text lies wholly before it."""
+        tok, shown, stop = self.tokenizer, self.seed_text(seed), self._stop(stop)
+        new = tok.continuation(shown, ids)
+        cut = self._cut(new, stop)
+        if cut is None:
+            return tok.attach(shown, new), len(ids)
+        lengths = _Lengths(lambda k: len(tok.continuation(shown, ids[:k])))
+        kept = bisect.bisect_right(lengths, len(cut), 0, len(ids) + 1) - 1
+        return tok.attach(shown, cut), max(kept, 0)
 
     def join(self, seed: str, ids: list[int], stop: str | None = None) -> str:
-        """The seed as given followed by the decoded tokens (a space between words).
+        """The seed as the model reads it followed by the decoded tokens (a space between
+        words); with ``stop``, the new text ends just before the first occurrence of it."""
+        return self.finish(seed, ids, stop)[0]
 
-        With ``stop``, the generated text ends just before the first occurrence of it.
-        """
-        text = self.tokenizer.continuation(seed, ids)
-        if stop and stop in text:
-            text = text[: text.index(stop)]
-            if self.tokenizer.level != "char":
-                text = text.rstrip()
-        return self.tokenizer.attach(seed, text)
-
-    def printer(self, seed: str, write: Callable[[str], None]) -> Callable[[int, int], None]:
+    def printer(
+        self, seed: str, write: Callable[[str], None], stop: str | None = None
+    ) -> Callable[[int, int], None]:
         """An ``on_token`` callback that writes the seed and then the text as it grows
         (streaming to a terminal), holding back the characters a later token may still
-        change (a jamo-level syllable that can take a final consonant). Its ``finish(text)``
-        writes the rest of the final text."""
-        tok = self.tokenizer
+        change: a jamo-level syllable that can take a final consonant, and an end that
+        may be the start of ``stop`` (so a terminal shows what a pipe gets). Its
+        ``finish(text)`` writes the rest of the final text."""
+        tok, shown_seed, stop = self.tokenizer, self.seed_text(seed), self._stop(stop)
         ids: list[int] = []
-        start = tok.attach(seed, "")
+        start = tok.attach(shown_seed, "")
         shown = [start[: len(start) - tok.unstable_tail(start)]]
         write(shown[0])
 
@@ -194,9 +267,21 @@ class Generator:
                 write(text[len(shown[0]) :])
                 shown[0] = text
 
+        def settled(new: str) -> str:
+            """What of the new text no later token can move behind the stop string."""
+            cut = self._cut(new, stop)
+            if cut is not None or not stop:
+                return new if cut is None else cut
+            new = new[: len(new) - tok.unstable_tail(new)]  # a stop may go on through it
+            for k in range(min(len(stop) - 1, len(new)), 0, -1):
+                if new.endswith(stop[:k]):
+                    new = new[:-k]
+                    break
+            return new if tok.level == "char" else new.rstrip()
+
         def on_token(_row: int, token: int) -> None:
             ids.append(token)
-            text = tok.attach(seed, tok.continuation(seed, ids))
+            text = tok.attach(shown_seed, settled(tok.continuation(shown_seed, ids)))
             show(text[: len(text) - tok.unstable_tail(text)])
 
         on_token.finish = show  # type: ignore[attr-defined]
@@ -206,6 +291,17 @@ class Generator:
         """Generate ``num`` texts, each the seed followed by up to ``length`` new tokens."""
         decoded = self.continue_ids(seed, length=length, num=num, **kwargs)
         return [self.join(seed, ids, kwargs.get("stop")) for ids in decoded.ids]
+
+
+class _Lengths:
+    """``lengths[k]``: the length of the new text of the first ``k`` tokens, computed when
+    asked (a sequence for :func:`bisect.bisect_right`, which asks O(log n) of them)."""
+
+    def __init__(self, length_of: Callable[[int], int]) -> None:
+        self.length_of = length_of
+
+    def __getitem__(self, k: int) -> int:
+        return self.length_of(k)
 
 
 def _as_numpy(model: Any) -> NumpyLM:

@@ -10,6 +10,10 @@ and no TensorFlow.
   (e.g. a stop string), and the maximum length.
 * :func:`beam_search` keeps the ``width`` best partial sequences by total log-probability
   and ranks finished ones by length-normalized log-probability.
+
+Both take the same stop test, ``should_stop(row, ids)``, which sees the last ``lookback``
+ids of a sequence (all of them when ``lookback`` is None), so that a stop string costs the
+same at every step however long the text grows.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 
 NextFn = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 Pick = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+StopTest = Callable[[int, list[int]], bool]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -104,7 +109,8 @@ def decode(
     length: int,
     pick: Pick = greedy,
     stop_id: int | None = None,
-    should_stop: Callable[[int, list[int]], bool] | None = None,
+    should_stop: StopTest | None = None,
+    lookback: int | None = None,
     rng: np.random.Generator | None = None,
     on_token: Callable[[int, int], None] | None = None,
 ) -> Decoded:
@@ -112,8 +118,9 @@ def decode(
 
     ``logits`` are those after the seed; each picked token advances ``state`` by one step
     through ``next_fn``. A row ends at ``stop_id`` (not included in its output) or when
-    ``should_stop(row, ids_so_far)`` says so. ``on_token(row, id)`` is called for each
-    token as it is produced, for streaming.
+    ``should_stop(row, ids)`` says so (``ids``: the row's last ``lookback`` ids, or all
+    of them), the token that made it say so included. ``on_token(row, id)`` is called
+    for each token as it is produced, for streaming.
     """
     rng = rng if rng is not None else np.random.default_rng()
     batch = logits.shape[0]
@@ -139,7 +146,9 @@ def decode(
             for row in np.flatnonzero(live):
                 if on_token is not None:
                     on_token(int(row), int(ids[row]))
-                if should_stop is not None and should_stop(int(row), picked[: t + 1, row].tolist()):
+                start = 0 if lookback is None else max(0, t + 1 - lookback)
+                tail = picked[start : t + 1, row]
+                if should_stop is not None and should_stop(int(row), tail.tolist()):
                     ends[row] = t + 1
                     live[row] = False
         if not live.any() or t == length - 1:
@@ -166,24 +175,46 @@ def beam_search(
     width: int,
     length: int,
     stop_id: int | None = None,
+    should_stop: StopTest | None = None,
+    lookback: int | None = None,
     alpha: float = 1.0,
     num: int = 1,
     reorder: Callable[[Any, np.ndarray], Any] = take_rows,
 ) -> Decoded:
-    """The ``num`` best continuations of one seed found by beam search.
+    """The ``num`` best continuations of one seed found by beam search (``num <= width``:
+    a search of width ``width`` keeps no more sequences than that).
 
-    ``logits`` (1, vocab) and ``state`` (batch 1) are those after the seed. A finished
-    sequence (one that picked ``stop_id``, or reached ``length``) is scored by its total
-    log-probability divided by ``len ** alpha`` (``alpha=0``: raw sum, 1: mean per token),
-    with the stop token counted in both. Partial sequences compete on raw sums.
+    ``logits`` (1, vocab) and ``state`` (batch 1) are those after the seed. A sequence is
+    finished when it picks ``stop_id`` (not kept in its ids), when ``should_stop(row,
+    ids)`` says so of its last ``lookback`` ids (the token kept, as in :func:`decode`),
+    or at ``length``. Finished sequences are ranked by their total log-probability
+    divided by ``len ** alpha`` (``alpha=0``: raw sum, 1: mean per token), with the stop
+    token counted in both; partial sequences compete on raw sums.
+
+    The beams are kept as back-pointers, one array per step, so a step costs the same
+    however long the beams are; a sequence's ids are read back only when it is needed.
     """
     if width < 1 or num < 1:
         raise ValueError("beam width and num must be >= 1")
-    width = max(width, num)
-    finished: list[tuple[float, list[int], float, int]] = []  # (normalized, ids, logp, n)
-    beams: list[list[int]] = [[]]
+    if num > width:
+        raise ValueError(f"num ({num}) must be <= the beam width ({width})")
+    tokens: list[np.ndarray] = []  # tokens[t][j]: the last token of beam j after step t
+    parents: list[np.ndarray] = []  # parents[t][j]: the beam of step t - 1 it extends
+    # finished: (normalized, total logp, n, (step, beam)) with (step, beam) naming the ids
+    finished: list[tuple[float, float, int, tuple[int, int]]] = []
     scores = np.zeros(1)
     state = reorder(state, np.zeros(1, dtype=np.int64))
+
+    def ids_of(step: int, beam: int, most: int | None = None) -> list[int]:
+        out: list[int] = []
+        while step >= 0 and (most is None or len(out) < most):
+            out.append(int(tokens[step][beam]))
+            beam = int(parents[step][beam])
+            step -= 1
+        return out[::-1]
+
+    def tail(step: int, beam: int) -> list[int]:  # what should_stop sees, less the new token
+        return ids_of(step, beam, None if lookback is None else max(lookback - 1, 0))
 
     def normalized(total: float, n: int) -> float:
         return total / max(n, 1) ** alpha
@@ -191,31 +222,37 @@ def beam_search(
     for t in range(length):
         cand = scores[:, None] + log_softmax(logits)  # (beams, vocab)
         flat = np.argsort(-cand, axis=None, kind="stable")[: 2 * width]
-        rows, tokens = np.unravel_index(flat, cand.shape)
-        keep_rows, keep_tokens, keep_scores = [], [], []
-        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+        rows, picks = np.unravel_index(flat, cand.shape)
+        keep_rows: list[int] = []
+        keep_tokens: list[int] = []
+        keep_scores: list[float] = []
+        stopped: list[tuple[int, int, float]] = []  # (row, token, total): ended by should_stop
+        for row, token in zip(rows.tolist(), picks.tolist(), strict=True):
             total = float(cand[row, token])
             if stop_id is not None and token == stop_id:
-                n = len(beams[row]) + 1
-                finished.append((normalized(total, n), beams[row], total, n))
+                finished.append((normalized(total, t + 1), total, t + 1, (t - 1, row)))
+            elif should_stop is not None and should_stop(row, [*tail(t - 1, row), token]):
+                stopped.append((row, token, total))
             elif len(keep_rows) < width:
                 keep_rows.append(row)
                 keep_tokens.append(token)
                 keep_scores.append(total)
-        last = t == length - 1
-        if last or not keep_rows:
-            for row, token, total in zip(keep_rows, keep_tokens, keep_scores, strict=True):
-                ids = [*beams[row], token]
-                finished.append((normalized(total, len(ids)), ids, total, len(ids)))
+        # this step's beams: the live ones first (the next step's rows), then the stopped
+        tokens.append(np.asarray(keep_tokens + [tok for _, tok, _ in stopped], np.int64))
+        parents.append(np.asarray(keep_rows + [row for row, _, _ in stopped], np.int64))
+        for j, (_, _, total) in enumerate(stopped, start=len(keep_rows)):
+            finished.append((normalized(total, t + 1), total, t + 1, (t, j)))
+        if t == length - 1 or not keep_rows:
+            for j, total in enumerate(keep_scores):
+                finished.append((normalized(total, t + 1), total, t + 1, (t, j)))
             break
         # stop once no live beam can still beat the num-th best finished one
         finished.sort(key=lambda f: -f[0])
         if len(finished) >= num and alpha == 0 and max(keep_scores) <= finished[num - 1][0]:
             break
-        beams = [[*beams[r], tok] for r, tok in zip(keep_rows, keep_tokens, strict=True)]
         scores = np.asarray(keep_scores)
         state = reorder(state, np.asarray(keep_rows))
         logits, state = next_fn(np.asarray(keep_tokens), state)
     finished.sort(key=lambda f: -f[0])
     best = finished[:num]
-    return Decoded([f[1] for f in best], [f[2] / f[3] for f in best])
+    return Decoded([ids_of(*f[3]) for f in best], [f[1] / f[2] for f in best])
