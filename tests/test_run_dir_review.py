@@ -321,3 +321,37 @@ def test_a_setting_that_would_be_ignored_is_an_error(tmp_path, sets, fragment):
     result = toy(tmp_path / "run", *args)
     assert_one_line_error(result, 2, fragment)
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_valid_follows_a_moved_corpus_by_its_sha256(tmp_path):
+    from .conftest import small_config
+    from .test_reliability import corpus_file
+
+    corpus = corpus_file(tmp_path)
+    cfg = small_config(corpus, data={"val_split": 0.2}, train={"epochs": 1})
+    loop.train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
+    scored = invoke("eval", "--model", tmp_path / "run", "--valid", "--format", "json")
+    assert scored.exit_code == 0, scored.output
+    moved = tmp_path / "moved.txt"
+    corpus.rename(moved)
+    lost = invoke("eval", "--model", tmp_path / "run", "--valid")
+    assert_one_line_error(lost, 1, "corpus not found")
+    assert "--corpus PATH" in lost.stderr
+    followed = invoke(
+        "eval", "--model", tmp_path / "run", "--valid", "--corpus", moved, "--format", "json"
+    )
+    assert followed.exit_code == 0, followed.output
+    assert followed.stdout == scored.stdout
+    other = tmp_path / "other.txt"
+    other.write_text(moved.read_text(encoding="utf-8") + "more\n", encoding="utf-8")
+    refused = invoke("eval", "--model", tmp_path / "run", "--valid", "--corpus", other)
+    assert_one_line_error(refused, 1, "is not the file this run was trained on")
+
+
+def test_a_plot_in_the_run_is_recorded_so_overwrite_replaces_it(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = toy_run(tmp_path / "run", epochs=2)
+    assert invoke("plot", run).exit_code == 0
+    assert rundir.foreign_entries(run) == []
+    (run / rundir.PLOT).write_bytes(b"my own picture")
+    assert rundir.foreign_entries(run) == ["loss.png (changed since textgen wrote it)"]

@@ -531,13 +531,24 @@ def _run_name(config_path: Path) -> str:
 @click.option(
     "--valid", is_flag=True, help="Also score the validation text the run held out in training."
 )
+@click.option(
+    "--corpus",
+    "moved",
+    default=None,
+    help="With --valid: where the run's corpus is now (its sha256 must be the recorded one).",
+)
 @click.option("--encoding", default="utf-8", show_default=True, help="Encoding of the files.")
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @_friendly
 def evaluate(
-    files: tuple[str, ...], model_dir: str | None, valid: bool, encoding: str, fmt: str
+    files: tuple[str, ...],
+    model_dir: str | None,
+    valid: bool,
+    moved: str | None,
+    encoding: str,
+    fmt: str,
 ) -> None:
     """Measure a model on held-out text: cross-entropy, perplexity, bits per character.
 
@@ -551,6 +562,7 @@ def evaluate(
       textgen eval --model runs/ptb-small ../shared/data/ptb/ptb.test.txt
       textgen eval --model runs/shakespeare-char held-out.txt --format json
       textgen eval --model runs/ko-constitution-jamo --valid
+      textgen eval --model runs/ko-constitution-char --valid --corpus moved/constitution.txt
     """
     from textgen.corpus.examples import held_out_text
     from textgen.corpus.read import read_corpus
@@ -560,10 +572,17 @@ def evaluate(
 
     if not files and not valid:
         raise UsageError("give FILES to score, or --valid for the run's own held-out text")
+    if moved is not None and not valid:
+        raise UsageError("--corpus goes with --valid (it says where the run's corpus is now)")
     bundle = load_bundle(resolve_run(model_dir))
     results = {}
     if valid:
-        text = held_out_text(bundle.config.data, bundle.metadata.get("corpus_sha256"))
+        text = held_out_text(
+            bundle.config.data,
+            bundle.metadata.get("corpus_sha256"),
+            moved=moved,
+            valid_sha256=bundle.metadata.get("valid_sha256"),
+        )
         if not text.strip():
             raise DataError(f"{bundle.run_dir} held out no validation text (val_split = 0)")
         results["validation"] = evaluate_text(bundle, text)

@@ -17,9 +17,10 @@ from textgen.rundir import (
     PLOT,
     Snapshot,
     atomic_write,
-    current_snapshot,
+    is_run,
     parse_history,
     read_run,
+    record_written,
 )
 
 X_AXES = {"epoch": ("epoch", "epoch"), "time": ("elapsed", "training time (minutes)")}
@@ -34,7 +35,7 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
             raise DataError(f"{path} not found: the run has not finished an epoch yet")
         return snap.path(HISTORY).read_text(encoding="utf-8")
 
-    if current_snapshot(run_dir) is None:
+    if not is_run(run_dir):
         raise DataError(f"{path} not found: the run has not finished an epoch yet")
     try:
         rows = parse_history(read_run(run_dir, read))
@@ -103,4 +104,16 @@ def plot_history(run_dir: Path, out: Path, x_axis: str = "epoch") -> Path:
         raise _write_error(out, err) from None
     finally:
         plt.close(fig)
+    _record_if_inside(run_dir, out)
     return out
+
+
+def _record_if_inside(run_dir: Path, out: Path) -> None:
+    """A plot written into the run is recorded as textgen's (``--overwrite`` may then
+    delete it); one written elsewhere is the user's."""
+    try:
+        inside = out.resolve().parent == run_dir.resolve() and out.name == PLOT
+    except OSError:
+        return
+    if inside:
+        record_written(run_dir, [run_dir / PLOT])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -171,16 +172,39 @@ def stream_examples(ids: np.ndarray, seq_len: int) -> Examples:
     return Examples(np.ascontiguousarray(inputs), np.ascontiguousarray(targets))
 
 
-def held_out_text(cfg: DataConfig, corpus_sha256: str | None = None) -> str:
+def held_out_text(
+    cfg: DataConfig,
+    corpus_sha256: str | None = None,
+    *,
+    moved: str | None = None,
+    valid_sha256: str | None = None,
+) -> str:
     """The validation text a run held out: ``valid_corpus``, or the corpus' tail that
     :func:`prepare` set aside (empty when ``val_split`` is 0).
 
     With ``corpus_sha256`` (the run's record) the corpus must still be that file: a run
     copied from elsewhere names paths of another machine, and the tail of a different
-    file is not what the run held out.
+    file is not what the run held out. ``moved`` is where that file (the separate
+    validation file, when the run has one) is now; it is checked the same way.
     """
+    if not cfg.valid_corpus and cfg.val_split <= 0:
+        return ""
+    key = "valid_corpus" if cfg.valid_corpus else "corpus"
+    if moved is not None:
+        cfg = replace(cfg, **{key: moved})
+    elif not Path(getattr(cfg, key)).exists():
+        raise DataError(
+            f"{key.replace('_', ' ')} not found: {getattr(cfg, key)}; if the same text is "
+            "elsewhere, give it with --corpus PATH"
+        )
     if cfg.valid_corpus:
-        return read_corpus(cfg.valid_corpus, cfg.encoding)[0]
+        text, sha = read_corpus(cfg.valid_corpus, cfg.encoding)
+        if valid_sha256 and sha != valid_sha256:
+            raise DataError(
+                f"{cfg.valid_corpus} is not the validation file this run was trained with "
+                "(sha256 differs); score a file instead"
+            )
+        return text
     if cfg.val_split <= 0:
         return ""
     if cfg.mode == "lines":

@@ -137,6 +137,7 @@ class Checkpoint:
             "vocab_size": len(prepared.tokenizer.vocab),
             "corpus": data.corpus,
             "corpus_sha256": prepared.corpus_sha256,
+            "valid_sha256": self.valid_sha256,
             "train_sequences": len(prepared.train),
             "train_tokens": prepared.train.num_tokens,
             "best_epoch": state.best_epoch,
