@@ -148,32 +148,35 @@ def one_huge_line(places, monkeypatch, _stack) -> None:
 CASES: list[tuple[str, list[str], int, str, Setup | None]] = [
     # corpora
     ("empty corpus", [*TRAIN, "--corpus", "{tmp}/empty.txt"], 1,
-     "corpus {tmp}/empty.txt is empty", None),
+     "corpus {tmp}/empty.txt is empty (no text besides whitespace)", None),
     ("whitespace-only corpus", [*TRAIN, "--corpus", "{tmp}/blank.txt"], 1,
-     "corpus {tmp}/blank.txt is empty", None),
+     "corpus {tmp}/blank.txt is empty (no text besides whitespace)", None),
     ("non-UTF-8 corpus", [*TRAIN, "--corpus", "{tmp}/latin1.txt"], 1,
      "corpus {tmp}/latin1.txt is not valid utf-8 at byte 3 (0xe9); convert it or pass "
      "--encoding", None),
     ("unknown encoding", [*TRAIN, "--encoding", "klingon"], 1,
      "unknown encoding 'klingon'", None),
     ("binary file", [*TRAIN, "--corpus", "{tmp}/binary.txt"], 1,
-     "corpus {tmp}/binary.txt looks binary (NUL byte)", None),
+     "corpus {tmp}/binary.txt looks binary (NUL byte); give a text file", None),
     ("missing corpus", [*TRAIN, "--corpus", "{tmp}/nope.txt"], 1,
      "corpus not found: {tmp}/nope.txt", None),
     ("corpus that is a folder", [*TRAIN, "--corpus", "{tmp}"], 1,
      "corpus {tmp} is a folder, not a text file", None),
     ("corpus that is a device", [*TRAIN, "--corpus", "/dev/zero"], 1,
-     "corpus /dev/zero is not a regular file", None),
+     "corpus /dev/zero is not a regular file (a device or a pipe); give a text file", None),
     ("a corpus shorter than one window",
      [*TRAIN, "--corpus", "{tmp}/short.txt", *STREAM, "--set", "data.seq_len=50"], 1,
-     "corpus {tmp}/short.txt is too short for one window", None),
+     "corpus {tmp}/short.txt is too short for one window: 3 training tokens, data.seq_len = 50 "
+     "needs 51", None),
     ("a single-token vocabulary",
      [*TRAIN, "--corpus", "{tmp}/one.txt", "--set", "data.level=char", *STREAM,
       "--set", "data.seq_len=5"], 1,
-     "corpus {tmp}/one.txt has a single distinct token", None),
+     "corpus {tmp}/one.txt has a single distinct token ('a'); a language model needs at least two",
+     None),
     ("a stream line over 256 MB",
      ["prepare", "--config", "{toy}", "--corpus", "{tmp}/long.txt", *STREAM, "--quiet"], 1,
-     "corpus {tmp}/long.txt has a line longer than 1 MB", a_long_line),
+     "corpus {tmp}/long.txt has a line longer than 1 MB; stream-mode text needs line breaks",
+     a_long_line),
     ("more than 5 million distinct words",
      ["prepare", "--config", "{toy}", "--corpus", "{tmp}/words.txt", *STREAM, "--quiet"], 1,
      "the corpus has more than 1,000 distinct tokens; a word vocabulary that large does not "
@@ -190,13 +193,13 @@ CASES: list[tuple[str, list[str], int, str, Setup | None]] = [
     ("wrong value type", ["train", "--config", "{tmp}/type.toml"], 2,
      "config key 'train.epochs' must be int, got str 'ten'", None),
     ("out-of-range value", ["train", "--config", "{tmp}/range.toml"], 2,
-     "train.epochs must be", None),
+     "train.epochs must be >= 1", None),
     ("value outside its choices", ["train", "--config", "{tmp}/choice.toml"], 2,
      "config key 'model.cell' must be one of lstm, gru, rnn; got 'transformer'", None),
     ("missing config", ["train", "--config", "{tmp}/nope.toml"], 2,
      "config file not found: {tmp}/nope.toml", None),
     ("config path that is a folder", ["train", "--config", "{tmp}"], 2,
-     "config {tmp} is a folder", None),
+     "config {tmp} is a folder, not a TOML file", None),
     ("invalid TOML", ["train", "--config", "{tmp}/bad.toml"], 2,
      "{tmp}/bad.toml: not valid TOML: Expected ']' at the end of a table declaration "
      "(at line 1, column 7)", None),
@@ -210,35 +213,43 @@ CASES: list[tuple[str, list[str], int, str, Setup | None]] = [
      "train.seed must be in [0, 2**32)", None),
     ("a tokenizer option the level does not use",
      [*TRAIN, "--set", "data.level=subword", "--set", "data.lowercase=true"], 2,
-     'data.lowercase does not apply to data.level = "subword"', None),
+     'data.lowercase does not apply to data.level = "subword" (it would be ignored); remove it',
+     None),
     ("lowercase at the char level",
      [*TRAIN, "--set", "data.level=char", "--set", "data.lowercase=true"], 2,
-     'data.lowercase does not apply to data.level = "char"', None),
+     'data.lowercase does not apply to data.level = "char" (it would be ignored); remove it',
+     None),
     ("a subword option at the word level", [*TRAIN, "--set", "data.vocab_size=500"], 2,
-     'data.vocab_size does not apply to data.level = "word"', None),
+     'data.vocab_size does not apply to data.level = "word" (it would be ignored); remove it',
+     None),
     # seeds and decoding options
     ("empty seed", ["generate", "--model", "{run}", "--seed", ""], 2,
      'the seed is empty; give at least one token, e.g. --seed "The"', None),
     ("seed made only of unknown tokens", ["generate", "--model", "{run}", "--seed", "안녕"], 1,
      "no token of the seed is in the model's vocabulary: '안녕'", None),
-    ("--length 0", [*GENERATE, "--length", "0"], 2, "--length must be at least 1", None),
-    ("--length negative", [*GENERATE, "--length", "-5"], 2, "--length must be at least 1", None),
-    ("-n 0", [*GENERATE, "-n", "0"], 2, "-n/--num-samples must be at least 1", None),
+    ("--length 0", [*GENERATE, "--length", "0"], 2, "--length must be at least 1, got 0", None),
+    ("--length negative", [*GENERATE, "--length", "-5"], 2,
+     "--length must be at least 1, got -5", None),
+    ("-n 0", [*GENERATE, "-n", "0"], 2, "-n/--num-samples must be at least 1, got 0", None),
     ("--temperature 0 when sampling", [*GENERATE, "--strategy", "sample", "--temperature", "0"],
-     2, "--temperature must be > 0", None),
+     2, "--temperature must be > 0 when sampling, got 0.0 (use --strategy greedy for argmax)",
+     None),
     ("--temperature negative when sampling",
      [*GENERATE, "--strategy", "sample", "--temperature", "-1"], 2,
-     "--temperature must be > 0", None),
-    ("--top-p above 1", [*GENERATE, "--top-p", "2"], 2, "--top-p must be in (0, 1]", None),
-    ("--top-p 0", [*GENERATE, "--top-p", "0"], 2, "--top-p must be in (0, 1]", None),
+     "--temperature must be > 0 when sampling, got -1.0 (use --strategy greedy for argmax)",
+     None),
+    ("--top-p above 1", [*GENERATE, "--top-p", "2"], 2, "--top-p must be in (0, 1], got 2.0", None),
+    ("--top-p 0", [*GENERATE, "--top-p", "0"], 2, "--top-p must be in (0, 1], got 0.0", None),
     ("--beam-width 0", [*GENERATE, "--strategy", "beam", "--beam-width", "0"], 2,
-     "--beam-width must be >= 1", None),
+     "--beam-width must be >= 1, got 0", None),
     ("--length too large to hold", [*GENERATE, "--length", "1000000000000"], 2,
-     "--length must be at most 1,000,000", None),
+     "--length must be at most 1,000,000, got 1,000,000,000,000", None),
     ("-n too large to hold", [*GENERATE, "-n", "100000"], 2,
-     "-n/--num-samples must be at most 10,000", None),
+     "-n/--num-samples must be at most 10,000, got 100,000", None),
     # runs
-    ("no trained run", ["generate", "--seed", "x"], 1, "no trained run found", None),
+    ("no trained run", ["generate", "--seed", "x"], 1,
+     "no trained run found (runs/latest does not exist); train one with "
+     "'textgen train --config FILE' or pass --model RUN_DIR", None),
     ("missing run directory", ["generate", "--model", "{tmp}/nope", "--seed", "x"], 1,
      "run directory not found: {tmp}/nope", None),
     ("run directory with a missing file", GENERATE, 1,
@@ -265,7 +276,8 @@ CASES: list[tuple[str, list[str], int, str, Setup | None]] = [
      "continue it, or --out to choose another", None),
     ("--overwrite of a folder with other files",
      ["train", "--config", "{toy}", "--out", "{tmp}", "--overwrite"], 2,
-     "{tmp} is not empty and is not a textgen run directory", None),
+     "{tmp} is not empty and is not a textgen run directory; refusing to delete it with "
+     "--overwrite", None),
     ("--out latest", ["train", "--config", "{toy}", "--out", "{tmp}/latest"], 2,
      "--out {tmp}/latest: 'latest' is the link to the most recent run; choose another name",
      None),
@@ -274,7 +286,8 @@ CASES: list[tuple[str, list[str], int, str, Setup | None]] = [
     ("--resume of a run without state", ["train", "--resume", "{tmp}"], 1,
      "{tmp} has no resumable state (last.npz); it cannot be resumed", None),
     ("--resume with a changed corpus", [*RESUME, "--set", "data.corpus={tmp}/other.txt"], 1,
-     "--set data.corpus={tmp}/other.txt: that file is not the one {run} was trained on", None),
+     "--set data.corpus={tmp}/other.txt: that file is not the one {run} was trained on (sha256 "
+     "{other_sha}…, the run recorded {toy_sha}…); cannot resume", None),
     ("--resume with --config", ["train", "--resume", "{run}", "--config", "{toy}"], 2,
      "--resume takes the run's own config; only --set may go with it", None),
     ("train with neither --config nor --resume", ["train"], 2,
@@ -340,9 +353,12 @@ def places(tmp_path, toy_run, monkeypatch):
         (folder / name).write_bytes(data)
     run = tmp_path / "run"
     shutil.copytree(toy_run, run, symlinks=True)
+    toy_corpus = TOY_CONFIG.parent.parent / "data" / "ko-toy.txt"
     return {
         "tmp": str(folder), "run": str(run), "toy": str(TOY_CONFIG), "cwd": str(tmp_path),
-        "toy_corpus": str(TOY_CONFIG.parent.parent / "data" / "ko-toy.txt"),
+        "toy_corpus": str(toy_corpus),
+        "toy_sha": hashlib.sha256(toy_corpus.read_bytes()).hexdigest()[:12],
+        "other_sha": hashlib.sha256(FILES["other.txt"]).hexdigest()[:12],
     }  # fmt: skip
 
 
@@ -372,7 +388,7 @@ def check(args, places, code: int, message: str, may_change: tuple[str, ...] = (
     assert "Traceback" not in result.output
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, result.stderr
-    assert errors[0].startswith(f"error: {message.format(**places)}"), errors[0]
+    assert errors[0] == f"error: {message.format(**places)}"  # the whole line
     after = everything(root)
     if may_change:
         before = {k: v for k, v in before.items() if not k.startswith(may_change)}
