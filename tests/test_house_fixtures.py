@@ -7,8 +7,9 @@ Record (only ever before a refactor, never to make a failing comparison pass):
 
     TEXTGEN_RECORD_FIXTURES=1 .venv/bin/python -m pytest tests/test_house_fixtures.py
 
-Float results depend on the CPU's kernels: they are compared only on the CPU kind that
-recorded them (the ids and texts of the tokenizers on any machine).
+Float results depend on the CPU's kernels: on the CPU kind that recorded them they are
+compared at 1e-6, on any other kind at :data:`OTHER_KIND_REL` with the texts that stay the
+same across kinds (see there); the ids of the tokenizers are compared exactly everywhere.
 """
 
 from __future__ import annotations
@@ -176,10 +177,30 @@ def cache_ids(tmp: Path) -> dict:
     return out
 
 
-def close(a: float, b: float) -> bool:
+SAME_KIND_REL = 1e-6
+# Another CPU kind runs other float kernels. Measured on the recording machine with oneDNN
+# held to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2, the kernels of a CPU without AVX-512), the worst
+# relative difference of a loss was 2.2e-3 (ptb carry-state, after 2 epochs of a chaotic
+# sum), 1.1e-5 for the toy (at losses near 7e-4) and at most 2e-7 for the other three;
+# held to AVX512_CORE (no AMX) every number was identical, and so with oneDNN's custom
+# operations off. 1e-2 leaves a factor of about 4.6 over the worst measured, and is still
+# far below what a changed step, rate or loss does to these curves.
+OTHER_KIND_REL = 1e-2
+# Under the AVX2 kernels every best epoch, every greedy and beam text and every text of the
+# toy (a converged model) stayed the same; the sample of the undertrained ptb model did not
+# (one draw near a boundary of the cumulative probabilities changes the rest). So on
+# another kind the sampled texts are compared for the toy only.
+
+
+def close(a: float, b: float, rel: float = SAME_KIND_REL) -> bool:
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
-    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
+
+
+def stable_across_kinds(scenario: str, text: str) -> bool:
+    """Whether a pinned text is compared on a CPU kind other than the recording one."""
+    return scenario == "ko-toy word/lines" or not text.startswith("sample")
 
 
 @pytest.fixture(scope="module")
@@ -207,17 +228,21 @@ RUNS = [
 
 @pytest.mark.parametrize("scenario", RUNS)
 def test_the_same_losses_and_texts(results, scenario):
+    """On every machine: at 1e-6 with every text on the CPU kind that recorded the
+    fixtures, at OTHER_KIND_REL with the texts stable across kinds on any other."""
     record = saved()
-    if record["cpu"] != cpu_kind():
-        pytest.skip(f"recorded on {record['cpu']}; this CPU is {cpu_kind()}")
+    same_kind = record["cpu"] == cpu_kind()
+    rel = SAME_KIND_REL if same_kind else OTHER_KIND_REL
     want, got = record["scenarios"][scenario], results[scenario]
     for key in ("loss", "val_loss"):
         assert len(got[key]) == len(want[key])
         pairs = enumerate(zip(got[key], want[key], strict=True))
-        bad = [(i, a, b) for i, (a, b) in pairs if not close(a, b)]
-        assert not bad, f"{key} differs at epochs {bad}"
+        bad = [(i, a, b) for i, (a, b) in pairs if not close(a, b, rel)]
+        assert not bad, f"{key} differs at epochs {bad} (relative tolerance {rel})"
     assert got["best_epoch"] == want["best_epoch"]
-    assert got["texts"] == want["texts"]
+    names = [n for n in want["texts"] if same_kind or stable_across_kinds(scenario, n)]
+    assert names, "no text compared"
+    assert {n: got["texts"][n] for n in names} == {n: want["texts"][n] for n in names}
 
 
 @pytest.mark.parametrize("level", list(LEVELS))
