@@ -25,8 +25,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,14 +146,21 @@ def _write_entry(
     False when another process made the entry meanwhile (its entry is kept)."""
     root = folder.parent
     _sweep_abandoned(root)
+    # the name is chosen before the folder exists, so that a signal at any moment after
+    # (even inside mkdir) finds it to remove
+    tmp = root / f"{folder.name}.tmp-{secrets.token_hex(8)}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=root))
+        tmp.mkdir(mode=0o700)
         owner = _hold(tmp / OWNER)
     except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(
             f"cannot create the corpus cache in {root}: {err.strerror or err}"
         ) from None
+    except BaseException:  # a signal between the folder and its owner file
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         made = _tokenize(cfg, tmp, cut, tokenizer, progress)
         made["sha256"] = {name: _sha256(tmp / name) for name in (TRAIN, VALID)}

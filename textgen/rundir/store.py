@@ -90,7 +90,12 @@ def replace_link(link: Path, target: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(target, tmp)
-    os.replace(tmp, link)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def sha256_file(path: Path) -> str:
@@ -369,12 +374,24 @@ class Commit:
         name = f"{max(numbers, default=0) + 1:08d}"
         os.rename(self.tmp, store / name)
         fsync_dir(store)
-        if (store / CURRENT).is_dir() and not (store / CURRENT).is_symlink():
-            shutil.rmtree(store / CURRENT)  # a copy that followed links (cp -L, copytree)
-        replace_link(store / CURRENT, name)  # the commit
+        try:
+            if (store / CURRENT).is_dir() and not (store / CURRENT).is_symlink():
+                shutil.rmtree(store / CURRENT)  # a copy that followed links (cp -L, copytree)
+            replace_link(store / CURRENT, name)  # the commit
+        except BaseException:
+            if _link_target(store / CURRENT) != name:  # not committed: the folder goes again
+                shutil.rmtree(store / name, ignore_errors=True)
+            raise
         fsync_dir(store)
         _link_top_level(self.run_dir, sorted(self.digests))
         _prune(store, keep={name, self.previous})
+
+
+def _link_target(link: Path) -> str | None:
+    try:
+        return os.readlink(link)
+    except OSError:
+        return None
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
