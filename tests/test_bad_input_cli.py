@@ -120,6 +120,16 @@ def full_disk(_places, monkeypatch, _stack) -> None:
     monkeypatch.setattr(store, "_write_synced", write)
 
 
+def remove_current_snapshot(places, _mp, _stack) -> None:
+    folder = in_snapshot(places)
+    shutil.rmtree(folder)
+    places["snapshot"] = folder.name
+
+
+def dangling_out(places, _mp, _stack) -> None:
+    (Path(places["tmp"]) / "dangling").symlink_to(Path(places["tmp"]) / "nowhere")
+
+
 def held_lock(places, _mp, stack) -> None:
     stack.enter_context(rundir.RunLock(Path(places["run"])))  # this process, another fd
     places["pid"] = str(os.getpid())
@@ -222,6 +232,9 @@ CASES: list[tuple[str, list[str], int, str, Setup | None]] = [
     ("a subword option at the word level", [*TRAIN, "--set", "data.vocab_size=500"], 2,
      'data.vocab_size does not apply to data.level = "word" (it would be ignored); remove it',
      None),
+    ("a setting the rest of the config makes unused", [*TRAIN, "--set", "train.momentum=0.9"],
+     2, 'train.momentum applies to train.optimizer = "sgd" only (got \'adam\': it would be '
+     "ignored); remove it", None),
     # seeds and decoding options
     ("empty seed", ["generate", "--model", "{run}", "--seed", ""], 2,
      'the seed is empty; give at least one token, e.g. --seed "The"', None),
@@ -246,6 +259,14 @@ CASES: list[tuple[str, list[str], int, str, Setup | None]] = [
      "--length must be at most 1,000,000, got 1,000,000,000,000", None),
     ("-n too large to hold", [*GENERATE, "-n", "100000"], 2,
      "-n/--num-samples must be at most 10,000, got 100,000", None),
+    ("-n × --length too large to hold", [*GENERATE, "-n", "10000", "--length", "1000000"], 2,
+     "-n × --length must be at most 10,000,000 tokens, got 10,000 × 1,000,000; ask for fewer "
+     "or shorter texts", None),
+    ("--beam-width too large", [*GENERATE, "--strategy", "beam", "--beam-width", "5000"], 2,
+     "--beam-width must be at most 1,000, got 5,000", None),
+    ("-n above --beam-width", [*GENERATE, "--strategy", "beam", "--beam-width", "2", "-n", "3"],
+     2, "-n 3 is more than --beam-width 2: a beam search keeps at most --beam-width texts; "
+     "raise --beam-width or lower -n", None),
     # runs
     ("no trained run", ["generate", "--seed", "x"], 1,
      "no trained run found (runs/latest does not exist); train one with "
@@ -278,6 +299,12 @@ CASES: list[tuple[str, list[str], int, str, Setup | None]] = [
      ["train", "--config", "{toy}", "--out", "{tmp}", "--overwrite"], 2,
      "{tmp} is not empty and is not a textgen run directory; refusing to delete it with "
      "--overwrite", None),
+    ("a missing snapshot", GENERATE, 1,
+     "run directory {run} is damaged: .snapshots/{snapshot}/manifest.json is missing",
+     remove_current_snapshot),
+    ("--out a dangling link", ["train", "--config", "{toy}", "--out", "{tmp}/dangling"], 2,
+     "--out {tmp}/dangling is a link to {tmp}/nowhere, which does not exist; create that "
+     "folder or choose another --out", dangling_out),
     ("--out latest", ["train", "--config", "{toy}", "--out", "{tmp}/latest"], 2,
      "--out {tmp}/latest: 'latest' is the link to the most recent run; choose another name",
      None),
