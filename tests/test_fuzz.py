@@ -1896,9 +1896,11 @@ KNOWN: list[tuple[str, str, Any]] = [
      GenerateCase("jamo", "arg", "가는\udcff")),
     ("new: a click usage error is four lines", "generate",
      GenerateCase("word", "arg", "그의", options=_plain("--length", "abc"))),
+    # beam search kept every finished beam and sorted them at each step: 10,000 steps took
+    # 23 s, 10^6 never ended; now a step is O(width) (10,000 steps 0.75 s, 10^5 steps 7 s)
     ("new: beam search with a long --length", "generate",
      GenerateCase("word", "arg", "그의",
-                  options=_plain("--strategy", "beam", "--length", "1000000"))),
+                  options=_plain("--strategy", "beam", "--length", "30000"))),
     # damaged runs (#21 items 3, 4)
     ("item 4: resume of a snapshot without its tokenizer.json", "damage",
      DamageCase("links", "<current>/tokenizer.json", "remove", "resume")),

@@ -8,6 +8,7 @@ traceback. TensorFlow is imported only by the commands that train, so ``--help``
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -80,7 +81,27 @@ def _corpus_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """click's own usage errors (a bad option value, a missing argument, an unknown
+    command) as one ``error:`` line with exit code 2, like every other error here."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as err:
+            where = f"; see '{err.ctx.command_path} --help'" if err.ctx is not None else ""
+            click.echo(f"error: {err.format_message().rstrip('.')}{where}", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            click.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="textgen")
 def main() -> None:
     """Train recurrent language models on text and generate new text with them.
@@ -358,6 +379,10 @@ def generate(
         raise UsageError("--seed is not valid UTF-8")
     plan = Strategy(strategy, temperature, top_k, top_p, beam_width, length_penalty)
     check_sizes(length, num_samples, plan)
+    if rng_seed is not None and not 0 <= rng_seed < 2**63:
+        raise UsageError(f"--rng-seed must be in [0, 2**63), got {rng_seed}")
+    if not math.isfinite(length_penalty):
+        raise UsageError(f"--length-penalty must be a finite number, got {length_penalty}")
     source = _open_seeds(seeds_file) if seeds_file is not None else None
     bundle = load_bundle(resolve_run(model_dir))
     generator = Generator(bundle.lm, bundle.tokenizer)
@@ -395,6 +420,9 @@ def generate(
                 text_seed = click.prompt("seed", default="", show_default=False, err=True)
             except (EOFError, click.Abort):
                 break
+            except UnicodeDecodeError as err:  # the session goes on, as after a bad seed
+                click.echo(f"error: the seed is not valid UTF-8 (byte {err.start})", err=True)
+                continue
             if not text_seed.strip():
                 break
             try:

@@ -277,6 +277,11 @@ def _prepare_lines(cfg: DataConfig, given: Tokenizer | None) -> Prepared:
     tokenizer = given or tokenizer_for(cfg, train_lines)
     _check_vocab(tokenizer, where)
     length = cfg.max_len or _longest_line(lines, tokenizer, where)
+    if len(lines) * length > MAX_PADDED_IDS:  # a max_len far past any line
+        raise DataError(
+            f"data.max_len = {cfg.max_len:,} pads {len(lines):,} lines to {length:,} ids each "
+            f"({len(lines) * length * 8 / 1e9:,.1f} GB); lower data.max_len (e.g. 200)"
+        )
     train, cut = line_examples(train_lines, tokenizer, length)
     val, cut_val = line_examples(val_lines, tokenizer, length) if val_lines else (None, 0)
     return Prepared(tokenizer, train, val, sha, cut + cut_val)

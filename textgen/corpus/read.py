@@ -119,6 +119,8 @@ def text_blocks(
                     decoded = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as err:
                     raise _bad_bytes(path, encoding, offset + max(err.start, 0), 0) from None
+                except UnicodeError as err:  # e.g. utf-16 without its byte-order mark
+                    raise DataError(f"corpus {path} cannot be read as {encoding}: {err}") from None
                 offset += len(block)
                 cut = decoded.rfind("\n") + 1 if block else len(decoded)
                 if cut or not block:

@@ -246,8 +246,10 @@ def beam_search(
             for j, total in enumerate(keep_scores):
                 finished.append((normalized(total, t + 1), total, t + 1, (t, j)))
             break
-        # stop once no live beam can still beat the num-th best finished one
+        # stop once no live beam can still beat the num-th best finished one; only the
+        # num best finished ones can be returned, so the rest go (a step stays O(width))
         finished.sort(key=lambda f: -f[0])
+        del finished[num:]
         if len(finished) >= num and alpha == 0 and max(keep_scores) <= finished[num - 1][0]:
             break
         scores = np.asarray(keep_scores)

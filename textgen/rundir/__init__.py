@@ -54,6 +54,7 @@ from textgen.rundir.contents import (
 )
 from textgen.rundir.folder import (
     RunLock,
+    check_links,
     check_out,
     clear_run,
     foreign_entries,
@@ -96,7 +97,8 @@ __all__ = [
     "CONFIG", "CURRENT", "FILES", "HISTORY", "LATEST", "LOCK", "LOGS", "MANIFEST", "METADATA",
     "MODEL", "NEEDED", "PLOT", "SNAPSHOTS", "STATE", "TOKENIZER", "WEIGHTS", "WRITTEN",
     "Bundle", "Commit", "RunLock", "Snapshot",
-    "atomic_write", "check_out", "clear_run", "current_snapshot", "foreign_entries", "is_run",
+    "atomic_write", "check_links", "check_out", "clear_run", "current_snapshot",
+    "foreign_entries", "is_run",
     "latest_link", "load_bundle", "load_keras_model", "load_metadata", "load_state",
     "parse_history", "prepare_new", "read_run", "record_written", "resolve_run",
     "run_tokenizer", "set_latest", "sha256_file", "write_bundle", "write_config", "write_state",

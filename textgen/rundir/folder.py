@@ -63,7 +63,7 @@ class RunLock:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666 & ~current_umask())
             made = [*missing, lock]
         except FileExistsError:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~current_umask())
             made = list(missing)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -302,6 +302,19 @@ def check_out(run_dir: Path) -> None:
         )
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {run_dir} exists and is not a folder")
+    for parent in run_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {run_dir}: {parent} is a file, not a folder")
+            break
+    check_links(run_dir)
+
+
+def check_links(run_dir: Path) -> None:
+    """Refuse a run whose lock file or ``logs/`` is a link: writes would leave the run."""
+    for name in (LOCK, LOGS):
+        if (run_dir / name).is_symlink():
+            raise DataError(f"{run_dir / name} is a link; textgen writes it itself: remove it")
 
 
 def prepare_new(run_dir: Path, overwrite: bool) -> None:

@@ -32,6 +32,7 @@ from textgen.rundir.names import (
 )
 
 T = TypeVar("T")
+MAX_MANIFEST = 1 << 20  # a manifest lists a handful of names and digests
 
 
 # -- files -------------------------------------------------------------------------------
@@ -162,8 +163,11 @@ def current_snapshot(run_dir: Path) -> Snapshot | None:
 
 
 def _read_manifest(folder: Path, run_dir: Path) -> dict[str, str]:
+    path = folder / MANIFEST
+    if path.exists() and (not path.is_file() or path.stat().st_size > MAX_MANIFEST):
+        raise DataError(f"{path} is not a manifest textgen wrote; the run cannot be read")
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
         digests = dict(manifest["files"])
         version = manifest["format_version"]
     except FileNotFoundError:

@@ -108,6 +108,7 @@ class Trainer:
         k.utils.set_random_seed(cfg.seed)
         tf.config.experimental.enable_op_determinism()
         mask = config.data.mode == "lines"
+        _check_fits(config, len(prepared.tokenizer.vocab))
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self.model = build_model(config.model, len(prepared.tokenizer.vocab), mask_padding=mask)
             if config.model.init_scale > 0:
@@ -364,6 +365,7 @@ def train(
         resume = True
         log(f"found the backup {run_dir / rundir.STATE}; continuing from it")
     if resume:
+        rundir.check_links(run_dir)
         _check_corpus_is_there(config, run_dir)
     config, prepared = _prepare_data(config, run_dir if resume else None, progress, log)
     run = Trainer(config, prepared, run_dir, log, strategy)  # model errors, too
@@ -427,8 +429,40 @@ def _prepare_data(
     return replace(config, data=replace(config.data, **absolute)), prepared
 
 
+def _check_every_file(snap: rundir.Snapshot) -> None:
+    """Read every file of the snapshot against its checksum (raises on the first bad one)."""
+    for name in rundir.FILES:
+        if snap.has(name):
+            snap.path(name)
+
+
+def _check_fits(config: Config, vocab: int) -> None:
+    """Refuse a model whose weights, gradients and Adam moments (four copies of float32)
+    cannot fit in this machine's memory: one line instead of an out-of-memory."""
+    import os
+
+    m = config.model
+    params = vocab * m.embedding_dim + m.units * vocab + vocab  # embedding, output layer
+    width = m.embedding_dim
+    for _ in range(m.layers):
+        params += 4 * m.units * (width + m.units + 1)  # the largest cell (LSTM)
+        width = m.units
+    need = params * 4 * 4
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return
+    if need > have:
+        raise DataError(
+            f"the model has about {params:,} parameters and needs about {need / 2**30:,.1f} GiB "
+            f"to train, more than this machine's {have / 2**30:,.1f} GiB; lower model.units, "
+            "model.embedding_dim, model.layers or the vocabulary"
+        )
+
+
 def _restore(run: Trainer, log: Callable[[str], None]) -> None:
     """Put the saved state back into ``run``; a finished run says how to go on."""
+    rundir.read_run(run.run_dir, _check_every_file)  # a damaged file is not carried on
     run.restore_state()
     epochs, run_dir = run.config.train.epochs, run.run_dir
     if run.state.epoch > epochs:
