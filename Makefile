@@ -54,7 +54,7 @@ soak: install  ## kill training at random moments (SOAK_TRIALS, default 20) and 
 	$(BIN)/python -m pytest -q -s tests/test_soak.py
 	$(MAKE) --no-print-directory soak-fuzz
 
-soak-fuzz: install  ## the fuzz test's long profile: 13,000 hostile CLI cases (about 45 min on 2 cores), each failure kind counted
+soak-fuzz: install  ## the fuzz test's long profile: 13,000 hostile CLI cases (about 30 min on 2 cores), each failure kind counted
 	TEXTGEN_FUZZ=long $(BIN)/python -m pytest -q -s tests/test_fuzz.py
 
 bench-generate: install  ## decoding speed vs the tutorial's re-feed and PyTorch (needs .[bench])

@@ -8,7 +8,7 @@ every invocation keeps.
   run), no shrinking, failing at the first broken property; about 30 s on 2 cores
   beside the session's toy run.
 - ``long`` (``make soak``, or ``make soak-fuzz`` alone): 13,170 cases, random, with an
-  example database under ``.hypothesis/``; about 45 minutes on 2 cores. A broken
+  example database under ``.hypothesis/``; about 30 minutes on 2 cores. A broken
   property is *recorded* and the run goes on, so one soak reports every kind of failure
   it met, each with a count and its first reproduction; the test fails at its end with
   that list. ``TEXTGEN_FUZZ_REPORT`` names a JSON file for the counts (default
