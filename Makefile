@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TEXTGEN := $(BIN)/textgen
 SHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
 
-.PHONY: install demo test lint fmt toy-sentences shakespeare ptb-small ptb-best soak soak-fuzz bench-generate bench-train bench-ko bench-prepare bench-reg clean
+.PHONY: install demo test lint fmt toy-sentences shakespeare ptb-small ptb-best soak soak-kill soak-fuzz bench-generate bench-train bench-ko bench-prepare bench-reg clean
 
 $(BIN)/textgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,9 +50,10 @@ ptb-best: install  ## the best PTB model for one hour of training on 2 cores, th
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
 
-soak: install  ## kill training at random moments (SOAK_TRIALS, default 20) and resume; then soak-fuzz
+soak: soak-kill soak-fuzz  ## the kill trials, then the fuzz test's long profile (about 40 min)
+
+soak-kill: install  ## kill training at random moments (SOAK_TRIALS, default 20) and resume
 	$(BIN)/python -m pytest -q -s tests/test_soak.py
-	$(MAKE) --no-print-directory soak-fuzz
 
 soak-fuzz: install  ## the fuzz test's long profile: 13,000 hostile CLI cases (about 30 min on 2 cores), each failure kind counted
 	TEXTGEN_FUZZ=long $(BIN)/python -m pytest -q -s tests/test_fuzz.py
