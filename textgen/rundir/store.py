@@ -136,10 +136,9 @@ def _snapshots(run_dir: Path) -> Path:
 def manifest_digests(folder: Path) -> dict[str, str] | None:
     """The file → sha256 record of the snapshot ``folder``; None when it has no readable
     manifest."""
-    try:
-        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
-        return {str(k): str(v) for k, v in dict(files).items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    try:  # the reader's own checks: a FIFO or a huge file is not read
+        return {str(k): str(v) for k, v in _read_manifest(folder, folder).items()}
+    except (OSError, DataError, AttributeError):
         return None
 
 
