@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from textgen import cli
+from textgen.cli import generate as cli
 from textgen.cli import main
 from textgen.text import fit_tokenizer
 

@@ -124,7 +124,7 @@ LAYERS = [
     ["textgen.decoding"],
     ["textgen.rundir"],
     ["textgen.training"],
-    ["textgen.evaluate", "textgen.plot"],
+    ["textgen.evaluate", "textgen.plot", "textgen.export", "textgen.serve"],
     ["textgen.report"],
     ["textgen.cli"],
     ["textgen.__main__"],

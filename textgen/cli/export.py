@@ -1,0 +1,1 @@
+"""``textgen export``: write a run as a TensorFlow SavedModel or a LiteRT model."""

@@ -1,0 +1,1 @@
+"""``textgen serve``: the OpenAI-compatible HTTP server and its web page."""

@@ -1,0 +1,183 @@
+"""``textgen train`` and ``textgen prepare``: start, resume and feed a training run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from textgen.cli.common import (
+    _config,
+    _corpus_options,
+    _friendly,
+    _run_name,
+    main,
+)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=True, path_type=Path),
+    help="TOML config file ([data], [model], [train]).",
+)
+@_corpus_options
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<config name>]."
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a config value; repeatable, e.g. --set train.epochs=3.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(path_type=Path),
+    help="Continue an interrupted run from its last saved step.",
+)
+@click.option(
+    "--distribute",
+    type=click.Choice(["none", "mirrored", "multiworker"]),
+    default=None,
+    help="tf.distribute strategy (overrides train.distribute); multiworker reads TF_CONFIG.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@_friendly
+def train(
+    config_path: Path | None,
+    corpus: Path | None,
+    encoding: str | None,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    overwrite: bool,
+    resume_dir: Path | None,
+    distribute: str | None,
+    quiet: bool,
+) -> None:
+    """Train a language model and write its run directory.
+
+    The run directory (default runs/<config name>) gets the resolved config, the
+    tokenizer, the best model, history.csv, metadata.json and the resumable state
+    last.npz; runs/latest points at it. Relative paths inside the config resolve against
+    the config file's folder. Ctrl-C saves the state after the current step and prints
+    the command that resumes it; --resume continues exactly where it stopped (--set may
+    change e.g. train.epochs).
+
+    \b
+    Examples:
+      textgen train --config configs/ko-toy.toml
+      textgen train --config configs/shakespeare-char.toml \\
+          --corpus ../shared/data/tinyshakespeare/input.txt --set train.epochs=1
+      textgen train --resume runs/shakespeare-char --set train.epochs=3
+      TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+        "task": {"type": "worker", "index": 0}}' textgen train \\
+          --config configs/shakespeare-char.toml --distribute multiworker
+
+    With --distribute multiworker every worker runs the same command with its own
+    TF_CONFIG and the same --out on a shared filesystem; only the chief (worker 0)
+    writes it, and a restarted cluster continues from its last saved state.
+    """
+    from textgen.errors import UsageError
+    from textgen.report import best_summary
+    from textgen.training.checkpoint import resume_config
+    from textgen.training.loop import train as run_training
+
+    if resume_dir is not None:
+        if config_path or corpus or encoding or out or overwrite:
+            raise UsageError("--resume takes the run's own config; only --set may go with it")
+        cfg, run_dir = resume_config(resume_dir, list(overrides)), resume_dir
+    elif config_path is None:
+        raise UsageError("give --config FILE (or --resume RUN_DIR)")
+    else:
+        cfg = _config(config_path, corpus, encoding, overrides)
+        run_dir = out or Path("runs") / _run_name(config_path)
+    if distribute is not None:
+        cfg = cfg.with_overrides([f"train.distribute={distribute}"])
+    log = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    result = run_training(
+        cfg,
+        run_dir,
+        overwrite=overwrite,
+        resume=resume_dir is not None,
+        progress=False if quiet else None,
+        log=log,
+    )
+    best = best_summary(result.metric, result.best_epoch, result.best_loss)
+    if result.chief:
+        log(f"saved {result.run_dir} ({best})")
+    else:
+        log(f"worker done; the chief saved {result.run_dir} ({best})")
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file; its [data] section says what to prepare.",
+)
+@_corpus_options
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a config value; repeatable, e.g. --set data.level=word.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_friendly
+def prepare(
+    config_path: Path,
+    corpus: Path | None,
+    encoding: str | None,
+    overrides: tuple[str, ...],
+    fmt: str,
+    quiet: bool,
+) -> None:
+    """Tokenize a stream-mode corpus once into the id cache that training reads.
+
+    One streaming pass with bounded memory (the vocabulary is counted in the same pass)
+    writes the token ids and the tokenizer to a cache folder keyed by the corpus' sha256
+    and every tokenizer setting ($TEXTGEN_CACHE, default ~/.cache/textgen). `textgen
+    train` does the same on its own when the cache has no entry, so this command is for
+    doing it ahead of time, on a machine of its own or for several runs at once.
+
+    \b
+    Examples:
+      textgen prepare --config configs/shakespeare-char.toml \\
+          --corpus ../shared/data/tinyshakespeare/input.txt
+      textgen prepare --config configs/ptb-small.toml --format json
+    """
+    import time
+
+    from textgen.corpus.cache import prepare_ids
+    from textgen.errors import UsageError
+    from textgen.report import prepare_lines, prepare_summary
+    from textgen.training.progress import ByteBar
+
+    cfg = _config(config_path, corpus, encoding, overrides)
+    if cfg.data.mode != "stream":
+        raise UsageError(
+            'textgen prepare streams corpora in data.mode = "stream"; a "lines" corpus '
+            "is padded sentence by sentence in memory when training starts"
+        )
+    t0 = time.perf_counter()
+    with ByteBar(cfg.data.corpus, "tokenizing", enabled=not quiet and sys.stderr.isatty()) as bar:
+        entry = prepare_ids(cfg.data, progress=bar.update)
+    summary = prepare_summary(cfg.data, entry, time.perf_counter() - t0)
+    if fmt == "json":
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    for line in prepare_lines(summary):
+        click.echo(line)
