@@ -1,0 +1,136 @@
+"""Decoding results pinned to files: the numpy decoder may get faster, never different.
+
+Small LSTM, GRU and SimpleRNN models with seeded random weights (no TensorFlow) decode
+greedily, by seeded sampling (temperature, top-k, top-p) and by beam search, alone and
+in batches, with and without a stop string. ``tests/fixtures/decoding/outputs.json``
+holds what the decoder produced before its step was rewritten for speed; every result
+must match it token for token, and the mean log-probabilities to float32 rounding.
+
+``TEXTGEN_RECORD_DECODING=1 pytest tests/test_decoding_fixtures.py`` rewrites the file
+(only for a deliberate change of results, with the reason in the commit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from textgen.decoding import numpy_lm
+from textgen.decoding.generate import Generator, Strategy
+from textgen.decoding.numpy_lm import NumpyLM, RNNWeights
+from textgen.text import fit_tokenizer
+
+FIXTURE = Path(__file__).parent / "fixtures" / "decoding" / "outputs.json"
+TEXT = "the quick brown fox jumps over the lazy dog.\nPACK MY BOX WITH FIVE DOZEN JUGS!\n"
+GATE_BLOCKS = {"lstm": 4, "gru": 3, "rnn": 1}
+
+# name: (cell, embedding, units, layers, projection table on)
+MODELS = {
+    "lstm2x48": ("lstm", 16, 48, 2, True),
+    "lstm2x48-notable": ("lstm", 16, 48, 2, False),
+    "gru2x40": ("gru", 12, 40, 2, True),
+    "rnn1x32": ("rnn", 8, 32, 1, True),
+}
+
+# name: (seed, length, num, strategy, rng seed, stop)
+CASES = {
+    "greedy-1": ("the ", 60, 1, Strategy(), None, None),
+    "greedy-5": ("PACK ", 40, 5, Strategy(), None, None),
+    "greedy-stop": ("fox", 80, 2, Strategy(), None, "o"),
+    "sample-t1": ("the ", 50, 3, Strategy("sample"), 0, None),
+    "sample-t07-k5": ("lazy", 50, 4, Strategy("sample", temperature=0.7, top_k=5), 1, None),
+    "sample-p09": ("dog", 50, 4, Strategy("sample", temperature=1.3, top_p=0.9), 2, None),
+    "sample-k3-p05": ("J", 40, 16, Strategy("sample", top_k=3, top_p=0.5), 3, None),
+    "sample-stop": ("the", 60, 8, Strategy("sample", temperature=0.9), 4, " "),
+    "sample-32": ("box", 30, 32, Strategy("sample", temperature=1.1, top_k=10), 5, None),
+    "beam-3x2": ("over", 30, 2, Strategy("beam", beam_width=3), None, None),
+    "beam-5-stop": ("the", 40, 3, Strategy("beam", beam_width=5, length_penalty=0.5), None, "."),
+}
+
+
+def tokenizer():
+    return fit_tokenizer(TEXT.splitlines(), "char", eos=True)
+
+
+def random_lm(cell: str, embedding: int, units: int, layers: int, seed: int = 0) -> NumpyLM:
+    """A model whose logits are spread enough that greedy does not stall on one token."""
+    rng = np.random.default_rng(seed)
+    vocab = len(tokenizer().vocab)
+    g = GATE_BLOCKS[cell]
+
+    def w(*shape, scale=0.4):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    weights, width = [], embedding
+    for _ in range(layers):
+        bias = w(2, g * units) if cell == "gru" else w(g * units, scale=0.1)
+        weights.append(RNNWeights(w(width, g * units), w(units, g * units), bias))
+        width = units
+    out_bias = w(vocab)
+    out_bias[tokenizer().eos_id] -= 2.0  # texts longer than a token or two
+    return NumpyLM(
+        cell, w(vocab, embedding, scale=1.0), weights, w(units, vocab, scale=1.5), out_bias
+    )
+
+
+def decode_all() -> dict:
+    out: dict = {}
+    tok = tokenizer()
+    for name, (cell, emb, units, layers, table) in MODELS.items():
+        limit = numpy_lm.TABLE_LIMIT
+        numpy_lm.TABLE_LIMIT = limit if table else 0
+        try:
+            lm = random_lm(cell, emb, units, layers)
+        finally:
+            numpy_lm.TABLE_LIMIT = limit
+        assert (lm._table is not None) == table  # the case runs the path it names
+        gen = Generator(lm, tok, warn=lambda _m: None)
+        for case, (seed, length, num, strategy, rng_seed, stop) in CASES.items():
+            decoded = gen.continue_ids(
+                seed, length=length, num=num, strategy=strategy, rng_seed=rng_seed, stop=stop
+            )
+            out[f"{name}/{case}"] = {"ids": decoded.ids, "mean_logprob": decoded.mean_logprob}
+        logits, _ = lm.run(tok.encode(TEXT[:20])[None, :])
+        out[f"{name}/run-logits"] = {"sum": float(np.float64(logits).sum())}
+    return out
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    return decode_all()
+
+
+@pytest.fixture(scope="module")
+def recorded(results) -> dict:
+    if os.environ.get("TEXTGEN_RECORD_DECODING") == "1":
+        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in results.items()]
+        FIXTURE.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+
+
+def test_the_fixture_covers_every_model_and_case(recorded):
+    assert set(recorded) == {f"{m}/{c}" for m in MODELS for c in [*CASES, "run-logits"]}
+    # the cases decode something worth comparing: tokens, several distinct texts
+    assert all(len(ids) > 0 for k, v in recorded.items() if "ids" in v for ids in v["ids"])
+    assert len({tuple(ids) for ids in recorded["lstm2x48/sample-32"]["ids"]}) > 16
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_decoding_matches_the_recorded_tokens(results, recorded, model, case):
+    key = f"{model}/{case}"
+    assert results[key]["ids"] == recorded[key]["ids"]
+    np.testing.assert_allclose(
+        results[key]["mean_logprob"], recorded[key]["mean_logprob"], rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_run_matches_the_recorded_logits(results, recorded, model):
+    key = f"{model}/run-logits"
+    assert results[key]["sum"] == pytest.approx(recorded[key]["sum"], rel=1e-5, abs=1e-3)
