@@ -337,6 +337,30 @@ def load(path: str | Path) -> Config:
     return loads(text, base_dir=path.resolve().parent, source=str(path))
 
 
+def explicit_keys(path: str | Path | None, overrides: list[str]) -> dict[str, str]:
+    """The ``section.key`` names a config file and ``--set`` give explicitly, each with
+    where it was given (the file's path, or ``--set``): what a fine-tuning run checks
+    against the run it starts from, where a default is no contradiction."""
+    keys: dict[str, str] = {}
+    if path is not None:
+        raw = load_raw(path)
+        for section, values in raw.items():
+            if isinstance(values, dict):
+                keys |= {f"{section}.{key}": str(path) for key in values}
+    for item in overrides:
+        section, key, _ = _parse_override(item)
+        keys[f"{section}.{key}"] = "--set"
+    return keys
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """The TOML tables of a config file as written (no defaults, no checks beyond TOML)."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise UsageError(f"cannot read config {path}: {err}") from None
+
+
 def with_corpus(config: Config, corpus: str | Path) -> Config:
     """Return ``config`` reading ``corpus`` (a path relative to the working directory)."""
     return replace(config, data=replace(config.data, corpus=str(Path(corpus))))

@@ -51,10 +51,26 @@ def run_summary(bundle: Bundle) -> list[str]:
         f"{train.batch_size}, {train.epochs} epochs, seed {train.seed}",
         f"corpus: {meta.get('corpus')} (sha256 {str(meta.get('corpus_sha256'))[:12]})",
     ]
+    if isinstance(meta.get("parent"), dict):
+        lines.append(parent_summary(meta["parent"]))
     rows = parse_history(bundle.history)
     if rows:
         lines += _epochs(rows, meta.get("best_epoch"))
     return lines
+
+
+def parent_summary(parent: dict[str, Any]) -> str:
+    """The line of a fine-tuned run: the run it started from, the weights' checksum and
+    how its vocabulary grew (``--init-from``, ``--extend-vocab``)."""
+    run_id = parent.get("run_id") or "none recorded"
+    line = (
+        f"parent: {parent.get('path')} (run id {run_id}, weights sha256 "
+        f"{str(parent.get('weights_sha256'))[:12]})"
+    )
+    old, new = parent.get("vocab_size"), parent.get("extended_to")
+    if new is not None:
+        return f"{line}, vocabulary extended {old:,} -> {new:,}"
+    return f"{line}, vocabulary {old:,} kept"
 
 
 def _epochs(rows: list[dict[str, float]], best_epoch: object) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -43,6 +44,20 @@ from textgen.cli.common import (
     help="Continue an interrupted run from its last saved step.",
 )
 @click.option(
+    "--init-from",
+    "init_from",
+    type=click.Path(path_type=Path),
+    metavar="RUN",
+    help="Fine-tune: start from RUN's weights and tokenizer (fresh optimizer); RUN's "
+    "[model] and tokenizer keys are used.",
+)
+@click.option(
+    "--extend-vocab",
+    is_flag=True,
+    help="With --init-from (word, char, jamo levels): give the new corpus' tokens that "
+    "RUN's vocabulary lacks ids after the old ones (data.min_freq, data.max_vocab apply).",
+)
+@click.option(
     "--distribute",
     type=click.Choice(["none", "mirrored", "multiworker"]),
     default=None,
@@ -58,6 +73,8 @@ def train(
     overrides: tuple[str, ...],
     overwrite: bool,
     resume_dir: Path | None,
+    init_from: Path | None,
+    extend_vocab: bool,
     distribute: str | None,
     quiet: bool,
 ) -> None:
@@ -70,12 +87,22 @@ def train(
     the command that resumes it; --resume continues exactly where it stopped (--set may
     change e.g. train.epochs).
 
+    --init-from RUN fine-tunes: the new run starts from RUN's best weights and its
+    tokenizer with a fresh optimizer, and records RUN (path, run id, sha256 of the
+    weights) in its metadata.json. RUN's [model] and tokenizer keys are used; giving one
+    with another value is an error, while the training keys and dropout rates are yours.
+    Before the first step it prints how much of the new corpus RUN's vocabulary lacks.
+    --extend-vocab (word, char and jamo levels) adds those tokens after the old ids; their
+    rows start from the mean of the old rows, and the old rows are kept exactly.
+
     \b
     Examples:
       textgen train --config configs/ko-toy.toml
       textgen train --config configs/shakespeare-char.toml \\
           --corpus ../shared/data/tinyshakespeare/input.txt --set train.epochs=1
       textgen train --resume runs/shakespeare-char --set train.epochs=3
+      textgen train --config configs/ko-reviews-char.toml \
+          --init-from runs/ko-constitution-char --extend-vocab
       TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
         "task": {"type": "worker", "index": 0}}' textgen train \\
           --config configs/shakespeare-char.toml --distribute multiworker
@@ -89,18 +116,31 @@ def train(
     from textgen.training.checkpoint import resume_config
     from textgen.training.loop import train as run_training
 
+    if extend_vocab and init_from is None:
+        raise UsageError("--extend-vocab grows the vocabulary of --init-from RUN; give --init-from")
     if resume_dir is not None:
+        if init_from is not None:
+            raise UsageError(
+                "--init-from starts a new run and --resume continues one: a resumed "
+                "fine-tuning run keeps its parent on its own, so give --resume alone"
+            )
         if config_path or corpus or encoding or out or overwrite:
             raise UsageError("--resume takes the run's own config; only --set may go with it")
         cfg, run_dir = resume_config(resume_dir, list(overrides)), resume_dir
     elif config_path is None:
-        raise UsageError("give --config FILE (or --resume RUN_DIR)")
+        with_init = " with --init-from RUN" if init_from is not None else ""
+        raise UsageError(f"give --config FILE{with_init} (or --resume RUN_DIR)")
     else:
         cfg = _config(config_path, corpus, encoding, overrides)
         run_dir = out or Path("runs") / _run_name(config_path)
     if distribute is not None:
         cfg = cfg.with_overrides([f"train.distribute={distribute}"])
     log = (lambda _msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    start = None
+    if init_from is not None:
+        start, cfg = _fine_tuning(
+            init_from, config_path, overrides, cfg, run_dir, extend_vocab, log
+        )
     result = run_training(
         cfg,
         run_dir,
@@ -108,12 +148,35 @@ def train(
         resume=resume_dir is not None,
         progress=False if quiet else None,
         log=log,
+        start=start,
     )
     best = best_summary(result.metric, result.best_epoch, result.best_loss)
     if result.chief:
         log(f"saved {result.run_dir} ({best})")
     else:
         log(f"worker done; the chief saved {result.run_dir} ({best})")
+
+
+def _fine_tuning(
+    init_from: Path,
+    config_path: Path,
+    overrides: tuple[str, ...],
+    cfg: Any,
+    run_dir: Path,
+    extend: bool,
+    log: Any,
+) -> tuple[Any, Any]:
+    """(what the run starts from, the config merged with RUN's model and tokenizer keys)."""
+    from textgen.config import explicit_keys
+    from textgen.errors import UsageError
+    from textgen.training.finetune import load_parent, merge_config, start_from
+
+    parent = load_parent(init_from)
+    if run_dir.resolve() == parent.run_dir.resolve():
+        raise UsageError(f"--out {run_dir} is the run --init-from reads; choose another --out")
+    explicit = explicit_keys(config_path, list(overrides))
+    cfg = merge_config(parent, cfg, explicit, extend=extend)
+    return start_from(parent, cfg, extend=extend, log=log), cfg
 
 
 @main.command()

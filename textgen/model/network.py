@@ -131,6 +131,37 @@ def weight_arrays(model: Any) -> dict[str, Any]:
     return arrays | {"out_kernel": out_kernel, "out_bias": dense[1]}
 
 
+def set_weight_arrays(model: Any, arrays: dict[str, Any]) -> None:
+    """Load the named arrays of ``weights.npz`` (:func:`weight_arrays`' layout) into
+    ``model``, the inverse of :func:`weight_arrays`: a fine-tuning run starts from them.
+
+    Shapes must match the model exactly (a wrong one is a ``ValueError`` naming the array);
+    a tied model's output kernel is re-derived from the embedding."""
+    import numpy as np
+
+    k = keras()
+    kinds = {k.layers.LSTM: "lstm", k.layers.GRU: "gru", k.layers.SimpleRNN: "rnn"}
+    rnns = [layer for layer in model.layers if type(layer) in kinds]
+    cell = str(np.asarray(arrays["cell"])) if "cell" in arrays else kinds[type(rnns[0])]
+    if cell != kinds[type(rnns[0])]:
+        raise ValueError(f"the arrays are of a {cell} model, this one is {kinds[type(rnns[0])]}")
+    targets = [(model.get_layer("embedding").embeddings, "embedding")]
+    for i, layer in enumerate(rnns):
+        weights = layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias
+        names = (f"rnn_{i}_kernel", f"rnn_{i}_recurrent", f"rnn_{i}_bias")
+        targets += zip(weights, names, strict=True)
+    dense = model.get_layer("logits")
+    targets += [(dense.bias, "out_bias")]
+    if not is_tied(model):
+        targets += [(dense.kernel, "out_kernel")]
+    for variable, name in targets:
+        value = np.asarray(arrays[name], dtype=np.float32)
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(f"{name} has shape {value.shape}, the model wants {variable.shape}")
+        variable.assign(value)
+    _sync_tied(model)
+
+
 def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any:
     """A function ``(ids, training, state=None) → (logits, state)`` for the training step.
 

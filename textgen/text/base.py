@@ -15,13 +15,13 @@ import json
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from textgen.config import LEVELS
-from textgen.errors import DataError
-from textgen.text.vocab import EOS, PAD, PAD_ID, UNK, Vocab
+from textgen.errors import DataError, UsageError
+from textgen.text.vocab import EOS, PAD, PAD_ID, UNK, Coverage, Vocab
 
 FORMAT_VERSION = 1
 
@@ -131,6 +131,27 @@ class Tokenizer:
         """Ids → text, leaving out ``<pad>`` and ``<eos>``."""
         skip = {PAD_ID, self.eos_id}
         return self.join(self.vocab.token(int(i)) for i in ids if int(i) not in skip)
+
+    # -- a new corpus: coverage and growth ------------------------------------------------
+    # Why the vocabulary of this level cannot grow (None: it can); the levels whose ids
+    # come from a fixed model of their own say why in one line.
+    cannot_grow: ClassVar[str | None] = None
+
+    def coverage(self, texts: Iterable[str]) -> Coverage:
+        """How much of ``texts`` (split as this level splits) the vocabulary covers."""
+        return self.vocab.coverage(self.split(text) for text in texts)
+
+    def grown(self, counts: Coverage, *, max_vocab: int = 0, min_freq: int = 1) -> Tokenizer:
+        """A copy whose vocabulary adds the missing tokens of ``counts`` after the old ids
+        (:meth:`Vocab.extended`: at least ``min_freq`` occurrences, at most ``max_vocab``
+        tokens in all); every other setting is kept, so old text encodes to the same ids."""
+        if self.cannot_grow is not None:
+            raise UsageError(self.cannot_grow)
+        data = self.to_dict()
+        data["vocab"] = list(
+            self.vocab.extended(counts.missing, max_size=max_vocab, min_freq=min_freq).tokens
+        )
+        return type(self).from_dict(data)
 
     # -- training and persistence ---------------------------------------------------------
     @classmethod

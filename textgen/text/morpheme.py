@@ -38,6 +38,12 @@ def _parse(token: str) -> tuple[str, str, bool]:
 class MorphemeTokenizer(Tokenizer):
     """A :class:`Tokenizer` whose tokens are ``form/TAG`` morphemes."""
 
+    cannot_grow = (
+        "--extend-vocab cannot grow a morpheme vocabulary: its tokens are Kiwi's analyses "
+        "(form/TAG), which Kiwi's own dictionary fixes and the run's <unk> row already "
+        "stands for; fine-tune without it, or use the word, char or jamo level"
+    )
+
     def __init__(self, level: str, vocab: Vocab, **options: Any) -> None:
         for key in ("lowercase", "strip_punctuation"):  # a saved tokenizer records them
             if options.pop(key, False):

@@ -86,6 +86,12 @@ def _spm() -> Any:
 class SubwordTokenizer(Tokenizer):
     """A :class:`Tokenizer` whose tokens are sentencepiece pieces."""
 
+    cannot_grow = (
+        "--extend-vocab cannot grow a subword vocabulary: the sentencepiece model that "
+        "segments the text is fixed (new pieces would never be produced), and its 256 byte "
+        "pieces already cover any character of the new corpus"
+    )
+
     def __init__(self, model_proto: bytes, subword_model: str, normalize: str = "nfc") -> None:
         self.model_proto = model_proto
         self.subword_model = subword_model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -54,6 +55,35 @@ class Vocab:
             ranked = ranked[: max(0, max_size - len(specials))]
         return cls(specials + ranked)
 
+    def extended(self, counts: Counter[str], *, max_size: int = 0, min_freq: int = 1) -> Vocab:
+        """This vocabulary with the tokens of ``counts`` it lacks appended, in the order of
+        :meth:`build` (descending count, ties by first appearance): every old token keeps
+        its id, and the new ones get the ids after them.
+
+        Tokens seen fewer than ``min_freq`` times are left out (they stay ``<unk>``), and
+        ``max_size`` bounds the whole vocabulary (0 = no bound; a vocabulary already at
+        the bound gets nothing). The specials are never added as ordinary tokens.
+        """
+        specials = {PAD, UNK, EOS}
+        fresh = [
+            tok
+            for tok, n in sorted(counts.items(), key=lambda kv: -kv[1])
+            if n >= min_freq and tok not in self._ids and tok not in specials
+        ]
+        if max_size:
+            fresh = fresh[: max(0, max_size - len(self.tokens))]
+        return Vocab([*self.tokens, *fresh])
+
+    def coverage(self, streams: Iterable[Iterable[str]]) -> Coverage:
+        """How many of the tokens in ``streams`` this vocabulary has (one pass)."""
+        total, missing = 0, Counter()
+        ids = self._ids
+        for tokens in streams:
+            tokens = list(tokens)
+            total += len(tokens)
+            missing.update(tok for tok in tokens if tok not in ids)
+        return Coverage(total, missing)
+
     def __len__(self) -> int:
         return len(self.tokens)
 
@@ -79,3 +109,25 @@ class Vocab:
 
     def token(self, index: int) -> str:
         return self.tokens[index]
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Tokens of a text counted against a vocabulary: ``total`` tokens, of which the
+    ``missing`` ones (with their counts, in first-seen order) are not in it."""
+
+    total: int
+    missing: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def missing_total(self) -> int:
+        return sum(self.missing.values())
+
+    @property
+    def missing_fraction(self) -> float:
+        """The share of the tokens the vocabulary lacks (0 for an empty text)."""
+        return self.missing_total / self.total if self.total else 0.0
+
+    def most_common(self, n: int) -> list[tuple[str, int]]:
+        """The ``n`` most frequent missing tokens, ties in first-seen order."""
+        return sorted(self.missing.items(), key=lambda kv: -kv[1])[:n]

@@ -131,7 +131,10 @@ class Checkpoint:
 
     def _bundle_metadata(self, state: TrainState) -> dict[str, Any]:
         data, prepared = self.config.data, self.prepared
+        parent = {"parent": state.parent} if state.parent else {}
         return {
+            "run_id": state.run_id,
+            **parent,
             "versions": _versions(),
             "parameters": self.params,
             "vocab_size": len(prepared.tokenizer.vocab),

@@ -20,6 +20,7 @@ import itertools
 import math
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -34,10 +35,18 @@ from textgen._tf import keras, tensorflow
 from textgen.config import Config
 from textgen.corpus.examples import Prepared, prepare
 from textgen.errors import DataError, TextgenError, UsageError
-from textgen.model.network import build_model, count_params, init_uniform, training_forward
+from textgen.model.network import (
+    build_model,
+    count_params,
+    init_uniform,
+    set_weight_arrays,
+    training_forward,
+)
+from textgen.text.base import Tokenizer
 from textgen.training import distribute
 from textgen.training.batches import prefetched, run_batches, steps_per_epoch
 from textgen.training.checkpoint import Checkpoint, saved_tokenizer
+from textgen.training.finetune import Start
 from textgen.training.optimizer import make_optimizer, scheduled_learning_rate
 from textgen.training.progress import ByteBar, Reporter
 from textgen.training.scalars import Scalars
@@ -99,6 +108,7 @@ class Trainer:
         run_dir: Path,
         log: Callable[[str], None],
         strategy: Any = None,
+        start: Start | None = None,
     ):
         tf, k = tensorflow(), keras()
         cfg = config.train
@@ -113,6 +123,8 @@ class Trainer:
             self.model = build_model(config.model, len(prepared.tokenizer.vocab), mask_padding=mask)
             if config.model.init_scale > 0:
                 init_uniform(self.model, config.model.init_scale, cfg.seed)
+            if start is not None:  # fine-tuning: the parent's (possibly grown) weights
+                set_weight_arrays(self.model, start.arrays)
             self.optimizer = make_optimizer(cfg, self.model.trainable_variables)
         forward = training_forward(self.model, config.model, mask_padding=mask)
         state_shape = (config.model.layers, config.model.units) if cfg.carry_state else None
@@ -122,7 +134,11 @@ class Trainer:
         )
         self.carry_rows = min(cfg.batch_size, len(prepared.train))  # parallel streams
         self.carry = self.steps.zero_state(self.carry_rows)
-        self.state = TrainState(created=datetime.now(UTC).isoformat(timespec="seconds"))
+        self.state = TrainState(
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            run_id=uuid.uuid4().hex,
+            parent=dict(start.parent) if start is not None else {},
+        )
         self.segment_t0: float | None = None  # when the running epoch segment started
         params = count_params(self.model)
         self.checkpoint = Checkpoint(run_dir, config, prepared, self.global_batch, params)
@@ -341,8 +357,12 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = _stderr,
+    start: Start | None = None,
 ) -> TrainResult:
     """Train ``config`` into ``run_dir`` (or continue it with ``resume=True``).
+
+    ``start`` (:func:`textgen.training.finetune.start_from`) begins a new run from given
+    weights and tokenizer instead of fresh ones: fine-tuning. The optimizer starts fresh.
 
     ``progress=None`` shows tqdm bars only when stderr is a terminal (one summary line per
     epoch is logged otherwise). Deterministic for a given ``train.seed``, also across an
@@ -350,6 +370,8 @@ def train(
     directory is touched; one process at a time holds a run directory.
     """
     run_dir = Path(run_dir)
+    if resume and start is not None:
+        raise UsageError("--init-from starts a new run; --resume continues one: give one of them")
     if resume:  # a missing run is an error; --resume runs/latest continues the run it names
         run_dir = rundir.resolve_run(run_dir)
     else:
@@ -367,8 +389,9 @@ def train(
     if resume:
         rundir.check_links(run_dir)
         _check_corpus_is_there(config, run_dir)
-    config, prepared = _prepare_data(config, run_dir if resume else None, progress, log)
-    run = Trainer(config, prepared, run_dir, log, strategy)  # model errors, too
+    given = saved_tokenizer(run_dir) if resume else start.tokenizer if start else None
+    config, prepared = _prepare_data(config, given, progress, log)
+    run = Trainer(config, prepared, run_dir, log, strategy, start)  # model errors, too
     lock = rundir.RunLock(run_dir) if chief else contextlib.nullcontext()
     with lock:
         if resume:
@@ -408,16 +431,13 @@ def _restarted_worker(config: Config, run_dir: Path, resuming_or_overwriting: bo
 
 
 def _prepare_data(
-    config: Config, resumed: Path | None, progress: bool, log: Callable[[str], None]
+    config: Config, given: Tokenizer | None, progress: bool, log: Callable[[str], None]
 ) -> tuple[Config, Prepared]:
-    """Read and tokenize the corpus (with the saved tokenizer of the run being resumed),
-    before the run directory is touched; the config gets the corpus' absolute path."""
+    """Read and tokenize the corpus (with ``given``: the saved tokenizer of the run being
+    resumed, or the one a fine-tuning starts from), before the run directory is touched;
+    the config gets the corpus' absolute path."""
     with ByteBar(config.data.corpus, "tokenizing", enabled=progress) as bar:
-        prepared = prepare(
-            config.data,
-            tokenizer=saved_tokenizer(resumed) if resumed is not None else None,
-            progress=bar.update,
-        )
+        prepared = prepare(config.data, tokenizer=given, progress=bar.update)
     absolute = {"corpus": str(Path(config.data.corpus).resolve())}
     if config.data.valid_corpus:
         absolute["valid_corpus"] = str(Path(config.data.valid_corpus).resolve())

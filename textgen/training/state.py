@@ -30,6 +30,11 @@ class TrainState:
     # without validation, "best" is judged on the first check_rows training rows: fixed
     # when the run starts, so a resume with another batch_size judges the same sample
     check_rows: int = 0
+    # a fine-tuning run's origin (--init-from): the parent run's path, run id and the
+    # sha256 of the weights it started from, and the vocabulary growth; {} otherwise.
+    # Kept here so that a resume records it again in every later metadata.json.
+    parent: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""  # chosen when the run starts, kept over resumes
 
     def record(self, score: float) -> bool:
         """Judge the epoch that just ended by ``score`` (lower is better): whether it is
