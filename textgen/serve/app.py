@@ -1,0 +1,744 @@
+"""The Starlette application: routes, the API key, body limits, CORS, and the models.
+
+Routes (the API surface the web page and other clients rely on):
+
+* ``POST /v1/completions`` and ``POST /v1/chat/completions`` in the OpenAI shapes (see
+  :mod:`textgen.serve.api`), streaming as server-sent events when ``"stream": true``;
+* ``GET /v1/models``: ``{"object": "list", "data": [{"id", "object": "model", "created",
+  "owned_by", "level", "cell", "layers", "units", "vocab_size", "parameters"}]}``;
+* ``GET /health``: 503 ``{"status": "loading"}`` while the models load, then 200
+  ``{"status": "ok"}`` (open without the API key);
+* ``GET /metrics``: Prometheus text format;
+* ``GET /`` serves ``static/index.html`` and ``GET /static/<file>`` the other files of
+  that folder (open without the API key: the page holds no secret).
+
+Models are loaded in a background thread after the server starts listening, so it
+answers (``/health`` 503) within a fraction of a second whatever the models' size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import threading
+import time
+import unicodedata
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request as HttpRequest
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from textgen.serve import api
+from textgen.serve.api import ApiError, Request
+from textgen.serve.batcher import Batcher, End, Failed, Job, QueueFull, Tokens
+from textgen.serve.choices import ChoiceText
+from textgen.serve.metrics import CONTENT_TYPE, Metrics
+
+News = tuple[int, str, Any, "str | None"]  # choice index, delta, logprob entry, finish
+STATIC = Path(__file__).resolve().parent / "static"
+RETRY_AFTER = "1"
+
+
+@dataclass
+class Settings:
+    """What ``textgen serve``'s options set."""
+
+    api_key: str | None = None
+    max_tokens_limit: int = 4096
+    max_batch: int = 64
+    max_waiting: int = 256
+    max_body_bytes: int = 1 << 20
+    cors_origins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Loaded:
+    """A model ready to serve: the numpy LM, its tokenizer and what /v1/models shows."""
+
+    lm: Any
+    tokenizer: Any
+    info: dict[str, Any]
+
+
+def load_run(path: Path) -> Loaded:
+    """Load a run directory (checksums checked, no TensorFlow)."""
+    from textgen.rundir import load_bundle
+
+    bundle = load_bundle(path)
+    return Loaded(bundle.lm, bundle.tokenizer, describe(bundle.lm, bundle.tokenizer))
+
+
+def describe(lm: Any, tokenizer: Any) -> dict[str, Any]:
+    """The model's sizes, for /v1/models."""
+    params = sum(int(a.size) for key, a in lm.arrays().items() if key != "cell")
+    return {
+        "level": tokenizer.level,
+        "cell": lm.cell,
+        "layers": len(lm.layers),
+        "units": lm.layers[0].units,
+        "vocab_size": lm.vocab_size,
+        "parameters": params,
+    }
+
+
+class Served:
+    """One model being served: its generator (seed encoding) and its decoding loop."""
+
+    def __init__(self, name: str, loaded: Loaded, settings: Settings, app: ServerState) -> None:
+        from textgen.decoding.generate import Generator
+
+        self.name = name
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.generator = Generator(loaded.lm, loaded.tokenizer, warn=lambda _m: None)
+        self.created = int(time.time())
+        metrics = app.metrics
+        self.batcher = Batcher(
+            loaded.lm,
+            app.deliver,
+            max_batch=settings.max_batch,
+            max_waiting=settings.max_waiting,
+            on_step=metrics.batch.labels(name).observe,
+            on_counts=lambda running, waiting: (
+                metrics.running.labels(name).set(running),
+                metrics.waiting.labels(name).set(waiting),
+            ),
+        )
+        self.beams = asyncio.Semaphore(1)  # beam searches run one at a time, off the batch
+        self.beams_waiting = 0
+
+
+class ServerState:
+    """Everything the routes share: settings, metrics, models, the event loop."""
+
+    def __init__(self, models: dict[str, Callable[[], Loaded]], settings: Settings) -> None:
+        self.loaders = models
+        self.settings = settings
+        self.metrics = Metrics()
+        self.models: dict[str, Served] = {}
+        self.ready = False
+        self.load_error: str | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.on_load_error: Callable[[str], None] | None = None
+
+    def deliver(self, events: list[tuple[Job, Any]]) -> None:
+        """Called by a decoding thread: hand each job's event to its request (in order)."""
+        if self.loop is None or not events:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            self.loop.call_soon_threadsafe(_dispatch, events)
+
+    def load(self) -> None:
+        """Load every model, then start their decoding loops (in a background thread)."""
+        from textgen.errors import TextgenError
+
+        try:
+            served = {}
+            for name, loader in self.loaders.items():
+                served[name] = Served(name, loader(), self.settings, self)
+        except (TextgenError, OSError, ValueError, KeyError) as err:
+            self.load_error = str(err)
+            if self.on_load_error is not None:
+                self.on_load_error(self.load_error)
+            return
+        for model in served.values():
+            model.batcher.start()
+        self.models = served
+        self.ready = True
+
+    def stop(self) -> None:
+        for model in self.models.values():
+            model.batcher.stop()
+
+
+def _dispatch(events: list[tuple[Job, Any]]) -> None:
+    for job, event in events:
+        sink = getattr(job, "sink", None)
+        if sink is not None:
+            sink.put_nowait(event)
+
+
+# -- the app ----------------------------------------------------------------------------------
+def create_app(
+    models: dict[str, Callable[[], Loaded]],
+    settings: Settings | None = None,
+    *,
+    on_load_error: Callable[[str], None] | None = None,
+) -> Starlette:
+    """The server for ``models`` (name → loader); ``app.state.server`` is its state."""
+    settings = settings or Settings()
+    state = ServerState(models, settings)
+    state.on_load_error = on_load_error
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        state.loop = asyncio.get_running_loop()
+        loader = threading.Thread(target=state.load, name="textgen-load", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(loader.join)
+            state.stop()
+
+    routes = [
+        Route("/v1/completions", _completions(state, chat=False), methods=["POST"]),
+        Route("/v1/chat/completions", _completions(state, chat=True), methods=["POST"]),
+        Route("/v1/models", _models(state), methods=["GET"]),
+        Route("/health", _health(state), methods=["GET"]),
+        Route("/metrics", _metrics(state), methods=["GET"]),
+        Route("/", _index, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
+    ]
+    middleware = [Middleware(_Guard, state=state)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, ApiError: _api_error},
+    )
+    app.state.server = state
+    return app
+
+
+async def _http_error(_request: HttpRequest, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
+    return JSONResponse(api.error_body(exc.status_code, message), exc.status_code, exc.headers)
+
+
+async def _api_error(_request: HttpRequest, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return _error(exc)
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), exc.status, exc.headers)
+
+
+class _Guard:
+    """The API key (bearer token; /health, / and /static stay open) and the request
+    counter by path and status (an ASGI middleware, so it sees streamed responses too)."""
+
+    OPEN = ("/health", "/", "/favicon.ico")
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        counted = path if path.startswith("/v1/") or path in ("/health", "/metrics") else "other"
+        status = [500]
+
+        async def counting_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            key = self.state.settings.api_key
+            open_path = path in self.OPEN or path.startswith("/static/")
+            if key is not None and not open_path and scope["method"] != "OPTIONS":
+                headers = dict(scope["headers"])
+                given = headers.get(b"authorization", b"").decode("latin-1")
+                scheme, _, token = given.partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.strip().encode("utf-8", "replace"), key.encode("utf-8")
+                ):
+                    err = ApiError(
+                        401,
+                        "missing or wrong API key; send 'Authorization: Bearer KEY'",
+                        code="invalid_api_key",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
+                    await _error(err)(scope, receive, counting_send)
+                    return
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.state.metrics.requests.labels(counted, str(status[0])).inc()
+
+
+async def _index(_request: HttpRequest) -> Response:
+    page = STATIC / "index.html"
+    if not page.is_file():
+        raise ApiError(404, "the web page is not installed (textgen/serve/static/index.html)")
+    return FileResponse(page)
+
+
+def _health(state: ServerState) -> Callable[[HttpRequest], Any]:
+    async def health(_request: HttpRequest) -> Response:
+        if state.load_error is not None:
+            return JSONResponse({"status": "error", "message": state.load_error}, 503)
+        if not state.ready:
+            return JSONResponse({"status": "loading"}, 503, {"Retry-After": RETRY_AFTER})
+        return JSONResponse({"status": "ok"})
+
+    return health
+
+
+def _metrics(state: ServerState) -> Callable[[HttpRequest], Any]:
+    async def metrics(_request: HttpRequest) -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    return metrics
+
+
+def _models(state: ServerState) -> Callable[[HttpRequest], Any]:
+    async def models(_request: HttpRequest) -> Response:
+        _check_ready(state)
+        data = [
+            {"id": m.name, "object": "model", "created": m.created, "owned_by": "textgen"}
+            | m.loaded.info
+            for m in state.models.values()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    return models
+
+
+def _check_ready(state: ServerState) -> None:
+    if not state.ready:
+        message = "the models are still loading" if state.load_error is None else state.load_error
+        raise ApiError(503, message, code="loading", headers={"Retry-After": RETRY_AFTER})
+
+
+async def _read_body(request: HttpRequest, limit: int) -> bytes:
+    """The body, or a 413 as soon as it is known to be over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    too_big = ApiError(
+        413, f"the request body is over the limit of {limit:,} bytes", code="body_too_large"
+    )
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- completions ------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """A checked request bound to its model, with one job and ``n`` choices per prompt."""
+
+    req: Request
+    model: Served
+    seeds: list[np.ndarray]
+    shown: list[str]
+    started: float
+    jobs: list[Job] = field(default_factory=list)
+    choices: list[list[ChoiceText]] = field(default_factory=list)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(s) for s in self.seeds)
+
+
+def _pick_model(state: ServerState, name: str | None) -> Served:
+    if name is None or name == "":
+        if len(state.models) == 1:
+            return next(iter(state.models.values()))
+        raise api.bad(
+            "model", f"is required: this server serves {', '.join(state.models)}", "missing_field"
+        )
+    model = state.models.get(name)
+    if model is None:
+        raise ApiError(
+            404,
+            f"model {name!r} is not served here; served: {', '.join(state.models)}",
+            param="model",
+            code="model_not_found",
+        )
+    return model
+
+
+def _prepare(state: ServerState, req: Request, started: float) -> Prepared:
+    from textgen.errors import TextgenError
+
+    model = _pick_model(state, req.model)
+    seeds, shown = [], []
+    for i, prompt in enumerate(req.prompts):
+        where = "messages" if req.chat else ("prompt" if len(req.prompts) == 1 else f"prompt[{i}]")
+        try:
+            seeds.append(model.generator.encode_seed(prompt))
+        except TextgenError as err:
+            raise ApiError(422, f"{where}: {err}", param=where, code="invalid_prompt") from None
+        shown.append(model.generator.seed_text(prompt))
+    req.stop = [unicodedata.normalize("NFC", s) for s in req.stop]
+    return Prepared(req, model, seeds, shown, started)
+
+
+def _completions(state: ServerState, *, chat: bool) -> Callable[[HttpRequest], Any]:
+    async def handler(request: HttpRequest) -> Response:
+        started = time.monotonic()
+        body = await _read_body(request, state.settings.max_body_bytes)
+        data = api.parse_json(body)
+        req = api.parse(
+            data,
+            chat=chat,
+            max_tokens_limit=state.settings.max_tokens_limit,
+            max_n=state.settings.max_batch,
+        )
+        _check_ready(state)
+        prep = _prepare(state, req, started)
+        if req.strategy == "beam":
+            return await _beam(state, prep)
+        _submit(state, prep)
+        if req.stream:
+            return StreamingResponse(
+                _stream(state, prep),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            async for _ in _run(state, prep):
+                pass
+        finally:
+            for job in prep.jobs:
+                job.cancel()
+        return JSONResponse(_response(prep))
+
+    return handler
+
+
+def _submit(state: ServerState, prep: Prepared) -> None:
+    from textgen.decoding.sampling import sampler
+
+    req, model = prep.req, prep.model
+    pick = None
+    if req.strategy == "sample":
+        pick = sampler(req.temperature, req.top_k, req.top_p)
+    for seed_ids, shown in zip(prep.seeds, prep.shown, strict=True):
+        job = Job(
+            seed_ids=seed_ids,
+            n=req.n,
+            max_tokens=req.max_tokens,
+            pick=pick,
+            rng=np.random.default_rng(req.seed),
+            stop_id=model.tokenizer.eos_id,
+            logprobs=req.logprobs,
+            created=prep.started,
+        )
+        job.sink = asyncio.Queue()  # type: ignore[attr-defined]
+        try:
+            model.batcher.submit(job)
+        except QueueFull:
+            for other in prep.jobs:
+                other.cancel()
+            raise ApiError(
+                503,
+                f"the server is busy: {model.batcher.max_waiting} requests already wait; "
+                "retry later",
+                code="queue_full",
+                headers={"Retry-After": RETRY_AFTER},
+            ) from None
+        prep.jobs.append(job)
+        prep.choices.append([ChoiceText(model.tokenizer, shown, req.stop) for _ in range(req.n)])
+
+
+class GenerationFailed(Exception):
+    """The decoding loop failed for a job."""
+
+
+async def _run(state: ServerState, prep: Prepared) -> AsyncIterator[list[News]]:
+    """Each step's news for the client, merged over the request's jobs: ``(choice index,
+    delta text, logprob entry, finish reason or None)``."""
+    queue: asyncio.Queue = asyncio.Queue()
+    tasks = [asyncio.ensure_future(_follow(state, prep, k, queue)) for k in range(len(prep.jobs))]
+    live = len(tasks)
+    try:
+        while live:
+            item = await queue.get()
+            if item is None:
+                live -= 1
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _follow(state: ServerState, prep: Prepared, k: int, out: asyncio.Queue) -> None:
+    job, choices = prep.jobs[k], prep.choices[k]
+    model, n = prep.model, prep.req.n
+    eos = model.tokenizer.eos_id
+    first = True
+    tokens = state.metrics.tokens.labels(model.name)
+    try:
+        while True:
+            event = await job.sink.get()  # type: ignore[attr-defined]
+            if isinstance(event, Tokens):
+                if first:
+                    state.metrics.ttft.labels(model.name).observe(time.monotonic() - job.created)
+                    first = False
+                news = []
+                count = 0
+                for row, choice in enumerate(choices):
+                    if choice.finish is not None:
+                        continue
+                    token = int(event.ids[row])
+                    if token == eos:
+                        choice.finish = "stop"
+                        news.append((k * n + row, choice.flush(), None, "stop"))
+                        continue
+                    count += 1
+                    entry = _entry(choice, token, event, row)
+                    if choice.push(token):
+                        choice.finish = "stop"
+                        job.finish_row(row)
+                        news.append((k * n + row, choice.flush(), entry, "stop"))
+                    else:
+                        news.append((k * n + row, choice.delta(), entry, None))
+                tokens.inc(count)
+                await out.put(news)
+            elif isinstance(event, End):
+                news = []
+                for row, choice in enumerate(choices):
+                    if choice.finish is None:
+                        choice.finish = "length"
+                        news.append((k * n + row, choice.flush(), None, "length"))
+                if news and event.reason != "cancelled":
+                    await out.put(news)
+                return
+            elif isinstance(event, Failed):
+                await out.put(GenerationFailed(event.message))
+                return
+    finally:
+        out.put_nowait(None)
+
+
+def _entry(choice: ChoiceText, token: int, event: Tokens, row: int) -> Any:
+    """``(token text, logprob, {alternative: logprob})`` when logprobs were asked for."""
+    if event.logprob is None:
+        return None
+    top = {}
+    if event.top_ids is not None:
+        for tid, lp in zip(event.top_ids[row], event.top_logprob[row], strict=True):
+            top[choice.token_text(int(tid))] = float(lp)
+    entry = (choice.token_text(token), float(event.logprob[row]), top)
+    choice.logprobs.append(entry)
+    return entry
+
+
+def _logprobs_completion(entries: list[Any], offsets: list[int], base: int) -> dict[str, Any]:
+    return {
+        "tokens": [e[0] for e in entries],
+        "token_logprobs": [e[1] for e in entries],
+        "top_logprobs": [e[2] for e in entries],
+        "text_offset": [base + o for o in offsets[: len(entries)]],
+    }
+
+
+def _logprobs_chat(entries: list[Any]) -> dict[str, Any]:
+    def item(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {
+        "content": [
+            item(e[0], e[1]) | {"top_logprobs": [item(t, lp) for t, lp in e[2].items()]}
+            for e in entries
+        ]
+    }
+
+
+def _head(prep: Prepared, *, chunk: bool) -> dict[str, Any]:
+    if not hasattr(prep, "id"):
+        prep.id = ("chatcmpl-" if prep.req.chat else "cmpl-") + uuid.uuid4().hex  # type: ignore[attr-defined]
+        prep.created = int(time.time())  # type: ignore[attr-defined]
+    if prep.req.chat:
+        kind = "chat.completion.chunk" if chunk else "chat.completion"
+    else:
+        kind = "text_completion"
+    return {"id": prep.id, "object": kind, "created": prep.created, "model": prep.model.name}  # type: ignore[attr-defined]
+
+
+def _all_choices(prep: Prepared) -> list[tuple[int, ChoiceText, str]]:
+    out = []
+    for k, choices in enumerate(prep.choices):
+        for row, choice in enumerate(choices):
+            out.append((k * prep.req.n + row, choice, prep.shown[k]))
+    return out
+
+
+def _completion_tokens(prep: Prepared) -> int:
+    return sum(len(c.ids) for _, c, _ in _all_choices(prep))
+
+
+def _response(prep: Prepared) -> dict[str, Any]:
+    req = prep.req
+    choices = []
+    for index, choice, shown in _all_choices(prep):
+        if req.chat:
+            item: dict[str, Any] = {
+                "index": index,
+                "message": {"role": "assistant", "content": choice.text},
+                "logprobs": _logprobs_chat(choice.logprobs) if req.logprobs is not None else None,
+                "finish_reason": choice.finish,
+            }
+        else:
+            prefix = choice.tokenizer.attach(shown, "") if req.echo else ""
+            text = choice.tokenizer.attach(shown, choice.text) if req.echo else choice.text
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = _logprobs_completion(choice.logprobs, choice.offsets, len(prefix))
+            item = {
+                "index": index,
+                "text": text,
+                "logprobs": logprobs,
+                "finish_reason": choice.finish,
+            }
+        choices.append(item)
+    return _head(prep, chunk=False) | {
+        "choices": choices,
+        "usage": api.usage(prep.prompt_tokens, _completion_tokens(prep)),
+    }
+
+
+def _sse(data: Any) -> bytes:
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return b"data: " + text.encode("utf-8") + b"\n\n"
+
+
+def _chunk(prep: Prepared, index: int, text: str, entry: Any, finish: str | None) -> dict:
+    req = prep.req
+    if req.chat:
+        delta = {"content": text} if text else {}
+        item = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        if entry is not None:
+            item["logprobs"] = _logprobs_chat([entry])
+    else:
+        item = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+        if entry is not None:
+            item["logprobs"] = {
+                "tokens": [entry[0]],
+                "token_logprobs": [entry[1]],
+                "top_logprobs": [entry[2]],
+                "text_offset": [0],
+            }
+    return _head(prep, chunk=True) | {"choices": [item]}
+
+
+async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
+    """The server-sent events of a streamed request; the jobs are cancelled when the
+    client goes away (the generator is closed), so their rows leave at the next step."""
+    req = prep.req
+    try:
+        for index, choice, shown in _all_choices(prep):
+            if req.chat:
+                first = _chunk(prep, index, "", None, None)
+                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                yield _sse(first)
+            elif req.echo:
+                yield _sse(_chunk(prep, index, choice.tokenizer.attach(shown, ""), None, None))
+        try:
+            async for news in _run(state, prep):
+                for index, text, entry, finish in news:
+                    if text or entry is not None:
+                        yield _sse(_chunk(prep, index, text, entry, None))
+                    if finish is not None:
+                        yield _sse(_chunk(prep, index, "", None, finish))
+        except GenerationFailed as err:
+            yield b"event: error\n" + _sse(api.error_body(500, str(err), code="generation_failed"))
+            yield b"data: [DONE]\n\n"
+            return
+        if req.include_usage:
+            usage = api.usage(prep.prompt_tokens, _completion_tokens(prep))
+            yield _sse(_head(prep, chunk=True) | {"choices": [], "usage": usage})
+        yield b"data: [DONE]\n\n"
+    finally:
+        for job in prep.jobs:
+            job.cancel()
+
+
+async def _beam(state: ServerState, prep: Prepared) -> Response:
+    """A beam search runs outside the batch, one at a time per model, in a worker thread;
+    a stream gets each beam's text as one chunk when the search ends."""
+    from textgen.decoding.generate import Strategy
+
+    req, model = prep.req, prep.model
+    if model.beams_waiting >= state.settings.max_waiting:
+        raise ApiError(
+            503,
+            "the server is busy with beam searches; retry later",
+            code="queue_full",
+            headers={"Retry-After": RETRY_AFTER},
+        )
+    plan = Strategy("beam", beam_width=req.beam_width, length_penalty=req.length_penalty)
+    model.beams_waiting += 1
+    try:
+        async with model.beams:
+            for k, seed in enumerate(req.prompts):
+                decoded = await asyncio.to_thread(
+                    model.generator.continue_ids,
+                    seed,
+                    length=req.max_tokens,
+                    num=req.n,
+                    strategy=plan,
+                    stop=req.stop[0] if len(req.stop) == 1 else None,
+                )
+                row_choices = []
+                for ids in decoded.ids:
+                    choice = ChoiceText(model.tokenizer, prep.shown[k], req.stop)
+                    stopped = False
+                    for token in ids:
+                        if choice.push(int(token)):
+                            stopped = True
+                            break
+                    short = len(ids) < req.max_tokens
+                    choice.finish = "stop" if stopped or short else "length"
+                    row_choices.append(choice)
+                prep.choices.append(row_choices)
+                state.metrics.tokens.labels(model.name).inc(sum(len(c.ids) for c in row_choices))
+    finally:
+        model.beams_waiting -= 1
+    if not req.stream:
+        return JSONResponse(_response(prep))
+
+    async def events() -> AsyncIterator[bytes]:
+        for index, choice, shown in _all_choices(prep):
+            text = choice.text
+            if req.chat:
+                first = _chunk(prep, index, "", None, None)
+                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                yield _sse(first)
+            elif req.echo:
+                text = choice.tokenizer.attach(shown, text)
+            yield _sse(_chunk(prep, index, text, None, None))
+            yield _sse(_chunk(prep, index, "", None, choice.finish))
+        if req.include_usage:
+            usage = api.usage(prep.prompt_tokens, _completion_tokens(prep))
+            yield _sse(_head(prep, chunk=True) | {"choices": [], "usage": usage})
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,0 +1,76 @@
+"""The text of one choice as its tokens arrive: deltas to stream, stop strings, logprobs.
+
+A choice's new text is the tokenizer's :meth:`~textgen.text.base.Tokenizer.continuation`
+of its ids after the seed as the model reads it, exactly as ``textgen generate`` writes
+it. A stream never takes back what it sent, so a delta holds back the characters a later
+token may still change (a jamo syllable that may take a final consonant) and an end that
+may be the start of a stop string; :meth:`ChoiceText.flush` sends the rest at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from textgen.text.base import Tokenizer
+
+
+@dataclass
+class ChoiceText:
+    """The growing text of one choice, cut at the first of its stop strings."""
+
+    tokenizer: Tokenizer
+    seed: str  # the seed as the model reads it
+    stops: list[str]
+    ids: list[int] = field(default_factory=list)
+    sent: str = ""  # new text already sent
+    text: str = ""  # new text so far (cut at a stop string once one is found)
+    finish: str | None = None
+    offsets: list[int] = field(default_factory=list)  # where each token's text starts
+    logprobs: list[Any] = field(default_factory=list)  # (token, logprob, top) per token
+
+    def push(self, token: int) -> bool:
+        """Add a token; True when a stop string has now appeared (the text is cut there)."""
+        self.offsets.append(len(self.text))
+        self.ids.append(token)
+        new = self.tokenizer.continuation(self.seed, self.ids)
+        cut = _cut(new, self.stops, self.tokenizer.level)
+        self.text = new if cut is None else cut
+        return cut is not None
+
+    def delta(self) -> str:
+        """What of the new text can be sent now (and mark it sent)."""
+        settled = self.text if self.finish is not None else self._settled()
+        if not settled.startswith(self.sent) or len(settled) <= len(self.sent):
+            return ""
+        out, self.sent = settled[len(self.sent) :], settled
+        return out
+
+    def flush(self) -> str:
+        """The rest of the final text (after :attr:`finish` is set)."""
+        rest = self.text[len(self.sent) :] if self.text.startswith(self.sent) else ""
+        self.sent = self.text
+        return rest
+
+    def _settled(self) -> str:
+        text = self.text
+        text = text[: len(text) - self.tokenizer.unstable_tail(text)]
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:k]):
+                    text = text[:-k]
+                    break
+        return text
+
+    def token_text(self, token: int) -> str:
+        return self.tokenizer.vocab.token(int(token))
+
+
+def _cut(text: str, stops: list[str], level: str) -> str | None:
+    """``text`` up to the earliest of ``stops`` (without the spaces before it above the char
+    level, as ``textgen generate --stop`` cuts), or None when none occurs."""
+    found = [text.index(stop) for stop in stops if stop in text]
+    if not found:
+        return None
+    head = text[: min(found)]
+    return head if level == "char" else head.rstrip()
