@@ -1,0 +1,422 @@
+"""The trained network as TensorFlow operations, for export: one recurrent step over the
+weights of ``weights.npz``, and the whole ``generate`` loop with its tokenizer in the graph.
+
+The step computes what :class:`textgen.decoding.numpy_lm.NumpyLM` computes (Keras 3 gate
+layouts: LSTM ``i, f, c, o``; GRU ``z, r, h`` with ``reset_after``; SimpleRNN), written
+with plain TensorFlow ops (``gather``, ``matmul``, ``sigmoid``, ``tanh``, slices) so that
+the LiteRT converter maps every one of them to a builtin operator.
+
+**The state is one float32 tensor** ``(batch, state_size)``: the layers one after the
+other, each ``h`` (``units`` columns) followed, for an LSTM, by ``c``. Zeros are the
+initial state, as in training.
+
+**Tokenization inside the graph** (``generate``), level by level:
+
+* word: the seed's code points go through one table, fixed at export time from Python's
+  own ``str.lower`` / ``unicodedata`` so that it is exactly what textgen does (lowercasing
+  and punctuation stripping when the run uses them, every Unicode white space to a
+  space), then the text is split on spaces and the words looked up in the vocabulary.
+* char: one token per code point.
+* jamo (char level, ``normalize = "nfd"``): Hangul syllables are decomposed into
+  conjoining jamo, and the output recomposed, with Unicode's conjoining-jamo arithmetic
+  (``S = 0xAC00 + (L·21 + V)·28 + T``).
+
+What is left to the caller is Unicode NFC of the seed (TensorFlow has no normalizer):
+textgen reads every seed as ``unicodedata.normalize("NFC", seed)``, which is the seed
+itself for text typed or stored composed. At the jamo level the graph does the Hangul
+part of NFD; any other canonical decomposition (``é`` → ``e`` + U+0301) is the caller's,
+and the output's non-Hangul characters are not recomposed.
+"""
+
+from __future__ import annotations
+
+import functools
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from textgen._tf import tensorflow
+from textgen.text.vocab import EOS, PAD, PAD_ID, UNK, UNK_ID
+
+PARTS = {"lstm": 2, "gru": 1, "rnn": 1}  # state tensors per layer: (h, c) or (h,)
+MAX_TOKENS = 1_000_000  # generate's max_tokens, at most (textgen generate's --length bound)
+SPECIALS = (PAD, UNK, EOS)  # spelled in a seed they are text, read as <unk> (as textgen does)
+
+# Unicode's conjoining-jamo constants (The Unicode Standard, section 3.12)
+S_BASE, L_BASE, V_BASE, T_BASE = 0xAC00, 0x1100, 0x1161, 0x11A7
+L_COUNT, V_COUNT, T_COUNT = 19, 21, 28
+N_COUNT = V_COUNT * T_COUNT  # 588
+S_COUNT = L_COUNT * N_COUNT  # 11172
+
+
+def layer_count(arrays: Mapping[str, np.ndarray]) -> int:
+    """How many recurrent layers ``weights.npz``-style arrays hold."""
+    return sum(1 for key in arrays if key.startswith("rnn_") and key.endswith("_recurrent"))
+
+
+def state_layout(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Where each layer's ``h`` (and ``c``) sits in the flat state: column ranges."""
+    cell = str(arrays["cell"])
+    layout, offset = [], 0
+    for i in range(layer_count(arrays)):
+        units = int(np.shape(arrays[f"rnn_{i}_recurrent"])[0])
+        entry: dict[str, Any] = {"layer": i, "units": units, "h": [offset, offset + units]}
+        offset += units
+        if cell == "lstm":
+            entry["c"] = [offset, offset + units]
+            offset += units
+        layout.append(entry)
+    return layout
+
+
+def state_size(arrays: Mapping[str, np.ndarray]) -> int:
+    """Columns of the flat state tensor."""
+    layout = state_layout(arrays)
+    return max(max(entry.get("c", entry["h"])[1] for entry in layout), 0) if layout else 0
+
+
+class StepWeights:
+    """The network's weights as TensorFlow variables, and one step over them."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        tf = tensorflow()
+        self.cell = str(arrays["cell"])
+        if self.cell not in PARTS:
+            raise ValueError(f"unknown cell {self.cell!r}")
+
+        def var(name: str) -> Any:
+            return tf.Variable(np.asarray(arrays[name], np.float32), trainable=False, name=name)
+
+        self.embedding = var("embedding")
+        self.kernels = [var(f"rnn_{i}_kernel") for i in range(layer_count(arrays))]
+        self.recurrents = [var(f"rnn_{i}_recurrent") for i in range(layer_count(arrays))]
+        self.biases = [var(f"rnn_{i}_bias") for i in range(layer_count(arrays))]
+        self.out_kernel = var("out_kernel")
+        self.out_bias = var("out_bias")
+        self.units = [
+            int(np.shape(arrays[f"rnn_{i}_recurrent"])[0]) for i in range(len(self.kernels))
+        ]
+        self.vocab_size = int(np.shape(arrays["out_kernel"])[1])
+        self.state_size = state_size(arrays)
+
+    def variables(self) -> list[Any]:
+        """Every variable, for a ``tf.Module`` to track."""
+        return [
+            self.embedding, *self.kernels, *self.recurrents, *self.biases,
+            self.out_kernel, self.out_bias,
+        ]  # fmt: skip
+
+    def step(self, ids: Any, state: Any) -> tuple[Any, Any]:
+        """``ids`` (batch,) int32 and the flat state → logits (batch, vocab), new state."""
+        tf = tensorflow()
+        x = tf.gather(self.embedding, ids)
+        offset, parts = 0, []
+        for kernel, recurrent, bias, n in zip(
+            self.kernels, self.recurrents, self.biases, self.units, strict=True
+        ):
+            h = state[:, offset : offset + n]
+            offset += n
+            if self.cell == "lstm":
+                c = state[:, offset : offset + n]
+                offset += n
+                z = tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias
+                i, f, g, o = tf.split(z, 4, axis=-1)
+                c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+                h = tf.sigmoid(o) * tf.tanh(c)
+                parts += [h, c]
+            elif self.cell == "gru":
+                xw = tf.matmul(x, kernel) + bias[0]
+                inner = tf.matmul(h, recurrent) + bias[1]
+                xz, xr, xh = tf.split(xw, 3, axis=-1)
+                hz, hr, hh = tf.split(inner, 3, axis=-1)
+                z = tf.sigmoid(xz + hz)
+                r = tf.sigmoid(xr + hr)
+                h = z * h + (1.0 - z) * tf.tanh(xh + r * hh)
+                parts.append(h)
+            else:
+                h = tf.tanh(tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias)
+                parts.append(h)
+            x = h
+        logits = tf.matmul(x, self.out_kernel) + self.out_bias
+        return logits, tf.concat(parts, axis=-1)
+
+
+def step_module(arrays: Mapping[str, np.ndarray]) -> Any:
+    """A ``tf.Module`` whose ``step`` function has the export's input signature."""
+    tf = tensorflow()
+    module = tf.Module()
+    weights = StepWeights(arrays)
+    module.weights = weights
+    module.variables_held = weights.variables()  # tracked, so the SavedModel stores them
+
+    @tf.function(
+        autograph=False,
+        input_signature=[
+            tf.TensorSpec([None], tf.int32, name="ids"),
+            tf.TensorSpec([None, weights.state_size], tf.float32, name="state"),
+        ],
+    )
+    def step(ids: Any, state: Any) -> dict[str, Any]:
+        logits, new_state = weights.step(ids, state)
+        return {"logits": logits, "state": new_state}
+
+    module.step = step
+    return module
+
+
+@functools.lru_cache(maxsize=4)
+def word_char_map(
+    lowercase: bool, strip_punctuation: bool
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """What textgen's word level does to each code point before splitting, as a table.
+
+    Returns the code points that change, what each becomes (one code point; white space
+    becomes a space), and the few whose lowercase is longer than one code point
+    (``İ`` → ``i̇``), which the graph replaces as strings first.
+    """
+    from textgen.text.word import _KERAS_FILTERS
+
+    keys, values, longer = [], [], []
+    for code in range(0x110000):
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # not in UTF-8 text
+        ch = chr(code)
+        out = ch.lower() if lowercase else ch
+        if strip_punctuation:
+            out = "".join(
+                " " if unicodedata.category(c).startswith("P") or c in _KERAS_FILTERS else c
+                for c in out
+            )
+        out = "".join(" " if c.isspace() else c for c in out)
+        if out == ch:
+            continue
+        if len(out) == 1:
+            keys.append(code)
+            values.append(ord(out))
+        else:
+            longer.append((ch, out))
+    return np.asarray(keys, np.int64), np.asarray(values, np.int64), longer
+
+
+def _literal(text: str) -> str:
+    """An RE2 pattern matching ``text`` literally."""
+    return "".join(f"\\x{{{ord(c):x}}}" for c in text)
+
+
+class GenerateGraph:
+    """``generate(seed, max_tokens, temperature, rng_seed) → text`` for word and char runs."""
+
+    def __init__(self, weights: StepWeights, tokenizer: Any) -> None:
+        tf = tensorflow()
+        self.weights = weights
+        self.level = tokenizer.level
+        self.jamo = tokenizer.level == "char" and tokenizer.normalize == "nfd"
+        tokens = list(tokenizer.vocab.tokens)
+        self.eos_id = tokenizer.eos_id
+        # id → the text it adds: "" for <pad> and <eos>, which decoding leaves out
+        shown = ["" if i == PAD_ID or i == self.eos_id else t for i, t in enumerate(tokens)]
+        self.token_text = tf.constant(shown, tf.string)
+        known = [(t, i) for i, t in enumerate(tokens) if t not in SPECIALS]
+        if self.level == "word":
+            self.vocab = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant([t for t, _ in known], tf.string),
+                    tf.constant([i for _, i in known], tf.int64),
+                ),
+                default_value=UNK_ID,
+            )
+            keys, values, longer = word_char_map(tokenizer.lowercase, tokenizer.strip_punctuation)
+            self.char_map = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(values)),
+                default_value=-1,
+            )
+            self.longer = longer
+        else:
+            singles = [(ord(t), i) for t, i in known if len(t) == 1]
+            self.vocab = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant([c for c, _ in singles], tf.int64),
+                    tf.constant([i for _, i in singles], tf.int64),
+                ),
+                default_value=UNK_ID,
+            )
+
+    def tables(self) -> list[Any]:
+        """The lookup tables, for a ``tf.Module`` to track."""
+        return [self.vocab] + ([self.char_map] if self.level == "word" else [])
+
+    # -- text → ids -------------------------------------------------------------------
+    def _words(self, seed: Any) -> Any:
+        tf = tensorflow()
+        for source, target in self.longer:
+            seed = tf.strings.regex_replace(seed, _literal(source), _literal(target))
+        codes = tf.cast(tf.strings.unicode_decode(seed, "UTF-8", errors="strict"), tf.int64)
+        mapped = self.char_map.lookup(codes)
+        codes = tf.where(mapped >= 0, mapped, codes)
+        text = tf.strings.unicode_encode(tf.cast(codes, tf.int32), "UTF-8")
+        words = tf.strings.split(text, sep=" ")
+        return tf.boolean_mask(words, tf.strings.length(words) > 0)
+
+    def _seed_codes(self, seed: Any) -> Any:
+        """The seed's code points as the model reads them (jamo: syllables decomposed)."""
+        tf = tensorflow()
+        codes = tf.cast(tf.strings.unicode_decode(seed, "UTF-8", errors="strict"), tf.int64)
+        if not self.jamo:
+            return codes
+        index = codes - S_BASE
+        syllable = (index >= 0) & (index < S_COUNT)
+        lead = tf.where(syllable, L_BASE + index // N_COUNT, codes)
+        vowel = tf.where(syllable, V_BASE + (index % N_COUNT) // T_COUNT, -1)
+        trail = tf.where(syllable & (index % T_COUNT > 0), T_BASE + index % T_COUNT, -1)
+        spread = tf.reshape(tf.stack([lead, vowel, trail], axis=1), [-1])
+        return tf.boolean_mask(spread, spread >= 0)
+
+    @staticmethod
+    def compose(codes: Any) -> Any:
+        """Recompose conjoining jamo ``L V`` and ``L V T`` into syllables (NFC's Hangul part)."""
+        tf = tensorflow()
+        n = tf.size(codes)
+        pad = tf.constant([-1], codes.dtype)
+        is_l = (codes >= L_BASE) & (codes < L_BASE + L_COUNT)
+        is_v = (codes >= V_BASE) & (codes < V_BASE + V_COUNT)
+        is_t = (codes > T_BASE) & (codes < T_BASE + T_COUNT)
+        prev = tf.concat([pad, codes[:-1]], 0)
+        prev2 = tf.concat([pad, pad, codes[:-2]], 0)[:n]
+        prev_l = (prev >= L_BASE) & (prev < L_BASE + L_COUNT)
+        prev_v = (prev >= V_BASE) & (prev < V_BASE + V_COUNT)
+        prev2_l = (prev2 >= L_BASE) & (prev2 < L_BASE + L_COUNT)
+        v_joins = is_v & prev_l  # this V joins the L before it
+        t_joins = is_t & prev_v & prev2_l  # this T joins the L V before it
+        nxt = tf.concat([codes[1:], pad], 0)
+        nxt2 = tf.concat([codes[2:], pad, pad], 0)[:n]
+        next_v_joins = tf.concat([v_joins[1:], [False]], 0)
+        next2_t_joins = tf.concat([t_joins[2:], [False, False]], 0)[:n]
+        starts = is_l & next_v_joins
+        syllable = (
+            S_BASE
+            + ((codes - L_BASE) * V_COUNT + (nxt - V_BASE)) * T_COUNT
+            + tf.where(next2_t_joins, nxt2 - T_BASE, tf.zeros_like(codes))
+        )
+        out = tf.where(starts, syllable, codes)
+        return tf.boolean_mask(out, ~(v_joins | t_joins))
+
+    # -- the loop ---------------------------------------------------------------------
+    def generate(self, seed: Any, max_tokens: Any, temperature: Any, rng_seed: Any) -> Any:
+        tf = tensorflow()
+        checks = [
+            tf.debugging.assert_greater_equal(
+                max_tokens, 1, message="max_tokens must be at least 1"
+            ),
+            tf.debugging.assert_less_equal(
+                max_tokens, MAX_TOKENS, message=f"max_tokens must be at most {MAX_TOKENS}"
+            ),
+            tf.debugging.assert_greater_equal(
+                temperature, 0.0, message="temperature must be >= 0 (0 = greedy)"
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            if self.level == "word":
+                words = self._words(seed)
+                ids = self.vocab.lookup(words)
+                shown_seed = tf.strings.reduce_join(words, separator=" ")
+            else:
+                codes = self._seed_codes(seed)
+                ids = self.vocab.lookup(codes)
+        ids = tf.cast(ids, tf.int32)
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_positive(tf.size(ids), message="the seed is empty"),
+                tf.debugging.assert_equal(
+                    tf.reduce_any(ids != UNK_ID),
+                    True,
+                    message="no token of the seed is in the model's vocabulary",
+                ),
+            ]
+        ):
+            ids = tf.identity(ids)
+        weights = self.weights
+        state = tf.zeros([1, weights.state_size], tf.float32)
+        logits = tf.zeros([1, weights.vocab_size], tf.float32)
+
+        def feed(i: Any, logits: Any, state: Any) -> tuple[Any, Any, Any]:
+            logits, state = weights.step(tf.reshape(ids[i], [1]), state)
+            return i + 1, logits, state
+
+        _, logits, state = tf.while_loop(
+            lambda i, *_: i < tf.size(ids), feed, (tf.constant(0), logits, state)
+        )
+        eos = -1 if self.eos_id is None else self.eos_id
+        picked = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
+
+        def pick(t: Any, logits: Any) -> Any:
+            def sample() -> Any:
+                seed = tf.stack([rng_seed, tf.cast(t, tf.int64)])
+                drawn = tf.random.stateless_categorical(
+                    logits / temperature, 1, seed=seed, dtype=tf.int32
+                )
+                return drawn[:, 0]
+
+            def greedy() -> Any:
+                return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+            return tf.cond(temperature > 0, sample, greedy)
+
+        def body(t: Any, kept: Any, logits: Any, state: Any, picked: Any) -> tuple:
+            token = pick(t, logits)
+            done = token[0] == eos  # <eos> ends the text and is not part of it
+            picked = picked.write(t, token[0])
+            kept = tf.where(done, kept, t + 1)
+            logits, state = tf.cond(
+                done | (t + 1 >= max_tokens),
+                lambda: (logits, state),
+                lambda: weights.step(token, state),
+            )
+            return tf.where(done, max_tokens, t + 1), kept, logits, state, picked
+
+        _, kept, _, _, picked = tf.while_loop(
+            lambda t, *_: t < max_tokens,
+            body,
+            (tf.constant(0), tf.constant(0), logits, state, picked),
+        )
+        new = tf.gather(self.token_text, picked.stack()[:kept])
+        if self.level == "word":
+            new = tf.boolean_mask(new, tf.strings.length(new) > 0)
+            text = tf.strings.reduce_join(new, separator=" ")
+            return tf.cond(
+                tf.strings.length(text) > 0,
+                lambda: shown_seed + " " + text,
+                lambda: shown_seed,
+            )
+        if not self.jamo:
+            return seed + tf.strings.reduce_join(new)
+        generated = tf.cast(
+            tf.strings.unicode_decode(tf.strings.reduce_join(new), "UTF-8"), tf.int64
+        )
+        whole = self.compose(tf.concat([codes, generated], 0))
+        return tf.strings.unicode_encode(tf.cast(whole, tf.int32), "UTF-8")
+
+
+def generate_module(arrays: Mapping[str, np.ndarray], tokenizer: Any) -> Any:
+    """A ``tf.Module`` with ``step`` and ``generate`` functions with input signatures."""
+    tf = tensorflow()
+    module = step_module(arrays)
+    graph = GenerateGraph(module.weights, tokenizer)
+    module.graph = graph
+    module.tables = graph.tables()  # tracked, so the SavedModel stores them
+
+    @tf.function(
+        autograph=False,
+        input_signature=[
+            tf.TensorSpec([], tf.string, name="seed"),
+            tf.TensorSpec([], tf.int32, name="max_tokens"),
+            tf.TensorSpec([], tf.float32, name="temperature"),
+            tf.TensorSpec([], tf.int64, name="rng_seed"),
+        ],
+    )
+    def generate(seed: Any, max_tokens: Any, temperature: Any, rng_seed: Any) -> dict[str, Any]:
+        return {"text": graph.generate(seed, max_tokens, temperature, rng_seed)}
+
+    module.generate = generate
+    return module
