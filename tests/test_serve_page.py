@@ -454,6 +454,43 @@ def test_utf8_split_anywhere_in_the_stream_decodes_whole(page: Page) -> None:
     assert result["splitSyllables"] > 50
 
 
+def test_models_still_loading_are_asked_for_again(browser: Any, server: Server) -> None:
+    """A 503 from /v1/models (the server's answer while its models load) is shown with its
+    message, and the page asks again after Retry-After instead of staying empty. The first
+    answer is made here, the real one follows."""
+    loading = Page(browser, server.base, viewport={"width": 1000, "height": 820})
+    asked: list[str] = []
+
+    def first_loading(route: Any) -> None:
+        asked.append(route.request.url)
+        if len(asked) > 1:
+            route.fallback()  # to the recorder, and on to the server
+            return
+        error = {"message": "the models are still loading", "type": "server_error"}
+        route.fulfill(
+            status=503,
+            headers={"Retry-After": "1"},
+            content_type="application/json",
+            body=json.dumps({"error": error | {"param": None, "code": "loading"}}),
+        )
+
+    try:
+        loading.context.route(server.base + "/v1/models", first_loading)
+        p = loading.page
+        p.goto(server.base + "/")
+        p.wait_for_selector("#error:not([hidden])")
+        assert "503" in p.text_content("#error")
+        assert "the models are still loading" in p.text_content("#error")
+        assert "Trying again in 1 s" in p.text_content("#error")
+        started = time.monotonic()
+        p.wait_for_selector("#model option[value='ko-toy']", state="attached", timeout=10_000)
+        assert time.monotonic() - started >= 0.5
+        assert p.is_hidden("#error")
+        assert len(asked) == 2
+    finally:
+        loading.close()
+
+
 def test_api_key_is_sent_and_kept(browser: Any, toy_run: Path) -> None:
     """With --api-key the page's model list and generation need the key: without it the
     server's 401 message is shown; typed once, it is sent as a bearer token and is still

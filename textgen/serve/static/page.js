@@ -167,6 +167,9 @@
   }
 
   let modelsById = new Map();
+  const MAX_LOAD_ATTEMPTS = 300; // about five minutes of 503s before the page gives up
+  let loadAttempts = 0;
+  let loadTimer = 0;
 
   async function loadModels() {
     const select = els.model;
@@ -178,10 +181,22 @@
       return;
     }
     if (!response.ok) {
+      const message = await errorMessage(response);
+      if (response.status === 503 && loadAttempts < MAX_LOAD_ATTEMPTS) {
+        select.replaceChildren(new Option("loading…", ""));
+        // the models are still loading (or the server is busy): ask again when it says
+        const wait = Math.min(Math.max(Number(response.headers.get("Retry-After")) || 1, 1), 10);
+        loadAttempts += 1;
+        showError(`${message}. Trying again in ${wait} s…`);
+        clearTimeout(loadTimer);
+        loadTimer = setTimeout(loadModels, wait * 1000);
+        return;
+      }
       select.replaceChildren(new Option("(none)", ""));
-      showError(`Listing the models failed: ${await errorMessage(response)}`);
+      showError(`Listing the models failed: ${message}`);
       return;
     }
+    loadAttempts = 0;
     let models = [];
     try {
       const body = await response.json();
@@ -264,7 +279,7 @@
     clearError();
     let body;
     try {
-      if (!els.model.value) throw new Error("No model to use: the server lists none");
+      if (!els.model.value) throw new Error("No model to use yet: the server has listed none");
       if (els.seed.value.trim() === "") throw new Error("Type a seed text first");
       body = requestBody();
     } catch (err) {
@@ -426,6 +441,7 @@
       } catch (_err) {
         /* storage disabled */
       }
+      loadAttempts = 0;
       loadModels();
     });
     els.strategy.addEventListener("change", showStrategyFields);
@@ -436,13 +452,14 @@
     });
     els.stop.addEventListener("click", stop);
     els.seed.addEventListener("keydown", (event) => {
+      if (event.isComposing) return; // a Hangul syllable being composed by the IME
       if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
         event.preventDefault();
         generate();
       }
     });
     document.addEventListener("keydown", (event) => {
-      if (event.key === "Escape") stop();
+      if (event.key === "Escape" && !event.isComposing) stop();
     });
     showStrategyFields();
     setState("idle", "");
