@@ -101,7 +101,8 @@ def train(
       textgen train --config configs/shakespeare-char.toml \\
           --corpus ../shared/data/tinyshakespeare/input.txt --set train.epochs=1
       textgen train --resume runs/shakespeare-char --set train.epochs=3
-      textgen train --config configs/ko-reviews-char.toml \
+      textgen train --config configs/ko-constitution-char.toml \\
+          --corpus data/ko-reviews/reviews.txt --out runs/ko-reviews-char \\
           --init-from runs/ko-constitution-char --extend-vocab
       TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
         "task": {"type": "worker", "index": 0}}' textgen train \\
