@@ -133,13 +133,34 @@ class ServerState:
         self.load_error: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_load_error: Callable[[str], None] | None = None
+        self._pending: list[tuple[Job, Any]] = []
+        self._pending_lock = threading.Lock()
+        self._scheduled = False
 
     def deliver(self, events: list[tuple[Job, Any]]) -> None:
-        """Called by a decoding thread: hand each job's event to its request (in order)."""
+        """Called by a decoding thread: hand each job's event to its request (in order).
+
+        Events wait in one list that a single callback on the event loop drains; a new
+        callback is scheduled only when none is pending, so a model that steps faster
+        than the loop runs does not flood it with one callback per step."""
         if self.loop is None or not events:
             return
+        with self._pending_lock:
+            self._pending.extend(events)
+            if self._scheduled:
+                return
+            self._scheduled = True
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
-            self.loop.call_soon_threadsafe(_dispatch, events)
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._pending_lock:
+            events, self._pending = self._pending, []
+            self._scheduled = False
+        for job, event in events:
+            sink = getattr(job, "sink", None)
+            if sink is not None:
+                sink.put_nowait(event)
 
     def load(self) -> None:
         """Load every model, then start their decoding loops (in a background thread)."""
@@ -162,13 +183,6 @@ class ServerState:
     def stop(self) -> None:
         for model in self.models.values():
             model.batcher.stop()
-
-
-def _dispatch(events: list[tuple[Job, Any]]) -> None:
-    for job, event in events:
-        sink = getattr(job, "sink", None)
-        if sink is not None:
-            sink.put_nowait(event)
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -472,7 +486,7 @@ class GenerationFailed(Exception):
 async def _run(state: ServerState, prep: Prepared) -> AsyncIterator[list[News]]:
     """Each step's news for the client, merged over the request's jobs: ``(choice index,
     delta text, logprob entry, finish reason or None)``."""
-    queue: asyncio.Queue = asyncio.Queue()
+    queue: asyncio.Queue = asyncio.Queue(maxsize=16)
     tasks = [asyncio.ensure_future(_follow(state, prep, k, queue)) for k in range(len(prep.jobs))]
     live = len(tasks)
     try:
@@ -499,6 +513,7 @@ async def _follow(state: ServerState, prep: Prepared, k: int, out: asyncio.Queue
         while True:
             event = await job.sink.get()  # type: ignore[attr-defined]
             if isinstance(event, Tokens):
+                job.taken += 1
                 if first:
                     state.metrics.ttft.labels(model.name).observe(time.monotonic() - job.created)
                     first = False
@@ -521,7 +536,8 @@ async def _follow(state: ServerState, prep: Prepared, k: int, out: asyncio.Queue
                     else:
                         news.append((k * n + row, choice.delta(), entry, None))
                 tokens.inc(count)
-                await out.put(news)
+                if news:
+                    await out.put(news)
             elif isinstance(event, End):
                 news = []
                 for row, choice in enumerate(choices):
@@ -530,12 +546,15 @@ async def _follow(state: ServerState, prep: Prepared, k: int, out: asyncio.Queue
                         news.append((k * n + row, choice.flush(), None, "length"))
                 if news and event.reason != "cancelled":
                     await out.put(news)
-                return
+                break
             elif isinstance(event, Failed):
                 await out.put(GenerationFailed(event.message))
-                return
-    finally:
-        out.put_nowait(None)
+                break
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:  # a bug here must reach the client as an error, not a hang
+        await out.put(GenerationFailed(f"internal error: {err}"))
+    await out.put(None)  # the bounded queue holds this job's news back from a slow client
 
 
 def _entry(choice: ChoiceText, token: int, event: Tokens, row: int) -> Any:
@@ -668,6 +687,9 @@ async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
                         yield _sse(_chunk(prep, index, text, entry, None))
                     if finish is not None:
                         yield _sse(_chunk(prep, index, "", None, finish))
+                # a fast model makes news faster than a client reads it: let the other
+                # requests (and the disconnect check) run between steps
+                await asyncio.sleep(0)
         except GenerationFailed as err:
             yield b"event: error\n" + _sse(api.error_body(500, str(err), code="generation_failed"))
             yield b"data: [DONE]\n\n"

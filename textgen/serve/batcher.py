@@ -37,6 +37,7 @@ from textgen.decoding.sampling import Pick
 
 PREFILL_CHUNK = 64  # seed tokens one job feeds per step, so running streams keep moving
 PREFILL_BUDGET = 1024  # seed tokens fed per step across all jobs, at most
+MAX_BACKLOG = 256  # steps a job may be ahead of its client before it is parked
 
 
 class QueueFull(Exception):
@@ -58,6 +59,8 @@ class Job:
     done: list[bool] = field(init=False)
     cancelled: bool = False
     produced: int = 0
+    sent: int = 0  # token events delivered (written by the decoding thread only)
+    taken: int = 0  # token events read by the request side (written by it only)
     # prefill progress, owned by the decoding thread
     _fed: int = 0
     _state: Any = None
@@ -69,6 +72,11 @@ class Job:
     def cancel(self) -> None:
         """Leave the batch at the next step (the client went away or the request ended)."""
         self.cancelled = True
+
+    @property
+    def backlog(self) -> int:
+        """Token events delivered and not yet read: how far ahead of its client it is."""
+        return self.sent - self.taken
 
     def finish_row(self, row: int) -> None:
         """Row ``row`` needs no more tokens (a stop string ended it)."""
@@ -132,6 +140,7 @@ class Batcher:
         self._waiting: deque[Job] = deque()
         self._prefilling: list[Job] = []
         self._running: list[Job] = []
+        self._parked: list[Job] = []  # ahead of their clients: state kept, not stepped
         self._rows = 0  # rows of the admitted jobs (prefilling and running)
         self._stopping = False
         self._logits: np.ndarray | None = None  # (rows, vocab) of the running jobs, in order
@@ -160,7 +169,7 @@ class Batcher:
 
     @property
     def running(self) -> int:
-        return len(self._running) + len(self._prefilling)
+        return len(self._running) + len(self._prefilling) + len(self._parked)
 
     @property
     def waiting(self) -> int:
@@ -168,7 +177,7 @@ class Batcher:
 
     def _counts(self) -> None:
         if self.on_counts is not None:
-            self.on_counts(len(self._running) + len(self._prefilling), len(self._waiting))
+            self.on_counts(self.running, len(self._waiting))
 
     # -- the decoding thread -----------------------------------------------------------------
     def _loop(self) -> None:
@@ -176,17 +185,23 @@ class Batcher:
             with self._cond:
                 self._drop_cancelled_waiting()
                 while not (self._stopping or self._waiting or self._prefilling or self._running):
+                    if self._parked:
+                        break
                     self._cond.wait()
                 if self._stopping:
                     return
                 self._admit()
+            self._unpark()
+            if self._parked and not (self._running or self._prefilling):
+                time.sleep(0.002)  # only jobs ahead of their clients: let the clients read
+                continue
             try:
                 self._step()
             except Exception as err:
-                jobs = self._running + self._prefilling
+                jobs = self._running + self._prefilling + self._parked
                 self.deliver([(job, Failed(f"decoding failed: {err}")) for job in jobs])
                 with self._cond:
-                    self._running, self._prefilling, self._rows = [], [], 0
+                    self._running, self._prefilling, self._parked, self._rows = [], [], [], 0
                     self._logits = self._state = None
                     self._counts()
 
@@ -267,17 +282,34 @@ class Batcher:
             state = [tuple(part[rows] for part in layer) for layer in job._state]
             logits = job._logits[rows]
             job._state = job._logits = None
-            if self._running:
-                self._logits = np.concatenate([self._logits, logits])
-                self._state = [
-                    tuple(np.concatenate([a, b]) for a, b in zip(old, new, strict=True))
-                    for old, new in zip(self._state, state, strict=True)
-                ]
-            else:
-                self._logits, self._state = logits, state
-            self._running.append(job)
+            self._join(job, logits, state)
         with self._cond:
             self._counts()
+
+    def _join(self, job: Job, logits: np.ndarray, state: Any) -> None:
+        """Append a job's rows (their logits and state) to the running batch."""
+        if self._running:
+            self._logits = np.concatenate([self._logits, logits])
+            self._state = [
+                tuple(np.concatenate([a, b]) for a, b in zip(old, new, strict=True))
+                for old, new in zip(self._state, state, strict=True)
+            ]
+        else:
+            self._logits, self._state = logits, state
+        self._running.append(job)
+
+    def _unpark(self) -> None:
+        """Parked jobs whose clients have caught up (or left) join again; the token they
+        picked before parking is fed at the next step, and they pick after it."""
+        if not self._parked:
+            return
+        back = [j for j in self._parked if j.cancelled or j.backlog <= MAX_BACKLOG // 2]
+        for job in back:
+            self._parked.remove(job)
+            state, job._state = job._state, None
+            logits = np.zeros((job.n, self.lm.vocab_size), np.float32)  # not used
+            job._skip_pick = True  # type: ignore[attr-defined]
+            self._join(job, logits, state)
 
     def _pick(self) -> list[tuple[Job, Any]]:
         """Each running job's next tokens from its rows of the logits."""
@@ -287,6 +319,10 @@ class Batcher:
         for job in self._running:
             rows = logits[start : start + job.n]
             start += job.n
+            if getattr(job, "_skip_pick", False):  # back from parking: feed its token first
+                job._skip_pick = False  # type: ignore[attr-defined]
+                continue
+            job.sent += 1
             if job.pick is None:
                 ids = np.argmax(rows, axis=-1)
             else:
@@ -310,10 +346,12 @@ class Batcher:
         return events
 
     def _leave(self) -> None:
-        """Drop the jobs that are done, cancelled or at ``max_tokens`` from the batch."""
+        """Drop the jobs that are done, cancelled or at ``max_tokens`` from the batch, and
+        park those too far ahead of their clients (their rows' state kept aside)."""
         keep_rows: list[np.ndarray] = []
         kept: list[Job] = []
         ended: list[tuple[Job, Any]] = []
+        parked: list[tuple[Job, np.ndarray]] = []
         start = 0
         for job in self._running:
             if job.cancelled:
@@ -322,12 +360,21 @@ class Batcher:
                 ended.append((job, End("done")))
             elif job.produced >= job.max_tokens:
                 ended.append((job, End("length")))
+            elif job.backlog > MAX_BACKLOG:
+                parked.append((job, np.arange(start, start + job.n)))
             else:
                 kept.append(job)
                 keep_rows.append(np.arange(start, start + job.n))
             start += job.n
-        if not ended:
+        for job in self._parked:
+            if job.cancelled:
+                ended.append((job, End("cancelled")))
+        if not ended and not parked:
             return
+        self._parked = [job for job in self._parked if not job.cancelled]
+        for job, rows in parked:
+            job._state = [tuple(part[rows] for part in layer) for layer in self._state]
+            self._parked.append(job)
         self.deliver(ended)
         with self._cond:
             self._rows -= sum(job.n for job, _ in ended)

@@ -29,13 +29,24 @@ class ChoiceText:
     offsets: list[int] = field(default_factory=list)  # where each token's text starts
     logprobs: list[Any] = field(default_factory=list)  # (token, logprob, top) per token
 
+    def __post_init__(self) -> None:
+        self._whole = ""  # the new text of all ids, uncut
+        self._additive = additive(self.tokenizer)
+
     def push(self, token: int) -> bool:
-        """Add a token; True when a stop string has now appeared (the text is cut there)."""
+        """Add a token; True when a stop string has now appeared (the text is cut there).
+
+        Where the text of the ids is the texts of each id put end to end (the char level
+        but jamo, the word level), a token costs the length of its own text; elsewhere the
+        continuation is recomputed over all ids (a cost that grows with the text)."""
         self.offsets.append(len(self.text))
         self.ids.append(token)
-        new = self.tokenizer.continuation(self.seed, self.ids)
-        cut = _cut(new, self.stops, self.tokenizer.level)
-        self.text = new if cut is None else cut
+        if self._additive:
+            self._whole += self.tokenizer.continuation(self.seed, (token,))
+        else:
+            self._whole = self.tokenizer.continuation(self.seed, self.ids)
+        cut = _cut(self._whole, self.stops, self.tokenizer.level, len(self.text))
+        self.text = self._whole if cut is None else cut
         return cut is not None
 
     def delta(self) -> str:
@@ -66,10 +77,28 @@ class ChoiceText:
         return self.tokenizer.vocab.token(int(token))
 
 
-def _cut(text: str, stops: list[str], level: str) -> str | None:
+def additive(tokenizer: Tokenizer) -> bool:
+    """Whether the continuation of ids is the continuations of each id end to end: true of
+    the char level without jamo recomposition and of the word level, whose methods this
+    checks are the ones it knows (a subclass that changes them is not assumed to be)."""
+    from textgen.text.char import CharTokenizer
+    from textgen.text.word import WordTokenizer
+
+    kind = type(tokenizer)
+    if kind is CharTokenizer:
+        return tokenizer.normalize != "nfd"
+    return kind is WordTokenizer
+
+
+def _cut(text: str, stops: list[str], level: str, start: int = 0) -> str | None:
     """``text`` up to the earliest of ``stops`` (without the spaces before it above the char
-    level, as ``textgen generate --stop`` cuts), or None when none occurs."""
-    found = [text.index(stop) for stop in stops if stop in text]
+    level, as ``textgen generate --stop`` cuts), or None when none occurs. Only an
+    occurrence ending after ``start`` is new (the text before it had none)."""
+    found = []
+    for stop in stops:
+        at = text.find(stop, max(0, start - len(stop) + 1))
+        if at >= 0:
+            found.append(at)
     if not found:
         return None
     head = text[: min(found)]
