@@ -110,3 +110,22 @@ class LiveServer:
 def sse_events(response: httpx.Response) -> list[str]:
     """The ``data:`` payloads of a streamed response, in order."""
     return [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def char_run(run_dir: Path, **kwargs: Any) -> Path:
+    """A run directory holding :func:`char_model` (no training, no TensorFlow): the four
+    files a run needs, in the layout of a run from before snapshots."""
+    import json
+
+    from textgen.rundir.names import RUN_FORMAT_VERSION
+
+    lm, tok = char_model(**kwargs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    units, layers = lm.layers[0].units, len(lm.layers)
+    (run_dir / "config.toml").write_text(
+        f'[data]\nlevel = "char"\nmode = "stream"\n[model]\nunits = {units}\nlayers = {layers}\n'
+    )
+    (run_dir / "tokenizer.json").write_text(tok.to_json(), encoding="utf-8")
+    lm.save(run_dir / "weights.npz")
+    (run_dir / "metadata.json").write_text(json.dumps({"format_version": RUN_FORMAT_VERSION}))
+    return run_dir

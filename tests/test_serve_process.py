@@ -1,0 +1,159 @@
+"""``textgen serve`` as a process: it starts in well under a second without importing
+TensorFlow, its option errors are one line, and SIGTERM stops accepting, lets the
+stream in flight finish and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from tests.test_serve_support import char_run
+from textgen.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTGEN = [sys.executable, "-m", "textgen"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return char_run(tmp_path_factory.mktemp("serve") / "chars")
+
+
+def _start(*args: str) -> tuple[subprocess.Popen, str]:
+    """Start ``textgen serve --port 0 ARGS``; return it and its URL (from its first line)."""
+    proc = subprocess.Popen(
+        [*TEXTGEN, "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    line = proc.stderr.readline()
+    found = re.search(r"on (http://\S+) \(listening after (\d+) ms", line)
+    if found is None:
+        proc.kill()
+        raise AssertionError(f"no listening line: {line!r} {proc.stderr.read()}")
+    return proc, found.group(1)
+
+
+def test_starts_fast_without_tensorflow(run_dir: Path) -> None:
+    started = time.monotonic()
+    proc, url = _start("--model", str(run_dir))
+    try:
+        listening = time.monotonic() - started
+        while httpx.get(url + "/health").status_code != 200:
+            time.sleep(0.01)
+        ready = time.monotonic() - started
+        print(f"listening after {listening:.3f} s, ready after {ready:.3f} s (process start)")
+        assert listening < 2.0 and ready < 3.0  # measured ~0.5 s on 2 busy cores
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    code = (
+        "import sys, threading, httpx\n"
+        "from textgen.serve.app import create_app, load_run\n"
+        "from textgen.serve.server import bind, make_server\n"
+        f"app = create_app({{'chars': lambda: load_run({str(run_dir)!r})}})\n"
+        "sock = bind('127.0.0.1', 0); url = 'http://127.0.0.1:%d' % sock.getsockname()[1]\n"
+        "server = make_server(app)\n"
+        "threading.Thread(target=server.run, kwargs={'sockets': [sock]}, daemon=True).start()\n"
+        "import time\n"
+        "while True:\n"
+        "    try:\n"
+        "        if httpx.get(url + '/health').status_code == 200: break\n"
+        "    except httpx.TransportError: pass\n"
+        "    time.sleep(0.01)\n"
+        "r = httpx.post(url + '/v1/completions', json={'prompt': 'ab', 'stream': True})\n"
+        "assert r.status_code == 200 and r.text.endswith('data: [DONE]\\n\\n'), r.text\n"
+        "server.should_exit = True\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_sigterm_finishes_the_stream_in_flight_and_exits_0(run_dir: Path) -> None:
+    proc, url = _start("--model", str(run_dir), "--max-tokens-limit", "100000")
+    body = {"prompt": "a", "max_tokens": 20000, "temperature": 0, "stream": True}
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", url + "/v1/completions", json=body) as r,
+    ):
+        lines = r.iter_lines()
+        first = next(lines)
+        assert first.startswith("data: ")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/health", timeout=2)  # no longer accepting
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in [first, *rest[:-1]]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    # the whole stream, more than the sockets hold: the server kept generating after SIGTERM
+    assert sum(bool(c["choices"][0]["text"]) for c in chunks) == 20000
+    assert proc.wait(15) == 0
+    err = proc.stderr.read()
+    assert "Traceback" not in err and err.strip().endswith("stopped")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-batch", "0"], "error: --max-batch must be at least 1, got 0"),
+        (["--port", "70000"], "error: --port must be in [0, 65535], got 70000"),
+        (["--api-key", " "], "error: --api-key is empty"),
+        (["--model", "/nonexistent/run"], "error: run directory not found: /nonexistent/run"),
+    ],
+)
+def test_option_errors_are_one_line(run_dir: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve", "--model", str(run_dir), *args])
+    assert result.exit_code != 0
+    assert result.output.strip() == message
+
+
+def test_port_in_use_is_one_line(run_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--model", str(run_dir), "--port", str(port)])
+    assert result.exit_code != 0
+    assert result.output.strip() == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+
+
+def test_a_run_that_fails_to_load_is_one_line(tmp_path: Path, run_dir: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.toml", "tokenizer.json", "metadata.json"):
+        (broken / name).write_bytes((run_dir / name).read_bytes())
+    (broken / "weights.npz").write_bytes(b"not a zip")
+    proc = subprocess.run(
+        [*TEXTGEN, "serve", "--port", "0", "--model", str(broken)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        env=os.environ | {"PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("serving broken on http://127.0.0.1:")
+    assert len(lines) == 2 and lines[1].startswith("error: ") and "Traceback" not in proc.stderr
