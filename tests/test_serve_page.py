@@ -260,12 +260,25 @@ def test_greedy_stream_shows_what_the_api_and_the_cli_give(
     cli = CliRunner().invoke(main, ["generate", "--model", str(toy_run), "--seed", TOY_SEED])
     assert cli.exit_code == 0, cli.output
     assert TOY_SEED + shown == cli.output.rstrip("\n") == TOY_TEXT
-    assert "Done" in p.text_content("#status")
+    tokens = response.json()["usage"]["completion_tokens"]
+    assert p.text_content("#status").startswith(f"Done: {tokens} tokens in ")
     assert p.is_enabled("#generate") and not p.is_enabled("#stop")
 
     shot = Path(os.environ.get("TEXTGEN_PAGE_SCREENSHOT", tmp_path / "page.png"))
     p.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # beam search: the page shows the text the API and the CLI give
+    page.generate("가는", strategy="beam", beam_width="3")
+    assert page.wait_state("done", "error") == "done", p.text_content("#error")
+    beam = {"model": "ko-toy", "prompt": "가는", "max_tokens": 50, "strategy": "beam"}
+    response = _complete(server, beam | {"beam_width": 3})
+    assert page.completion() == response.json()["choices"][0]["text"]
+    args = ["--seed", "가는", "--strategy", "beam", "--beam-width", "3"]
+    cli = CliRunner().invoke(main, ["generate", "--model", str(toy_run), *args])
+    assert cli.exit_code == 0, cli.output
+    assert "가는" + page.completion() == cli.output.rstrip("\n")
+
     assert page.requests[0] == server.base + "/"
     paths = {url.removeprefix(server.base) for url in page.requests}
     assert {"/", "/v1/models", "/v1/completions"} <= paths

@@ -252,6 +252,7 @@
       max_tokens: intField(els.maxTokens, "Length"),
       strategy,
       stream: true,
+      stream_options: { include_usage: true }, // the token count, beam search's too
     };
     if (strategy === "sample") {
       body.temperature = numberField(els.temperature, "Temperature");
@@ -299,6 +300,7 @@
     setState("streaming", "Generating…");
 
     let chunks = 0;
+    let tokens = null; // from the usage chunk; until then one chunk is one token
     let finish = null;
     let failed = false;
     let done = false;
@@ -330,6 +332,9 @@
         showError(typeof err === "object" && err ? err.message || JSON.stringify(err) : data);
         return;
       }
+      if (chunk && chunk.usage && Number.isInteger(chunk.usage.completion_tokens)) {
+        tokens = chunk.usage.completion_tokens;
+      }
       const part = chunkText(chunk);
       if (part.text) append(part.text);
       if (part.finish) finish = part.finish;
@@ -355,6 +360,9 @@
           const part = chunkText(result);
           append(part.text);
           finish = part.finish;
+          if (result.usage && Number.isInteger(result.usage.completion_tokens)) {
+            tokens = result.usage.completion_tokens;
+          }
         }
       } else {
         const reader = response.body.getReader();
@@ -389,9 +397,10 @@
     }
     const seconds = (performance.now() - started) / 1000;
     const why = finish === "stop" ? "end of text" : finish === "length" ? "length reached" : finish;
+    const count = tokens === null ? chunks : tokens;
     setState(
       "done",
-      `Done: ${chunks} token${chunks === 1 ? "" : "s"} in ${seconds.toFixed(2)} s` +
+      `Done: ${count} token${count === 1 ? "" : "s"} in ${seconds.toFixed(2)} s` +
         (why ? ` (${why}).` : "."),
     );
   }
