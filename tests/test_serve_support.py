@@ -39,12 +39,14 @@ def char_model(
             )
         )
         width = units
+    bias = np.zeros(vocab, np.float32)
+    bias[:2] = -1e4  # never <pad> or <unk>: every token has a text
     lm = NumpyLM(
         cell,
         rng.normal(0, 1.0, (vocab, emb)).astype(np.float32),
         stack,
         rng.normal(0, 1.0, (units, vocab)).astype(np.float32),
-        np.zeros(vocab, np.float32),
+        bias,
     )
     return lm, tok
 
