@@ -244,6 +244,7 @@ def test_greedy_stream_shows_what_the_api_and_the_cli_give(
 
     p = page.open()
     assert p.title() == "textgen"
+    assert p.evaluate("document.characterSet") == "UTF-8"
     page.generate(TOY_SEED, max_tokens="50")
     assert page.wait_state("done", "error", "stopped") == "done", p.text_content("#error")
     shown = page.completion()
@@ -425,9 +426,15 @@ def test_phone_width_has_no_horizontal_scroll(browser: Any, server: Server) -> N
         for control in ("#model", "#seed", "#max-tokens", "#strategy", "#generate", "#stop"):
             box = p.locator(control).bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= 375, (control, box)
-        for control in ("#model", "#seed", "#max-tokens", "#strategy", "#api-key"):
-            label = p.locator(f"label[for='{control[1:]}']")
-            assert label.count() == 1 and (label.text_content() or "").strip(), control
+        unlabelled = p.evaluate(
+            """() => [...document.querySelectorAll('input, select, textarea, button')]
+                .filter(el => el.tagName === 'BUTTON' ? !el.textContent.trim()
+                              : ![...el.labels].some(l => l.textContent.trim()))
+                .map(el => el.id || el.outerHTML)"""
+        )
+        assert unlabelled == []
+        assert p.locator("#error").get_attribute("role") == "alert"
+        assert p.locator("#status").get_attribute("role") == "status"
     finally:
         phone.close()
 
