@@ -140,3 +140,45 @@ def test_page_and_static_files(live: LiveServer) -> None:
         "code",
     }
     assert httpx.get(live.url + "/static/../app.py").status_code == 404
+
+
+def test_fast_chunks_are_the_bytes_of_the_chunk_dict() -> None:
+    """The streamed text events come from a template; they must be the same bytes as the
+    chunk built as a dict and encoded (completions and chat, escapes and Hangul)."""
+    from textgen.serve.api import Request
+    from textgen.serve.app import Prepared, _chunk, _FastChunks, _sse
+
+    class Model:
+        name = "m"
+
+    for chat in (False, True):
+        prep = Prepared(Request(chat=chat, model=None, prompts=["a"]), Model(), [], [], 0.0)
+        fast = _FastChunks(prep)
+        for text in ["a", 'é\n"x\\', "경마장에", "\x00\u2028"]:
+            assert fast.text(3, text) == _sse(_chunk(prep, 3, text, None, None))
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_text_grown_per_token_is_the_continuation(level: str) -> None:
+    """Where ChoiceText appends each token's text, the result is the tokenizer's own
+    continuation of all the ids, cut at the first stop string."""
+    import numpy as np
+
+    from textgen.serve.choices import ChoiceText, additive
+    from textgen.text import CharTokenizer, WordTokenizer
+
+    kind = CharTokenizer if level == "char" else WordTokenizer
+    tok = kind.fit(["ab c\nd", "c d e ab"], level, eos=True)
+    assert additive(tok)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ids = rng.integers(0, len(tok.vocab), 30).tolist()
+        choice = ChoiceText(tok, "seed", ["d e"])
+        stopped = False
+        for i in ids:
+            if choice.push(i):
+                stopped = True
+                break
+        whole = tok.continuation("seed", ids[: len(choice.ids)])
+        cut = whole[: whole.index("d e")] if stopped else whole
+        assert choice.text == (cut if level == "char" else cut.rstrip() if stopped else cut)

@@ -491,13 +491,22 @@ async def _run(state: ServerState, prep: Prepared) -> AsyncIterator[list[News]]:
     live = len(tasks)
     try:
         while live:
-            item = await queue.get()
-            if item is None:
-                live -= 1
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            items = [await queue.get()]
+            while not queue.empty():  # a client that lags gets several steps at once
+                items.append(queue.get_nowait())
+            news: list[News] = []
+            failed = None
+            for item in items:
+                if item is None:
+                    live -= 1
+                elif isinstance(item, BaseException):
+                    failed = item
+                else:
+                    news.extend(item)
+            if news:
+                yield news
+            if failed is not None:
+                raise failed
     finally:
         for task in tasks:
             task.cancel()
@@ -668,6 +677,25 @@ def _chunk(prep: Prepared, index: int, text: str, entry: Any, finish: str | None
     return _head(prep, chunk=True) | {"choices": [item]}
 
 
+class _FastChunks:
+    """The chunk of one new piece of text without logprobs, the stream's commonest event,
+    written from a template: the same bytes as ``_sse(_chunk(...))``, at a fraction of the
+    cost of building and encoding its dict for every token."""
+
+    def __init__(self, prep: Prepared) -> None:
+        head = json.dumps(_head(prep, chunk=True), ensure_ascii=False, separators=(",", ":"))
+        self.start = b"data: " + head[:-1].encode("utf-8") + b',"choices":[{"index":'
+        if prep.req.chat:
+            self.middle, self.end = b',"delta":{"content":', b'},"logprobs":null,'
+        else:
+            self.middle, self.end = b',"text":', b',"logprobs":null,'
+        self.end += b'"finish_reason":null}]}\n\n'
+
+    def text(self, index: int, text: str) -> bytes:
+        piece = json.dumps(text, ensure_ascii=False).encode("utf-8")
+        return b"".join((self.start, str(index).encode(), self.middle, piece, self.end))
+
+
 async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
     """The server-sent events of a streamed request; the jobs are cancelled when the
     client goes away (the generator is closed), so their rows leave at the next step."""
@@ -681,12 +709,18 @@ async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
             elif req.echo:
                 yield _sse(_chunk(prep, index, choice.tokenizer.attach(shown, ""), None, None))
         try:
+            fast = _FastChunks(prep)
             async for news in _run(state, prep):
+                events = []
                 for index, text, entry, finish in news:
-                    if text or entry is not None:
-                        yield _sse(_chunk(prep, index, text, entry, None))
+                    if entry is not None:
+                        events.append(_sse(_chunk(prep, index, text, entry, None)))
+                    elif text:
+                        events.append(fast.text(index, text))
                     if finish is not None:
-                        yield _sse(_chunk(prep, index, "", None, finish))
+                        events.append(_sse(_chunk(prep, index, "", None, finish)))
+                if events:
+                    yield b"".join(events)  # one write for all the steps that are ready
                 # a fast model makes news faster than a client reads it: let the other
                 # requests (and the disconnect check) run between steps
                 await asyncio.sleep(0)
