@@ -378,10 +378,16 @@ def test_server_errors_are_shown_with_the_servers_message(page: Page, server: Se
     response = _complete(server, {**unknown, "stream": True})
     assert 400 <= response.status_code < 500
     assert response.json()["error"]["message"] in p.text_content("#error")
-    # the page's own check: nothing to continue
+    # the page's own checks, before any request: nothing to continue, no length
+    posted = page.requests.count(server.base + "/v1/completions")
     page.generate("   ")
-    assert "seed" in p.text_content("#error").lower()
+    assert p.text_content("#error") == "Type a seed text first"
+    assert p.evaluate("document.activeElement.id") == "seed"
+    page.generate(TOY_SEED, max_tokens="")
+    assert p.text_content("#error") == "Length must be a whole number"
+    assert p.evaluate("document.activeElement.id") == "max-tokens"
     assert p.is_visible("#error")
+    assert page.requests.count(server.base + "/v1/completions") == posted
 
 
 def test_phone_width_has_no_horizontal_scroll(browser: Any, server: Server) -> None:

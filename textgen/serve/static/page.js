@@ -227,10 +227,17 @@
     els.modelInfo.textContent = model ? describeModel(model) : "";
   }
 
+  /** An error about one field of the form, which gets the focus. */
+  function fieldError(input, message) {
+    const err = new Error(message);
+    err.field = input;
+    return err;
+  }
+
   function intField(input, name) {
     const value = Number(input.value);
     if (input.value.trim() === "" || !Number.isInteger(value)) {
-      throw new Error(`${name} must be a whole number`);
+      throw fieldError(input, `${name} must be a whole number`);
     }
     return value;
   }
@@ -238,7 +245,7 @@
   function numberField(input, name) {
     const value = Number(input.value);
     if (input.value.trim() === "" || !Number.isFinite(value)) {
-      throw new Error(`${name} must be a number`);
+      throw fieldError(input, `${name} must be a number`);
     }
     return value;
   }
@@ -280,12 +287,14 @@
     clearError();
     let body;
     try {
-      if (!els.model.value) throw new Error("No model to use yet: the server has listed none");
-      if (els.seed.value.trim() === "") throw new Error("Type a seed text first");
+      if (!els.model.value) {
+        throw fieldError(els.model, "No model to use yet: the server has listed none");
+      }
+      if (els.seed.value.trim() === "") throw fieldError(els.seed, "Type a seed text first");
       body = requestBody();
     } catch (err) {
       showError(err.message);
-      els.seed.focus();
+      (err.field || els.seed).focus();
       return;
     }
     try {
