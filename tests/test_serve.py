@@ -182,3 +182,16 @@ def test_text_grown_per_token_is_the_continuation(level: str) -> None:
         whole = tok.continuation("seed", ids[: len(choice.ids)])
         cut = whole[: whole.index("d e")] if stopped else whole
         assert choice.text == (cut if level == "char" else cut.rstrip() if stopped else cut)
+
+
+def test_blas_threads_can_be_set_at_run_time() -> None:
+    from textgen.serve import blas
+
+    before = blas.threads()
+    if before is None:
+        pytest.skip("numpy here does not use OpenBLAS")
+    try:
+        assert blas.set_threads(1) and blas.threads() == 1
+    finally:
+        blas.set_threads(before)
+    assert blas.threads() == before

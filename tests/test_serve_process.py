@@ -116,6 +116,7 @@ def test_sigterm_finishes_the_stream_in_flight_and_exits_0(run_dir: Path) -> Non
         (["--max-batch", "0"], "error: --max-batch must be at least 1, got 0"),
         (["--port", "70000"], "error: --port must be in [0, 65535], got 70000"),
         (["--api-key", " "], "error: --api-key is empty"),
+        (["--blas-threads", "-1"], "error: --blas-threads must be >= 0, got -1"),
         (["--model", "/nonexistent/run"], "error: run directory not found: /nonexistent/run"),
     ],
 )

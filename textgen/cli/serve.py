@@ -66,6 +66,14 @@ from textgen.cli.common import _friendly, main
     type=float,
     help="Seconds SIGTERM waits for the streams in flight to finish.",
 )
+@click.option(
+    "--blas-threads",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Threads of numpy's BLAS (0: its default). One leaves the other cores to the "
+    "server's own threads.",
+)
 @_friendly
 def serve(
     models: tuple[str, ...],
@@ -78,6 +86,7 @@ def serve(
     max_body_bytes: int,
     cors_origins: tuple[str, ...],
     shutdown_timeout: float,
+    blas_threads: int,
 ) -> None:
     """Serve trained runs over HTTP in the OpenAI completions API, with a web page.
 
@@ -111,6 +120,8 @@ def serve(
         raise UsageError(f"--port must be in [0, 65535], got {port}")
     if not shutdown_timeout >= 0:
         raise UsageError(f"--shutdown-timeout must be >= 0, got {shutdown_timeout}")
+    if blas_threads < 0:
+        raise UsageError(f"--blas-threads must be >= 0, got {blas_threads}")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
     paths: dict[str, Path] = {}
@@ -129,6 +140,10 @@ def serve(
     from textgen.serve.app import Settings, create_app, load_run
     from textgen.serve.server import bind, make_server
 
+    if blas_threads:
+        from textgen.serve.blas import set_threads
+
+        set_threads(blas_threads)  # without OpenBLAS (another BLAS) this does nothing
     settings = Settings(
         api_key=api_key,
         max_tokens_limit=max_tokens_limit,
