@@ -50,6 +50,21 @@ for job in jobs:
                 text = gen(seed=tf.constant(seed), max_tokens=tf.constant(job["max_tokens"]),
                            temperature=tf.constant(0.0), rng_seed=tf.constant(0, tf.int64))
                 result["texts"].append(text["text"].numpy().decode("utf-8"))
+            result["refused"] = []
+            for seed in job.get("bad_seeds", []):
+                try:
+                    gen(seed=tf.constant(seed), max_tokens=tf.constant(5),
+                        temperature=tf.constant(0.0), rng_seed=tf.constant(0, tf.int64))
+                    result["refused"].append(None)
+                except tf.errors.InvalidArgumentError as err:
+                    result["refused"].append(err.message)
+            if job.get("sample"):  # temperature > 0: the same rng_seed, the same text
+                args = dict(seed=tf.constant(job["seeds"][0]), max_tokens=tf.constant(20),
+                            temperature=tf.constant(1.5))
+                result["sampled"] = [
+                    gen(rng_seed=tf.constant(r, tf.int64), **args)["text"].numpy().decode()
+                    for r in (1, 1, 2, 3, 4)
+                ]
         step = loaded.signatures["step"]
         ids = np.asarray(job["ids"], np.int32)  # (steps, batch)
         state = np.zeros((ids.shape[1], job["state_size"]), np.float32)
@@ -154,6 +169,8 @@ def foreign(runs, exported, tmp_path_factory) -> dict:
                 "state_size": info["state_size"],
                 "ids": _step_ids(info["vocab_size"], rng).tolist(),
                 "logits_out": str(tmp / f"{name}-logits.npy"),
+                "bad_seeds": ["", "   ", "zzz qqq"] if name == "toy" else [],
+                "sample": name == "char",
             }
         )
     jamo = load_bundle(runs["jamo"])
@@ -213,6 +230,16 @@ def test_step_logits_equal_numpy_decoder(runs, foreign, name):
         logits, state = lm.step(row, state)
         np.testing.assert_allclose(got[t], logits, rtol=0, atol=1e-5, err_msg=f"step {t}")
     assert got.shape == (STEPS, ids.shape[1], lm.vocab_size)
+
+
+def test_generate_refuses_bad_seeds_and_samples_repeatably(foreign):
+    empty, blank, unknown = foreign["toy"]["refused"]
+    assert "the seed is empty" in empty and "the seed is empty" in blank
+    assert "no token of the seed is in the vocabulary of the model" in unknown
+    sampled = foreign["char"]["sampled"]
+    assert sampled[0] == sampled[1]  # same rng_seed, same draws
+    assert len(set(sampled[1:])) > 1  # other seeds, other texts
+    assert all(text.startswith(CHAR_SEEDS[0]) for text in sampled)
 
 
 def test_litert_greedy_steps_pick_textgen_tokens(runs, foreign):

@@ -39,8 +39,10 @@ LEFT_TO_CALLER = {
     "characters in the output; Hangul syllables are decomposed and recomposed in the "
     "graph (conjoining-jamo arithmetic)",
     "subword": "all of the tokenizer: encode with sentencepiece.model "
-    "(sentencepiece.SentencePieceProcessor(model_file=...).encode(NFC(seed))), whose "
-    "ids are the model's ids",
+    "(sentencepiece.SentencePieceProcessor(model_file=...).encode(text)), whose ids are "
+    "the model's, where text is NFC of the seed with U+10FFFD replaced by U+10FFFD 'e' "
+    "and then U+2581 by U+10FFFD 's' (textgen's escape of sentencepiece's space mark); "
+    "undo that escape in decoded text",
     "morpheme": "all of the tokenizer: analyse with kiwipiepy and look the 'form/TAG' "
     "tokens (with '\u2581' before a token that follows a space) up in vocab.json",
 }

@@ -251,7 +251,8 @@ class GenerateGraph:
     def _words(self, seed: Any) -> Any:
         tf = tensorflow()
         for source, target in self.longer:
-            seed = tf.strings.regex_replace(seed, _literal(source), _literal(target))
+            rewrite = target.replace("\\", "\\\\")  # RE2 rewrites: only \\ and \\N are special
+            seed = tf.strings.regex_replace(seed, _literal(source), rewrite)
         codes = tf.cast(tf.strings.unicode_decode(seed, "UTF-8", errors="strict"), tf.int64)
         mapped = self.char_map.lookup(codes)
         codes = tf.where(mapped >= 0, mapped, codes)
@@ -325,16 +326,14 @@ class GenerateGraph:
                 codes = self._seed_codes(seed)
                 ids = self.vocab.lookup(codes)
         ids = tf.cast(ids, tf.int32)
-        with tf.control_dependencies(
-            [
-                tf.debugging.assert_positive(tf.size(ids), message="the seed is empty"),
-                tf.debugging.assert_equal(
-                    tf.reduce_any(ids != UNK_ID),
-                    True,
-                    message="no token of the seed is in the model's vocabulary",
-                ),
-            ]
-        ):
+        empty = tf.debugging.assert_positive(tf.size(ids), message="the seed is empty")
+        with tf.control_dependencies([empty]):  # checked first: an empty seed has no token
+            unknown = tf.debugging.assert_equal(
+                tf.reduce_any(ids != UNK_ID),
+                True,
+                message="no token of the seed is in the vocabulary of the model",
+            )
+        with tf.control_dependencies([unknown]):
             ids = tf.identity(ids)
         weights = self.weights
         state = tf.zeros([1, weights.state_size], tf.float32)
