@@ -158,3 +158,35 @@ def test_a_run_that_fails_to_load_is_one_line(tmp_path: Path, run_dir: Path) -> 
     lines = proc.stderr.strip().splitlines()
     assert lines[0].startswith("serving broken on http://127.0.0.1:")
     assert len(lines) == 2 and lines[1].startswith("error: ") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"strategy": "greedy"},
+        {"strategy": "sample", "temperature": 0.8, "top_k": 10, "top_p": 0.9, "seed": 5},
+        {"strategy": "sample", "temperature": 1.3, "seed": 11, "stop": "e"},
+    ],
+    ids=["greedy", "sample-topk-topp", "sample-stop"],
+)
+def test_same_text_as_textgen_generate(run_dir: Path, settings: dict) -> None:
+    """A request gives the text `textgen generate` prints for the same settings."""
+    from tests.test_serve_support import LiveServer
+
+    args = ["generate", "--model", str(run_dir), "--seed", "the ", "--length", "60",
+            "--strategy", settings["strategy"]]  # fmt: skip
+    options = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+               "seed": "--rng-seed", "stop": "--stop"}  # fmt: skip
+    for key, option in options.items():
+        if key in settings:
+            args += [option, str(settings[key])]
+    cli = CliRunner().invoke(main, args)
+    assert cli.exit_code == 0, cli.output
+    server = LiveServer({"chars": run_dir})
+    try:
+        body = {"prompt": "the ", "max_tokens": 60, "echo": True} | settings
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == cli.output[:-1]  # print's newline
+    finally:
+        server.close()
