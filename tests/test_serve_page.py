@@ -8,8 +8,8 @@ so the system browser is named with ``executable_path``. Without chromium or Pla
 the tests skip and say which is missing.
 
 Every browser context routes all its requests through a recorder that lets through only
-the server's own address and aborts (and records) anything else; each test asserts that
-nothing else was asked for.
+the server's own address and aborts (and records) anything else, and records what the
+page's Content-Security-Policy refused; each test asserts that nothing else was asked for.
 
 The README's screenshot is the greedy test's page:
 ``TEXTGEN_PAGE_SCREENSHOT=docs/serve-page.png pytest tests/test_serve_page.py -k greedy``.
@@ -149,6 +149,12 @@ class Page:
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
         self.page.on("pageerror", lambda err: self.errors.append(str(err)))
+        self.page.on("console", self._console)
+
+    def _console(self, message: Any) -> None:
+        # the page's Content-Security-Policy refuses other hosts before any request is made
+        if "Content Security Policy" in message.text:
+            self.foreign.append(message.text)
 
     def _route(self, route: Any) -> None:
         url = route.request.url
