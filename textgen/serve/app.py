@@ -158,9 +158,9 @@ class ServerState:
             events, self._pending = self._pending, []
             self._scheduled = False
         for job, event in events:
-            sink = getattr(job, "sink", None)
-            if sink is not None:
-                sink.put_nowait(event)
+            feed = getattr(job, "feed", None)
+            if feed is not None:
+                feed.handle(job.index, event)  # type: ignore[attr-defined]
 
     def load(self) -> None:
         """Load every model, then start their decoding loops (in a background thread)."""
@@ -371,6 +371,7 @@ class Prepared:
     started: float
     jobs: list[Job] = field(default_factory=list)
     choices: list[list[ChoiceText]] = field(default_factory=list)
+    feed: Any = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -462,7 +463,7 @@ def _submit(state: ServerState, prep: Prepared) -> None:
             logprobs=req.logprobs,
             created=prep.started,
         )
-        job.sink = asyncio.Queue()  # type: ignore[attr-defined]
+        job.index = len(prep.jobs)  # type: ignore[attr-defined]
         try:
             model.batcher.submit(job)
         except QueueFull:
@@ -477,93 +478,98 @@ def _submit(state: ServerState, prep: Prepared) -> None:
             ) from None
         prep.jobs.append(job)
         prep.choices.append([ChoiceText(model.tokenizer, shown, req.stop) for _ in range(req.n)])
+    prep.feed = Feed(state, prep)
+    for job in prep.jobs:  # events are handled from here on (none can be missed: the
+        job.feed = prep.feed  # type: ignore[attr-defined]  # loop runs them after this)
 
 
 class GenerationFailed(Exception):
     """The decoding loop failed for a job."""
 
 
-async def _run(state: ServerState, prep: Prepared) -> AsyncIterator[list[News]]:
-    """Each step's news for the client, merged over the request's jobs: ``(choice index,
-    delta text, logprob entry, finish reason or None)``."""
-    queue: asyncio.Queue = asyncio.Queue(maxsize=16)
-    tasks = [asyncio.ensure_future(_follow(state, prep, k, queue)) for k in range(len(prep.jobs))]
-    live = len(tasks)
-    try:
-        while live:
-            items = [await queue.get()]
-            while not queue.empty():  # a client that lags gets several steps at once
-                items.append(queue.get_nowait())
-            news: list[News] = []
-            failed = None
-            for item in items:
-                if item is None:
-                    live -= 1
-                elif isinstance(item, BaseException):
-                    failed = item
+class Feed:
+    """The news of one request, made on the event loop's thread as the decoding thread's
+    events arrive (:meth:`handle`, called by :meth:`ServerState._drain`, no task per job
+    and no queue per token), and handed to the request's coroutine in batches by
+    :func:`_run`. A job counts as read (``job.taken``) only when its news is handed over,
+    so the batcher parks a job whose client does not read."""
+
+    def __init__(self, state: ServerState, prep: Prepared) -> None:
+        self.prep = prep
+        self.news: list[News] = []
+        self.steps = [0] * len(prep.jobs)  # token events handled, not yet handed over
+        self.first = [True] * len(prep.jobs)
+        self.live = len(prep.jobs)
+        self.error: str | None = None
+        self.ready = asyncio.Event()
+        self.eos = prep.model.tokenizer.eos_id
+        self.tokens = state.metrics.tokens.labels(prep.model.name)
+        self.ttft = state.metrics.ttft.labels(prep.model.name)
+
+    def handle(self, k: int, event: Any) -> None:
+        try:
+            self._handle(k, event)
+        except Exception as err:  # a bug here must reach the client as an error, not a hang
+            self.error = f"internal error: {err}"
+        self.ready.set()
+
+    def _handle(self, k: int, event: Any) -> None:
+        job, choices, n = self.prep.jobs[k], self.prep.choices[k], self.prep.req.n
+        news = self.news
+        if isinstance(event, Tokens):
+            self.steps[k] += 1
+            if self.first[k]:
+                self.ttft.observe(time.monotonic() - job.created)
+                self.first[k] = False
+            count = 0
+            for row, choice in enumerate(choices):
+                if choice.finish is not None:
+                    continue
+                token = int(event.ids[row])
+                if token == self.eos:
+                    choice.finish = "stop"
+                    news.append((k * n + row, choice.flush(), None, "stop"))
+                    continue
+                count += 1
+                entry = _entry(choice, token, event, row) if event.logprob is not None else None
+                if choice.push(token):
+                    choice.finish = "stop"
+                    job.finish_row(row)
+                    news.append((k * n + row, choice.flush(), entry, "stop"))
                 else:
-                    news.extend(item)
-            if news:
-                yield news
-            if failed is not None:
-                raise failed
-    finally:
-        for task in tasks:
-            task.cancel()
+                    news.append((k * n + row, choice.delta(), entry, None))
+            self.tokens.inc(count)
+        elif isinstance(event, End):
+            self.live -= 1
+            if event.reason == "cancelled":
+                return
+            for row, choice in enumerate(choices):
+                if choice.finish is None:
+                    choice.finish = "length"
+                    news.append((k * n + row, choice.flush(), None, "length"))
+        elif isinstance(event, Failed):
+            self.live -= 1
+            self.error = event.message
 
 
-async def _follow(state: ServerState, prep: Prepared, k: int, out: asyncio.Queue) -> None:
-    job, choices = prep.jobs[k], prep.choices[k]
-    model, n = prep.model, prep.req.n
-    eos = model.tokenizer.eos_id
-    first = True
-    tokens = state.metrics.tokens.labels(model.name)
-    try:
-        while True:
-            event = await job.sink.get()  # type: ignore[attr-defined]
-            if isinstance(event, Tokens):
-                job.taken += 1
-                if first:
-                    state.metrics.ttft.labels(model.name).observe(time.monotonic() - job.created)
-                    first = False
-                news = []
-                count = 0
-                for row, choice in enumerate(choices):
-                    if choice.finish is not None:
-                        continue
-                    token = int(event.ids[row])
-                    if token == eos:
-                        choice.finish = "stop"
-                        news.append((k * n + row, choice.flush(), None, "stop"))
-                        continue
-                    count += 1
-                    entry = _entry(choice, token, event, row)
-                    if choice.push(token):
-                        choice.finish = "stop"
-                        job.finish_row(row)
-                        news.append((k * n + row, choice.flush(), entry, "stop"))
-                    else:
-                        news.append((k * n + row, choice.delta(), entry, None))
-                tokens.inc(count)
-                if news:
-                    await out.put(news)
-            elif isinstance(event, End):
-                news = []
-                for row, choice in enumerate(choices):
-                    if choice.finish is None:
-                        choice.finish = "length"
-                        news.append((k * n + row, choice.flush(), None, "length"))
-                if news and event.reason != "cancelled":
-                    await out.put(news)
-                break
-            elif isinstance(event, Failed):
-                await out.put(GenerationFailed(event.message))
-                break
-    except asyncio.CancelledError:
-        raise
-    except Exception as err:  # a bug here must reach the client as an error, not a hang
-        await out.put(GenerationFailed(f"internal error: {err}"))
-    await out.put(None)  # the bounded queue holds this job's news back from a slow client
+async def _run(state: ServerState, prep: Prepared) -> AsyncIterator[list[News]]:
+    """The request's news as it comes, merged over its jobs, in batches (a client that
+    lags gets several steps at once): ``(choice index, delta text, logprob entry, finish
+    reason or None)``; raises :class:`GenerationFailed` after the news before a failure."""
+    feed = prep.feed
+    while True:
+        await feed.ready.wait()
+        feed.ready.clear()
+        news, feed.news = feed.news, []
+        for k, job in enumerate(prep.jobs):
+            job.taken += feed.steps[k]
+            feed.steps[k] = 0
+        if news:
+            yield news
+        if feed.error is not None:
+            raise GenerationFailed(feed.error)
+        if feed.live == 0 and not feed.news:  # news that came while the client was written
+            return  # to is handed over first (``ready`` is set again for it)
 
 
 def _entry(choice: ChoiceText, token: int, event: Tokens, row: int) -> Any:
