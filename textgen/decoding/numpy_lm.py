@@ -12,6 +12,14 @@ Two exact rewrites cut the work per step: the first layer's input projection is 
 in ``embedding @ kernel + bias`` computed once (when that table is small enough), and the
 LSTM's sigmoid gates use ``sigmoid(z) = (tanh(z/2) + 1)/2`` with the halving folded into
 the weights (scaling by 0.5 is exact in floating point), so one ``tanh`` covers all gates.
+
+A step is a handful of numpy calls per layer, all float32, with no Python loop over rows:
+the pre-activations are one fresh array per layer that the gate nonlinearities then
+overwrite in place (``out=``), so a step allocates little more than the state and logits
+it returns. It never writes into the arrays it is given (a caller may keep an old state,
+as beam search and the server do) and returns new arrays each call. Every elementwise
+operation is the one the straightforward formulas perform, in the same order, so the
+results are those of the textbook cell to the last bit of the matrix products.
 """
 
 from __future__ import annotations
@@ -23,15 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from textgen.model.lstm import gate_scale
+from textgen.model.lstm import LSTM_GATES, gate_block, gate_offset, gate_scale
 
 State = list[tuple[np.ndarray, ...]]
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+GATE_BLOCKS = {"lstm": len(LSTM_GATES), "gru": 3, "rnn": 1}  # column blocks of a layer
 TABLE_LIMIT = 1 << 24  # float32 entries (64 MiB) for the first layer's projection table
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # overflow-free form of 1/(1+e^-x)
 
 
 @dataclass
@@ -58,7 +62,7 @@ class NumpyLM:
         out_kernel: np.ndarray,
         out_bias: np.ndarray,
     ) -> None:
-        if cell not in GATES:
+        if cell not in GATE_BLOCKS:
             raise ValueError(f"unknown cell {cell!r}")
         self.cell = cell
         self.embedding = np.asarray(embedding, dtype=np.float32)
@@ -70,12 +74,16 @@ class NumpyLM:
     def _prepare(self) -> None:
         """Precompute the decoding forms of the weights (see the module docstring)."""
         self._fast: list[RNNWeights] = []
+        self._after: list[tuple[np.ndarray, np.ndarray]] = []  # lstm: tanh's scale, offset
+        self._blocks: list[tuple[slice, ...]] = []  # lstm: the gates' columns, i f c o
         for layer in self.layers:
             if self.cell == "lstm":
-                scale = gate_scale(layer.units)
+                units, scale = layer.units, gate_scale(layer.units)
                 layer = RNNWeights(
                     layer.kernel * scale, layer.recurrent * scale, layer.bias * scale
                 )
+                self._after.append((scale, gate_offset(units)))
+                self._blocks.append(tuple(gate_block(g, units) for g in LSTM_GATES))
             self._fast.append(layer)
         first = self._fast[0]
         size = self.embedding.shape[0] * first.kernel.shape[1]
@@ -138,66 +146,96 @@ class NumpyLM:
             for layer in self.layers
         ]
 
-    def _cell(self, xw: np.ndarray, layer: RNNWeights, state: tuple[np.ndarray, ...]):
-        """One recurrent step given the input projection ``xw`` (bias included for lstm/rnn)."""
-        h = state[0]
+    def _cell(
+        self, z: np.ndarray, index: int, state: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """One recurrent step of layer ``index``: ``z`` is the input projection (bias
+        included for lstm/rnn), a fresh array that this step overwrites."""
+        layer, h = self._fast[index], state[0]
         if self.cell == "lstm":  # weights pre-halved for i, f, o: one tanh for all gates
-            n = layer.units
-            t = np.tanh(xw + h @ layer.recurrent)
-            gates = t[:, : 2 * n] * 0.5 + 0.5  # sigmoid(i), sigmoid(f)
-            c = gates[:, n:] * state[1] + gates[:, :n] * t[:, 2 * n : 3 * n]
-            h = (t[:, 3 * n :] * 0.5 + 0.5) * np.tanh(c)
+            z += h @ layer.recurrent
+            np.tanh(z, out=z)
+            scale, offset = self._after[index]
+            z *= scale  # sigmoid gates: 0.5 · tanh + 0.5; the cell candidate: tanh itself
+            z += offset
+            i, f, g, o = (z[..., block] for block in self._blocks[index])
+            np.multiply(i, g, out=i)
+            c = f * state[1]
+            c += i  # f·c + i·g
+            h = np.tanh(c)
+            h *= o
             return h, (h, c)
         if self.cell == "gru":
-            inner = h @ layer.recurrent + layer.bias[1]
-            xz, xr, xh = np.split(xw, 3, axis=-1)
-            hz, hr, hh = np.split(inner, 3, axis=-1)
-            z = _sigmoid(xz + hz)
-            r = _sigmoid(xr + hr)
-            cand = np.tanh(xh + r * hh)
-            h = z * h + (1.0 - z) * cand
-            return h, (h,)
-        h = np.tanh(xw + h @ layer.recurrent)
-        return h, (h,)
+            n = layer.units
+            inner = h @ layer.recurrent
+            inner += layer.bias[1]
+            zr = z[..., : 2 * n]  # update and reset gates together
+            zr += inner[..., : 2 * n]
+            zr *= 0.5  # sigmoid(x) = 0.5 * (tanh(0.5 * x) + 1), overflow-free
+            np.tanh(zr, out=zr)
+            zr += 1.0
+            zr *= 0.5
+            update, reset = zr[..., :n], zr[..., n:]
+            cand = inner[..., 2 * n :]
+            cand *= reset
+            cand += z[..., 2 * n :]
+            np.tanh(cand, out=cand)
+            new = update * h
+            np.subtract(1.0, update, out=reset)  # the reset gate is spent
+            reset *= cand
+            new += reset  # z·h + (1 - z)·candidate
+            return new, (new,)
+        z += h @ layer.recurrent
+        np.tanh(z, out=z)
+        return z, (z,)
 
     def _project(self, x: np.ndarray, layer: RNNWeights) -> np.ndarray:
         bias = layer.bias[0] if self.cell == "gru" else layer.bias
-        return x @ layer.kernel + bias
+        out = x @ layer.kernel
+        out += bias
+        return out
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        out = x @ self.out_kernel
+        out += self.out_bias
+        return out
+
+    def _inputs(self, ids: np.ndarray) -> np.ndarray:
+        """The first layer's input projection of ``ids`` (any shape): a fresh array."""
+        if self._table is not None:
+            return self._table[ids]
+        return self._project(self.embedding[ids], self._fast[0])
 
     def run(self, ids: np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
         """Feed ``ids`` (batch, time) from ``state``; return logits (batch, time, vocab), state."""
         ids = np.atleast_2d(np.asarray(ids))
         if state is None:
             state = self.initial_state(ids.shape[0])
-        x = self.embedding[ids]
         new_state: State = []
-        for index, (layer, layer_state) in enumerate(zip(self._fast, state, strict=True)):
-            if index == 0 and self._table is not None:
-                xw = self._table[ids]
-            else:
-                xw = self._project(x, layer)  # all time steps in one product
+        x = None
+        for index, layer_state in enumerate(state):
+            # all time steps' input projections in one product
+            xw = self._inputs(ids) if index == 0 else self._project(x, self._fast[index])
             outs = []
             for t in range(ids.shape[1]):
-                h, layer_state = self._cell(xw[:, t], layer, layer_state)
+                h, layer_state = self._cell(xw[:, t], index, layer_state)
                 outs.append(h)
             x = np.stack(outs, axis=1)
             new_state.append(layer_state)
-        return x @ self.out_kernel + self.out_bias, new_state
+        if len(new_state) != len(self._fast):
+            raise ValueError(f"a state for {len(self._fast)} layers, got {len(new_state)}")
+        return self._logits(x), new_state
 
     def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """One token per sequence: ``ids`` (batch,) → logits (batch, vocab) and the new state."""
+        if len(state) != len(self._fast):
+            raise ValueError(f"a state for {len(self._fast)} layers, got {len(state)}")
         ids = np.asarray(ids)
         new_state: State = []
-        x = None
-        for index, (layer, layer_state) in enumerate(zip(self._fast, state, strict=True)):
-            if index == 0:
-                xw = (
-                    self._table[ids]
-                    if self._table is not None
-                    else self._project(self.embedding[ids], layer)
-                )
-            else:
-                xw = self._project(x, layer)
-            x, layer_state = self._cell(xw, layer, layer_state)
+        x = self._inputs(ids)
+        for index, layer_state in enumerate(state):
+            if index:
+                x = self._project(x, self._fast[index])
+            x, layer_state = self._cell(x, index, layer_state)
             new_state.append(layer_state)
-        return x @ self.out_kernel + self.out_bias, new_state
+        return self._logits(x), new_state

@@ -33,11 +33,11 @@ from __future__ import annotations
 from typing import Any
 
 from textgen._tf import tensorflow
-from textgen.model.lstm import gate_offset, gate_scale
+from textgen.model.lstm import LSTM_GATES, by_gate, gate_offset, gate_scale, in_gate_order
 
 
 def _gate_constants(units: int, dtype: Any) -> tuple[Any, Any]:
-    """(scale, offset) with gates = scale * tanh(scale * z) + offset for blocks i, f, c, o."""
+    """(scale, offset) with gates = scale * tanh(scale * z) + offset, per gate block."""
     tf = tensorflow()
     return tf.constant(gate_scale(units), dtype), tf.constant(gate_offset(units), dtype)
 
@@ -87,13 +87,18 @@ def _recurrence(
     def slots(size: Any, width: int) -> Any:
         return tf.TensorArray(dtype, size=size, element_shape=[None, width], clear_after_read=False)
 
+    def gates(gate_tanh: Any) -> tuple[Any, Any, Any, Any]:
+        """The activations (input, forget, cell candidate, output) from one tanh."""
+        gate = by_gate(tf.split(gate_tanh * scale + offset, len(LSTM_GATES), axis=-1))
+        return gate["i"], gate["f"], gate["c"], gate["o"]
+
     @tf.custom_gradient
     def run(xs: Any, rec: Any) -> Any:
         steps = tf.shape(xs)[0]
 
         def step(t: Any, h: Any, c: Any, ts: Any, hs: Any, cs: Any) -> tuple[Any, ...]:
             gate_tanh = tf.tanh(ts.read(t) + tf.matmul(h, rec))
-            i, f, g, o = tf.split(gate_tanh * scale + offset, 4, axis=-1)
+            i, f, g, o = gates(gate_tanh)
             c_new = f * c + i * g
             h_new = o * tf.tanh(c_new)
             if masked:  # a masked step keeps the previous state
@@ -107,7 +112,7 @@ def _recurrence(
 
         start = (
             0, h0, c0,
-            slots(steps, 4 * units).unstack(xs),  # overwritten step by step with tanh(z)
+            slots(steps, len(LSTM_GATES) * units).unstack(xs),  # then each step's tanh(z)
             slots(steps + 1, units).write(0, h0),
             slots(steps + 1, units).write(0, c0),
         )  # fmt: skip
@@ -121,13 +126,16 @@ def _recurrence(
             def back(s: Any, dh_next: Any, dc_next: Any, dzs: Any) -> tuple[Any, ...]:
                 t = steps - 1 - s
                 gate_tanh = ts.read(t)
-                i, f, g, o = tf.split(gate_tanh * scale + offset, 4, axis=-1)
+                i, f, g, o = gates(gate_tanh)
                 c, c_prev = cs.read(t + 1), cs.read(t)
                 tc = tf.tanh(c)
                 dh = dhs[t] + dh_next
                 m = mask[t] if masked else 1.0
                 dc = dc_next + m * dh * o * (1.0 - tc * tc)  # h = o * tanh(c)
-                dgates = tf.concat([dc * g, dc * c_prev, dc * i, dh * tc], axis=-1)
+                dgates = tf.concat(
+                    in_gate_order({"i": dc * g, "f": dc * c_prev, "c": dc * i, "o": dh * tc}),
+                    axis=-1,
+                )
                 dz = dgates * (scale * (1.0 - gate_tanh * gate_tanh))
                 if masked:  # a masked step passes its gradients straight through
                     dz = dz * m
