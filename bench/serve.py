@@ -167,6 +167,13 @@ async def level(port: int, clients: int, tokens: int) -> dict[str, float]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(
     run: Path, max_batch: int, tokens: int, blas_threads: int
 ) -> tuple[subprocess.Popen, int]:
@@ -275,14 +282,22 @@ def main() -> None:
         try:
             asyncio.run(level(port, 2, 10))  # warm up
             print(f"\n{args.tokens} tokens per client, greedy, streamed over loopback\n")
-            print("| clients | tokens/s | roofline | TTFT p50 | TTFT p99 | TBT p99 | bare step |")
-            print("|---:|---:|---:|---:|---:|---:|---:|")
+            print(
+                "| clients | tokens/s | roofline | TTFT p50 | TTFT p99 | TBT p99 | bare step "
+                "| CPU µs/token server, clients |"
+            )
+            print("|---:|---:|---:|---:|---:|---:|---:|---:|")
             for clients in args.clients:
+                server_cpu, client_cpu = cpu_seconds(proc.pid), time.process_time()
                 r = asyncio.run(asyncio.wait_for(level(port, clients, args.tokens), 300))
+                made = clients * args.tokens / 1e6
+                server_cpu = (cpu_seconds(proc.pid) - server_cpu) / made
+                client_cpu = (time.process_time() - client_cpu) / made
                 print(
                     f"| {clients} | {r['tokens_s']:,.0f} | {r['tokens_s'] / roof:.1%} | "
                     f"{r['ttft_p50'] * 1e3:.0f} ms | {r['ttft_p99'] * 1e3:.0f} ms | "
-                    f"{r['tbt_p99'] * 1e3:.1f} ms | {bare[clients]:,.0f} |",
+                    f"{r['tbt_p99'] * 1e3:.1f} ms | {bare[clients]:,.0f} | "
+                    f"{server_cpu:.0f}, {client_cpu:.0f} |",
                     flush=True,
                 )
         finally:
