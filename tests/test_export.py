@@ -110,7 +110,7 @@ def runs(tmp_path_factory, toy_run) -> dict[str, Path]:
     and jamo in stream mode (2 GRU layers), whose greedy decoding runs the full 50 steps."""
     tmp = tmp_path_factory.mktemp("export-runs")
     small = {"embedding_dim": 8, "units": 32}
-    fast = {"epochs": 20, "learning_rate": 0.02}
+    fast = {"epochs": 20, "learning_rate": 0.02, "jit_compile": False}  # XLA: slower here
     return {
         "toy": toy_run,
         "char": _train(
@@ -285,3 +285,41 @@ def test_write_litert_step_public_function(runs, tmp_path):
     path = write_litert_step(bundle.lm, tmp_path / "toy.tflite")
     assert path == tmp_path / "toy.tflite" and path.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.tflite"]  # no temporary file
+
+
+@pytest.mark.slow
+def test_subword_export_is_step_only_with_its_sentencepiece_model(tmp_path):
+    """A subword run: no generate (sentencepiece is not a TensorFlow op), step, and a
+    sentencepiece.model whose ids, fed to step, give the numpy decoder's logits."""
+    import sentencepiece
+    import tensorflow as tf
+
+    run = _train(
+        tmp_path,
+        "subword",
+        data={"level": "subword", "vocab_size": 300},
+        model={"embedding_dim": 8, "units": 16},
+        train={"epochs": 1, "jit_compile": False},
+    )
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(
+        main, ["export", str(run), "--format", "savedmodel", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("note: a subword model's tokenizer is not a TensorFlow")
+    info = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    assert info["signatures"] == ["step"] and "sentencepiece" in info["left_to_caller"]
+    bundle = load_bundle(run)
+    seed = "경마장에 있는"
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(out / "sentencepiece.model"))
+    ids = sp.encode(seed)
+    assert ids == bundle.tokenizer.encode(seed).tolist()
+    loaded = tf.saved_model.load(str(out))
+    assert sorted(loaded.signatures) == ["serving_default", "step"]
+    state = np.zeros((1, info["state_size"]), np.float32)
+    numpy_state = bundle.lm.initial_state(1)
+    for token in ids:
+        res = loaded.signatures["step"](ids=tf.constant([token]), state=tf.constant(state))
+        state = res["state"].numpy()
+        logits, numpy_state = bundle.lm.step(np.array([token]), numpy_state)
+        np.testing.assert_allclose(res["logits"].numpy(), logits, rtol=0, atol=1e-5)
