@@ -316,6 +316,8 @@ class Batcher:
         events: list[tuple[Job, Any]] = []
         start = 0
         logits = self._logits
+        # one argmax over every row serves all greedy jobs (each row's argmax is its own)
+        greedy = np.argmax(logits, axis=-1) if any(j.pick is None for j in self._running) else None
         for job in self._running:
             rows = logits[start : start + job.n]
             start += job.n
@@ -324,7 +326,7 @@ class Batcher:
                 continue
             job.sent += 1
             if job.pick is None:
-                ids = np.argmax(rows, axis=-1)
+                ids = greedy[start - job.n : start]  # type: ignore[index]
             else:
                 ids = np.asarray(job.pick(rows, job.rng), dtype=np.int64)
             job._next = ids  # type: ignore[attr-defined]
