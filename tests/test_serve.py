@@ -219,3 +219,59 @@ def test_news_that_comes_while_the_client_is_written_to_is_not_lost() -> None:
         return got
 
     assert asyncio.run(scenario()) == ["a", "b"]
+
+
+def test_health_is_503_while_loading_then_ok() -> None:
+    """The server answers while its models load: /health 503 loading (Retry-After), the
+    API 503 in the error shape; once loaded, 200 ok; /metrics has every series."""
+    import threading
+    import time
+
+    from tests.test_serve_support import char_model
+    from textgen.serve.app import Loaded, create_app, describe
+    from textgen.serve.server import bind, make_server
+
+    release = threading.Event()
+
+    def slow() -> Loaded:
+        release.wait(30)
+        lm, tok = char_model()
+        return Loaded(lm, tok, describe(lm, tok))
+
+    app = create_app({"chars": slow})
+    sock = bind("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = make_server(app, shutdown_timeout=5)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        r = httpx.get(url + "/health")
+        assert r.status_code == 503 and r.json() == {"status": "loading"}
+        assert r.headers["retry-after"] == "1"
+        r = httpx.post(url + "/v1/completions", json={"prompt": "ab"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "loading"
+        release.set()
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert httpx.get(url + "/health").json() == {"status": "ok"}
+        done = httpx.post(url + "/v1/completions", json={"prompt": "ab", "temperature": 0})
+        assert done.status_code == 200
+        metrics = httpx.get(url + "/metrics").text
+        for series in (
+            'textgen_requests_total{path="/v1/completions",status="503"} 1.0',
+            'textgen_requests_total{path="/v1/completions",status="200"} 1.0',
+            'textgen_tokens_generated_total{model="chars"} 16.0',
+            'textgen_requests_running{model="chars"} 0.0',
+            'textgen_requests_waiting{model="chars"} 0.0',
+            'textgen_batch_size_count{model="chars"}',
+            'textgen_time_to_first_token_seconds_count{model="chars"} 1.0',
+        ):
+            assert series in metrics, series
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(10)
