@@ -1,31 +1,36 @@
-"""Decoding speed: textgen's stateful decoding against the tutorial's re-feed and PyTorch.
+"""Decoding speed: textgen's numpy step against LiteRT's, the GEMM roofline, PyTorch and
+the tutorial's re-feed.
 
-One 2x256 char LSTM (embedding 64, vocabulary 65, the tiny Shakespeare sizes) with one
-set of weights, decoded greedily for ``--tokens`` tokens after a 6-character seed, in
-one process:
+One 2x256 char LSTM (embedding 64, vocabulary 65, the tiny Shakespeare sizes; ``--cell
+gru`` for a GRU) with one set of weights, in one process:
 
-* textgen: ``Generator`` over the numpy twin (the path ``textgen generate`` runs),
-  batch 1, and 16 samples as one batch;
-* re-feed: the classic tutorial's loop, which pads the whole growing prefix and calls
-  ``model.predict`` on the Keras model for every new token, then takes the argmax
-  (padded only to the prefix's own length, which is cheaper than the tutorial's fixed
-  ``max_len``);
-* PyTorch: ``nn.Embedding`` + ``nn.LSTM`` + ``nn.Linear`` with the same weights, one step
-  per token carrying ``(h, c)``, under ``torch.inference_mode`` (needs the ``bench`` extra).
+* step: textgen's ``NumpyLM.step`` and the same step exported to LiteRT
+  (``textgen.export.litert.convert_step``, run by ``ai_edge_litert``'s interpreter with
+  XNNPACK and 2 threads), each in the same loop (step, argmax, feed it back) at batch 1,
+  16 and 32, interleaved (A B A B ...) ``--repeats`` times; medians. Each rate is also
+  given as a fraction of the GEMM roofline: forward FLOPs per token from the model's
+  sizes (every layer's input and recurrent products and the output layer) over sgemm
+  GFLOP/s measured in the same run (numpy, 1024^3);
+* generate: ``Generator.continue_ids`` (the path ``textgen generate`` runs: prefill,
+  greedy picks, log-probabilities, stop checks) at the same batches;
+* the first character of ``textgen generate`` on a terminal (a pseudo-terminal here),
+  TensorFlow-free, run as ``python -m textgen`` by the interpreter the bench runs under;
+* PyTorch (``nn.LSTM`` with the same weights, one step per token) when it is installed,
+  and the classic tutorial's re-feed loop (``model.predict`` over the whole prefix per
+  token) unless ``--skip-refeed``: it takes minutes.
 
-textgen and PyTorch run alternately ``--repeats`` times (A B A B ...) and report medians;
-all three must produce the same greedy tokens. Also reported: the per-token cost early
-(tokens 10-110) against late (900-1000), and the time from starting ``textgen generate``
-to its first generated character on a terminal (a pseudo-terminal here), TensorFlow-free,
-run as ``python -m textgen`` by the interpreter the bench runs under.
+LiteRT and textgen must agree (logits to 1e-4, and the greedy tokens of the step loop).
+The CPU, its flags, the BLAS numpy uses and the load average are printed with the table,
+since other processes on the machine slow every arm.
 
-    .venv/bin/python bench/generate.py                 # full run (re-feed takes minutes)
-    .venv/bin/python bench/generate.py --tokens 200    # quick look
+    .venv/bin/python bench/generate.py --skip-refeed           # the step table (~1 min)
+    .venv/bin/python bench/generate.py --steps 200 --repeats 3 --skip-refeed   # quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import pty
@@ -44,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_line  # noqa: E402
 from textgen.config import ModelConfig  # noqa: E402
+from textgen.decoding.blas import blas_threads, set_blas_threads  # noqa: E402
 from textgen.decoding.generate import Generator  # noqa: E402
 from textgen.decoding.numpy_lm import NumpyLM  # noqa: E402
 from textgen.text import fit_tokenizer  # noqa: E402
@@ -52,14 +58,14 @@ SEED = "ROMEO:"
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 65 chars
 
 
-def build(seed: int = 0):
-    """A Keras char LSTM with random non-trivial weights, its tokenizer and numpy twin."""
+def build(seed: int = 0, cell: str = "lstm"):
+    """A Keras 2x256 char model with random non-trivial weights, its tokenizer and numpy twin."""
     from textgen._tf import keras
     from textgen.model.network import build_model
 
     keras().utils.set_random_seed(seed)
     tokenizer = fit_tokenizer([ALPHABET], "char", eos=False)
-    cfg = ModelConfig(cell="lstm", embedding_dim=64, units=256, layers=2)
+    cfg = ModelConfig(cell=cell, embedding_dim=64, units=256, layers=2)
     model = build_model(cfg, len(tokenizer.vocab), mask_padding=False)
     rng = np.random.default_rng(seed)
     for layer in model.layers:  # spread the logits so greedy does not stall on one char
@@ -69,6 +75,95 @@ def build(seed: int = 0):
                 [w + 0.05 * rng.standard_normal(w.shape).astype(np.float32) for w in weights]
             )
     return model, tokenizer, NumpyLM.from_model(model)
+
+
+def forward_flops(lm) -> float:
+    """Multiply-adds x 2 of one token's forward pass: every layer's input and recurrent
+    products and the output layer (what LiteRT computes; textgen looks the first layer's
+    input product up in a table, so this counts more than it does)."""
+    flops = 0
+    for layer in lm.layers:
+        flops += 2 * (layer.kernel.size + layer.recurrent.size)
+    return float(flops + 2 * lm.out_kernel.size)
+
+
+def blas_line() -> str:
+    """Which BLAS numpy runs its products on, and the thread setting it was given."""
+    try:
+        info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{info.get('name')} {info.get('version')}"
+    except Exception:  # older numpy: no dict mode
+        blas = "unknown BLAS"
+    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    return f"numpy {np.__version__} on {blas}, threads {threads or f'default ({os.cpu_count()})'}"
+
+
+def numpy_steps(lm, batch: int, steps: int) -> tuple[float, list[int]]:
+    """``steps`` greedy steps of textgen's numpy step at ``batch``: seconds, row 0's ids."""
+    ids = np.zeros(batch, np.int64)
+    state = lm.initial_state(batch)
+    out = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits, state = lm.step(ids, state)
+        ids = np.argmax(logits, axis=-1)
+        out.append(int(ids[0]))
+    return time.perf_counter() - start, out
+
+
+class LiteRTStep:
+    """The exported LiteRT step of ``lm`` at one batch size (XNNPACK, ``threads``)."""
+
+    def __init__(self, model: bytes, lm, batch: int, threads: int = 2) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_content=model, num_threads=threads)
+        runner = self.interpreter.get_signature_runner("step")
+        details = {
+            k: (v["index"], int(v["shape"][-1])) for k, v in runner.get_input_details().items()
+        }
+        del runner  # it holds the tensors that resizing replaces
+        self.state_size = details["state"][1]
+        for name, size in (("ids", [batch]), ("state", [batch, self.state_size])):
+            self.interpreter.resize_tensor_input(details[name][0], size)
+        self.interpreter.allocate_tensors()
+        self.runner = self.interpreter.get_signature_runner("step")
+        self.batch = batch
+
+    def __call__(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.runner(ids=ids, state=state)
+        return out["logits"], out["state"]
+
+    def steps(self, steps: int) -> tuple[float, list[int]]:
+        """``steps`` greedy steps: seconds and row 0's ids (the loop of :func:`numpy_steps`)."""
+        ids = np.zeros(self.batch, np.int32)
+        state = np.zeros((self.batch, self.state_size), np.float32)
+        out = []
+        start = time.perf_counter()
+        for _ in range(steps):
+            logits, state = self(ids, state)
+            ids = np.argmax(logits, axis=-1).astype(np.int32)
+            out.append(int(ids[0]))
+        return time.perf_counter() - start, out
+
+
+def litert_model(lm) -> bytes:
+    """The .tflite bytes of ``lm``'s step, as ``textgen export --format litert`` writes."""
+    from textgen.export.litert import convert_step, weight_arrays
+
+    return convert_step(weight_arrays(lm))
+
+
+def check_litert(step: LiteRTStep, lm) -> float:
+    """LiteRT's logits and state against textgen's for one step from a random state."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, lm.vocab_size, step.batch)
+    state = lm.initial_state(step.batch)
+    state = [tuple(rng.uniform(-0.9, 0.9, p.shape).astype(np.float32) for p in s) for s in state]
+    ours, _ = lm.step(ids, state)
+    flat = np.concatenate([p for layer in state for p in layer], axis=-1)
+    theirs, _ = step(ids.astype(np.int32), flat)
+    return float(np.abs(ours - theirs).max())
 
 
 def textgen_decode(lm, tokenizer, tokens: int, batch: int = 1):
@@ -177,7 +272,7 @@ def first_token_latency(run_dir: Path) -> float:
     return elapsed
 
 
-def save_run(model, tokenizer, directory: Path) -> Path:
+def save_run(model, tokenizer, directory: Path, cell: str = "lstm") -> Path:
     """A minimal run directory for the latency measurement."""
     from textgen import rundir
     from textgen.config import Config, DataConfig
@@ -186,7 +281,7 @@ def save_run(model, tokenizer, directory: Path) -> Path:
     run.mkdir(parents=True)
     cfg = Config(
         data=DataConfig(level="char", mode="stream"),
-        model=ModelConfig(embedding_dim=64, units=256, layers=2),
+        model=ModelConfig(cell=cell, embedding_dim=64, units=256, layers=2),
     )
     with rundir.Commit(run) as commit:
         commit.write_text(rundir.TOKENIZER, tokenizer.to_json())
@@ -196,54 +291,103 @@ def save_run(model, tokenizer, directory: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--cell", choices=("lstm", "gru"), default="lstm")
+    parser.add_argument("--steps", type=int, default=1000, help="steps per timed step run")
+    parser.add_argument("--tokens", type=int, default=500, help="tokens per generate run")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", default="1,16,32")
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT's threads")
     parser.add_argument("--skip-refeed", action="store_true")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
 
-    model, tokenizer, lm = build()
-    import torch
+    model, tokenizer, lm = build(cell=args.cell)
+    from bench.train_throughput import sgemm_gflops
 
-    net = torch_model(lm)
-    ours, theirs, flat = [], [], []
-    for _ in range(args.repeats):  # A B A B ...
-        ids, secs, per_token = textgen_decode(lm, tokenizer, args.tokens)
-        ours.append(secs)
-        if args.tokens >= 1000:
-            flat.append(np.median(per_token[900:1000]) / np.median(per_token[10:110]))
-        tids, tsecs = torch_decode(net, tokenizer, args.tokens)
-        theirs.append(tsecs)
-    assert tids == ids, "PyTorch and textgen disagree on the greedy tokens"
-    batch_secs = [
-        textgen_decode(lm, tokenizer, args.tokens, batch=args.batch)[1] for _ in range(args.repeats)
-    ]
+    tflite = litert_model(lm)
+    litert = {b: LiteRTStep(tflite, lm, b, args.threads) for b in batches}
+    worst = max(check_litert(step, lm) for step in litert.values())
+    assert worst < 1e-4, f"LiteRT and textgen disagree: logits differ by {worst}"
+    threads = [1, 2] if blas_threads() is not None else [None]  # None: as numpy found it
+    default = blas_threads()
+    gflops, theirs = [], {b: [] for b in batches}
+    ours = {(t, b): [] for t in threads for b in batches}
+    gen = {(t, b): [] for t in threads for b in batches}
+    load = [os.getloadavg()[0]]
+    for _ in range(args.repeats):  # A B A B ..., the roofline measured in every round
+        gflops.append(sgemm_gflops(reps=10))
+        for b in batches:
+            for t in threads:
+                if t is not None:
+                    set_blas_threads(t)
+                secs, ids = numpy_steps(lm, b, args.steps)
+                ours[t, b].append(secs)
+            if default is not None:
+                set_blas_threads(default)
+            secs, lids = litert[b].steps(args.steps)
+            theirs[b].append(secs)
+            same = next(
+                (i for i, (x, y) in enumerate(zip(ids, lids, strict=True)) if x != y), len(ids)
+            )
+            assert same >= min(100, len(ids)), f"greedy tokens differ from step {same} (batch {b})"
+        for b in batches:
+            for t in threads:
+                if t is not None:
+                    set_blas_threads(t)
+                gen[t, b].append(textgen_decode(lm, tokenizer, args.tokens, b)[1])
+        if default is not None:
+            set_blas_threads(default)
+        load.append(os.getloadavg()[0])
+    roof = statistics.median(gflops) * 1e9 / forward_flops(lm)  # tokens/s at the roofline
 
-    n = args.tokens
-    rate = n / statistics.median(ours)
-    torch_rate = n / statistics.median(theirs)
-    batch_rate = args.batch * n / statistics.median(batch_secs)
+    from ai_edge_litert import __version__ as litert_version
+
     print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}")
+    print(f"# python {platform.python_version()}, {blas_line()}, ai-edge-litert {litert_version}")
     print(
-        f"# python {platform.python_version()}, numpy {np.__version__}, "
-        f"torch {torch.__version__}, torch threads {torch.get_num_threads()}"
+        f"# load average {', '.join(f'{x:.2f}' for x in load)} (before, after each round); "
+        f"sgemm {statistics.median(gflops):.0f} GFLOP/s (runs "
+        f"{', '.join(f'{g:.0f}' for g in gflops)}); 2x256 {args.cell}, "
+        f"{forward_flops(lm) / 1e6:.2f} MFLOP/token; LiteRT {args.threads} threads; "
+        f"{args.steps} steps per run, {args.repeats} rounds, medians"
     )
-    row("tokens per run", f"{n}")
-    row("textgen batch 1 tokens/s", f"{rate:,.0f}", rates(n, ours))
-    row("pytorch batch 1 tokens/s", f"{torch_rate:,.0f}", rates(n, theirs))
-    row("textgen / pytorch", f"{rate / torch_rate:.2f}x")
-    row(
-        f"textgen batch {args.batch} tokens/s",
-        f"{batch_rate:,.0f}",
-        f"{batch_rate / rate:.1f}x batch 1",
+    names = [f"BLAS {t or 'default'}" for t in threads]
+    print(
+        f"| batch | textgen step: {', '.join(names)} | LiteRT step | best textgen / LiteRT "
+        f"| roofline: textgen best, LiteRT | generate: {', '.join(names)} |"
     )
-    if flat:
-        row("per-token cost 900-1000 / 10-110", f"{statistics.median(flat):.2f}")
+    print("|---:" * 6 + "|")
+    for b in batches:
+        rate = {t: b * args.steps / statistics.median(ours[t, b]) for t in threads}
+        best = max(rate.values())
+        lrate = b * args.steps / statistics.median(theirs[b])
+        grate = [b * args.tokens / statistics.median(gen[t, b]) for t in threads]
+        print(
+            f"| {b} | {', '.join(f'{rate[t]:,.0f}' for t in threads)} | {lrate:,.0f} "
+            f"| {best / lrate:.2f}x | {best / roof:.1%}, {lrate / roof:.1%} "
+            f"| {', '.join(f'{g:,.0f}' for g in grate)} |"
+        )
+    for b in batches:
+        runs = "; ".join(f"BLAS {t}: {rates(b * args.steps, ours[t, b])}" for t in threads)
+        grun = "; ".join(f"BLAS {t}: {rates(b * args.tokens, gen[t, b])}" for t in threads)
+        print(
+            f"# batch {b} (tokens/s): textgen step {runs}; LiteRT "
+            f"{rates(b * args.steps, theirs[b])}; generate {grun}"
+        )
+
     with tempfile.TemporaryDirectory() as tmp:
-        run = save_run(model, tokenizer, Path(tmp))
+        run = save_run(model, tokenizer, Path(tmp), args.cell)
         latencies = [first_token_latency(run) for _ in range(args.repeats)]
     detail = "runs " + ", ".join(f"{x:.2f}" for x in latencies)
     row("first char of `textgen generate`", f"{statistics.median(latencies):.2f} s", detail)
+    n = args.tokens
+    ids, secs, _ = textgen_decode(lm, tokenizer, n)
+    rate = n / secs
+    if args.cell == "lstm" and importlib.util.find_spec("torch") is not None:
+        net = torch_model(lm)
+        tids, tsecs = torch_decode(net, tokenizer, n)
+        assert tids == ids, "PyTorch and textgen disagree on the greedy tokens"
+        row("pytorch batch 1 tokens/s", f"{n / tsecs:,.0f}", f"textgen {rate:,.0f}")
     if not args.skip_refeed:
         rids, rsecs = refeed_decode(model, tokenizer, n)
         same = next((i for i, (a, b) in enumerate(zip(rids, ids, strict=True)) if a != b), n)

@@ -1,0 +1,83 @@
+"""How many threads the BLAS under numpy's matrix products uses, read and set at run time.
+
+numpy's wheels run ``@`` on OpenBLAS (``numpy.show_config()`` names it: scipy-openblas,
+with its symbols prefixed ``scipy_``), which starts one thread per core. A decoding step
+is a few small products (batch x 256 by 256 x 1024 for a 2x256 LSTM), each handed to the
+other threads and waited for. On a quiet machine the second core makes a batched step
+up to about 1.5 times faster; on a machine whose cores are busy with other processes each
+hand-over waits for the scheduler, and a 2-thread step at batch 16 measured 15 times
+slower than a 1-thread one (BENCHMARKS.md). A server sharing its cores may therefore
+want ``set_blas_threads(1)``; ``OPENBLAS_NUM_THREADS=1`` in the environment does the
+same for a whole process from its start.
+
+Where numpy runs on another BLAS (MKL, Accelerate) these functions find no OpenBLAS and
+answer ``None``: nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import numpy as np
+
+# (setter, getter) names, newest builds first: scipy-openblas (numpy >= 2), plain OpenBLAS
+_SYMBOLS = (
+    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+)
+
+
+def _candidates() -> list[str]:
+    """Shared objects that look like OpenBLAS: those loaded in this process, then numpy's."""
+    found: list[str] = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                path = line.split()[-1] if line.strip() else ""
+                if "openblas" in path.lower() and path not in found:
+                    found.append(path)
+    except OSError:
+        pass
+    libs = Path(np.__file__).resolve().parent.parent / "numpy.libs"
+    found += [str(p) for p in sorted(libs.glob("*openblas*")) if str(p) not in found]
+    return found
+
+
+@functools.cache
+def _functions() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in _SYMBOLS:
+            setter = getattr(lib, set_name, None)
+            getter = getattr(lib, get_name, None)
+            if setter is not None and getter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                return setter, getter
+    return None
+
+
+def blas_threads() -> int | None:
+    """The threads OpenBLAS uses for numpy's products now; None when it is not found."""
+    functions = _functions()
+    return None if functions is None else int(functions[1]())
+
+
+def set_blas_threads(threads: int) -> int | None:
+    """Make numpy's products use ``threads`` threads (>= 1); return the previous count,
+    or None (and change nothing) where numpy does not run on OpenBLAS."""
+    if threads < 1:
+        raise ValueError(f"BLAS threads must be >= 1, got {threads}")
+    functions = _functions()
+    if functions is None:
+        return None
+    before = int(functions[1]())
+    functions[0](threads)
+    return before
