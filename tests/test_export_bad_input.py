@@ -149,3 +149,21 @@ def test_interrupted_export_leaves_nothing(work, toy_run, monkeypatch, fmt):
     result = CliRunner().invoke(main, ["export", str(toy_run), "--format", fmt, "--out", str(out)])
     assert result.exit_code == 130 and result.stderr == "interrupted\n"
     assert _tree(work) == before  # neither new/ nor new/.x.export-* is left
+
+
+def test_converter_failure_is_one_line(work, toy_run, monkeypatch):
+    """Whatever LiteRT's converter raises becomes one line naming it; nothing is left."""
+    from textgen._tf import tensorflow
+
+    class Failing:
+        optimizations = ()  # what convert_step sets for --quantize
+
+        def convert(self):
+            raise RuntimeError("unsupported op: Foo\nmore detail")
+
+    converter = tensorflow().lite.TFLiteConverter
+    monkeypatch.setattr(converter, "from_saved_model", lambda *_a, **_k: Failing())
+    line = _refused([str(toy_run), "--format", "litert", "--out", str(work / "x")], work, 1)
+    assert line == (
+        "error: LiteRT's converter cannot hold this model (RuntimeError: unsupported op: Foo)"
+    )

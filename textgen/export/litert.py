@@ -79,7 +79,13 @@ def convert_step(arrays: Mapping[str, np.ndarray], quantize: str | None = None) 
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=["step"])
         if quantize == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        return _quietly(converter.convert)
+        try:
+            return _quietly(converter.convert)
+        except Exception as err:  # the converter raises many types, with pages of detail
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise DataError(
+                f"LiteRT's converter cannot hold this model ({type(err).__name__}: {first})"
+            ) from None
 
 
 def _quietly(call: Any) -> Any:
