@@ -293,10 +293,11 @@ LEVELS = [  # (the parent's data keys, the fine-tuning's data keys, --extend-voc
     ({"level": "char", "normalize": "nfd", "mode": "stream", "seq_len": 8},
      {"mode": "stream", "seq_len": 8}, True),
     ({"level": "subword", "mode": "lines", "vocab_size": 300}, {"mode": "lines"}, False),
+    ({"level": "morpheme", "mode": "lines"}, {"mode": "lines"}, False),
 ]  # fmt: skip
 
 
-def fine_tune(parent: Path, corpus: Path, out: Path, data: dict, extend: bool) -> object:
+def fine_tune(parent: Path, corpus: Path, out: Path, data: dict, extend: bool, seed: str) -> object:
     """``textgen train --init-from parent`` on ``corpus`` for one epoch (checked: exit 0,
     the coverage line first, old ids kept, every reader takes the result)."""
     cfg = write_config(out.with_suffix(".toml"), corpus, data=data,
@@ -313,26 +314,29 @@ def fine_tune(parent: Path, corpus: Path, out: Path, data: dict, extend: bool) -
     assert bundle.config.data.mode == data["mode"] and bundle.lm.vocab_size == len(new.vocab)
     ev = run_cli("eval", "--model", out, corpus)
     assert ev.exit_code == 0, ev.output
-    gen = run_cli("generate", "--model", out, "--seed", corpus.read_text()[:2], "--length", "3")
+    gen = run_cli("generate", "--model", out, "--seed", seed, "--length", "3")
     assert gen.exit_code == 0, gen.output
     return result, ev
 
 
-@pytest.mark.parametrize("parent_data,data,extend", LEVELS, ids=["char", "jamo", "subword"])
+@pytest.mark.parametrize(
+    "parent_data,data,extend", LEVELS, ids=["char", "jamo", "subword", "morpheme"]
+)
 def test_every_level_and_mode(parent_data, data, extend, tmp_path):
     (tmp_path / "a.txt").write_text(CHAR_A, encoding="utf-8")
     (tmp_path / "b.txt").write_text(CHAR_B, encoding="utf-8")
     parent_cfg = small_config(tmp_path / "a.txt", data=parent_data,
                               train={"epochs": 1, "jit_compile": False})  # fmt: skip
     train(parent_cfg, tmp_path / "parent", progress=False, log=lambda _m: None)
-    _, ev = fine_tune(tmp_path / "parent", tmp_path / "b.txt", tmp_path / "child", data, extend)
+    args = (tmp_path / "parent", tmp_path / "b.txt", tmp_path / "child", data, extend)
+    _, ev = fine_tune(*args, seed=CHAR_A.splitlines()[0])
     if extend:
         assert "OOV 0.00%" in ev.output
 
 
 def test_word_stream_extend_respects_min_freq(toy_run, new_corpus, tmp_path):
     data = {"mode": "stream", "seq_len": 4, "min_freq": 2}
-    result, _ = fine_tune(toy_run, new_corpus, tmp_path / "m", data, True)
+    result, _ = fine_tune(toy_run, new_corpus, tmp_path / "m", data, True, seed="오늘 말이")
     assert rundir.run_tokenizer(tmp_path / "m").vocab.tokens[14:] == ("오늘", "새")
     assert "1 tokens (8.33%) stay <unk>" in result.stderr
     assert "warning: 8.33% of the new corpus still trains as <unk>" in result.stderr
