@@ -38,12 +38,16 @@ def _start(*args: str) -> tuple[subprocess.Popen, str]:
         text=True,
         cwd=ROOT,
     )
-    line = proc.stderr.readline()
-    found = re.search(r"on (http://\S+) \(listening after (\d+) ms", line)
-    if found is None:
-        proc.kill()
-        raise AssertionError(f"no listening line: {line!r} {proc.stderr.read()}")
-    return proc, found.group(1)
+    seen = ""
+    for _ in range(3):  # a warning may come first
+        line = proc.stderr.readline()
+        seen += line
+        found = re.search(r"on (http://\S+) \(listening after (\d+) ms", line)
+        if found is not None:
+            proc.seen = seen  # type: ignore[attr-defined]
+            return proc, found.group(1)
+    proc.kill()
+    raise AssertionError(f"no listening line: {seen!r} {proc.stderr.read()}")
 
 
 def test_starts_fast_without_tensorflow(run_dir: Path) -> None:
@@ -190,3 +194,20 @@ def test_same_text_as_textgen_generate(run_dir: Path, settings: dict) -> None:
         assert r.json()["choices"][0]["text"] == cli.output[:-1]  # print's newline
     finally:
         server.close()
+
+
+def test_listening_beyond_loopback_without_a_key_warns(run_dir: Path) -> None:
+    proc, _url = _start("--model", str(run_dir), "--host", "0.0.0.0")
+    try:
+        assert proc.seen.startswith(  # type: ignore[attr-defined]
+            "warning: listening on 0.0.0.0, beyond this machine, without --api-key"
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    proc, _url = _start("--model", str(run_dir))  # loopback: no warning
+    try:
+        assert proc.seen.startswith("serving chars on http://127.0.0.1:")  # type: ignore[attr-defined]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0

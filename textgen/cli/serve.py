@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import click
@@ -167,6 +168,12 @@ def serve(
     )
     sock = bind(host, port)
     bound = sock.getsockname()
+    if api_key is None and not ipaddress.ip_address(bound[0].split("%")[0]).is_loopback:
+        click.echo(
+            f"warning: listening on {bound[0]}, beyond this machine, without --api-key: "
+            "anyone who can reach it can use it",
+            err=True,
+        )
     shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
 
     def listening() -> None:
