@@ -32,7 +32,10 @@ TFLITE = "model.tflite"
 
 LEFT_TO_CALLER = {
     "word": "NFC of the seed (unicodedata.normalize('NFC', seed)); lowercasing, punctuation "
-    "stripping and the white-space split are done in the graph as textgen does them",
+    "stripping and the white-space split are done in the graph as textgen does them, "
+    "code point by code point, except one context rule of str.lower: a lowercasing model "
+    "lowers a word-final Greek capital sigma to σ where Python gives ς, so pass "
+    "NFC(seed).lower() to such a model (lowering twice changes nothing else)",
     "char": "NFC of the seed (unicodedata.normalize('NFC', seed))",
     "jamo": "the non-Hangul part of NFD of the seed (é -> e + U+0301; passing "
     "unicodedata.normalize('NFD', seed) is always right) and NFC of non-Hangul "

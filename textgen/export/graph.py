@@ -21,6 +21,11 @@ initial state, as in training.
   conjoining jamo, and the output recomposed, with Unicode's conjoining-jamo arithmetic
   (``S = 0xAC00 + (L·21 + V)·28 + T``).
 
+The word table is per code point, so the one context rule of Python's ``str.lower``,
+a word-final capital sigma (``ΟΔΟΣ`` → ``οδος``), comes out as ``σ``: a caller of a
+lowercasing model that may see Greek capitals passes ``seed.lower()`` (lowering twice
+changes nothing else).
+
 What is left to the caller is Unicode NFC of the seed (TensorFlow has no normalizer):
 textgen reads every seed as ``unicodedata.normalize("NFC", seed)``, which is the seed
 itself for text typed or stored composed. At the jamo level the graph does the Hangul
