@@ -138,9 +138,13 @@ def exported(runs, tmp_path_factory) -> dict[str, Path]:
             main, ["export", str(run), "--format", "savedmodel", "--out", str(paths[name])]
         )
         assert result.exit_code == 0, result.output
-    for name, extra in (("char-litert", []), ("char-int8", ["--quantize", "dynamic"])):
+    for name, run, extra in (
+        ("char-litert", "jamo", []),
+        ("char-int8", "jamo", ["--quantize", "dynamic"]),
+        ("toy-litert", "toy", []),
+    ):
         paths[name] = tmp / name
-        args = ["export", str(runs["jamo"]), "--format", "litert", "--out", str(paths[name])]
+        args = ["export", str(runs[run]), "--format", "litert", "--out", str(paths[name])]
         result = cli.invoke(main, args + extra)
         assert result.exit_code == 0, result.output
     return paths
@@ -173,9 +177,10 @@ def foreign(runs, exported, tmp_path_factory) -> dict:
                 "sample": name == "char",
             }
         )
-    jamo = load_bundle(runs["jamo"])
+    jamo, toy = load_bundle(runs["jamo"]), load_bundle(runs["toy"])
     seed_ids = Generator(jamo.lm, jamo.tokenizer).encode_seed(CHAR_SEEDS[0]).tolist()
-    for name in ("char-litert", "char-int8"):
+    toy_ids = Generator(toy.lm, toy.tokenizer).encode_seed(TOY_SEEDS[2]).tolist()
+    for name, ids in (("char-litert", seed_ids), ("char-int8", seed_ids), ("toy-litert", toy_ids)):
         info = json.loads((exported[name] / "export.json").read_text(encoding="utf-8"))
         jobs.append(
             {
@@ -183,7 +188,7 @@ def foreign(runs, exported, tmp_path_factory) -> dict:
                 "kind": "litert",
                 "path": str(exported[name] / "model.tflite"),
                 "state_size": info["state_size"],
-                "seed_ids": seed_ids,
+                "seed_ids": ids,
                 "steps": STEPS,
             }
         )
@@ -247,6 +252,14 @@ def test_litert_greedy_steps_pick_textgen_tokens(runs, foreign):
     decoded = Generator(bundle.lm, bundle.tokenizer).continue_ids(CHAR_SEEDS[0], length=STEPS)
     assert len(decoded.ids[0]) == STEPS  # stream mode: no <eos> cuts it short
     assert foreign["char-litert"]["picked"] == decoded.ids[0]
+
+
+def test_litert_lstm_greedy_steps_pick_textgen_tokens_up_to_eos(runs, foreign):
+    bundle = load_bundle(runs["toy"])
+    decoded = Generator(bundle.lm, bundle.tokenizer).continue_ids(TOY_SEEDS[2], length=STEPS)
+    kept = decoded.ids[0]  # 가는 → 말이 고와야 오는 말이 곱다, then <eos>
+    picked = foreign["toy-litert"]["picked"]
+    assert picked[: len(kept)] == kept and picked[len(kept)] == bundle.tokenizer.eos_id
 
 
 def test_quantized_litert_has_int8_weights_and_is_smaller(exported, foreign):
