@@ -134,3 +134,97 @@ def test_decoding_matches_the_recorded_tokens(results, recorded, model, case):
 def test_run_matches_the_recorded_logits(results, recorded, model):
     key = f"{model}/run-logits"
     assert results[key]["sum"] == pytest.approx(recorded[key]["sum"], rel=1e-5, abs=1e-3)
+
+
+# -- what the faster step and loop promise besides the results ----------------------------
+@pytest.mark.parametrize("model", list(MODELS))
+def test_step_and_run_never_write_into_what_they_are_given(model):
+    cell, emb, units, layers, _ = MODELS[model]
+    lm = random_lm(cell, emb, units, layers)
+    rng = np.random.default_rng(1)
+    state = [
+        tuple(rng.uniform(-1, 1, p.shape).astype(np.float32) for p in s)
+        for s in lm.initial_state(3)
+    ]
+    kept = [tuple(p.copy() for p in s) for s in state]
+    ids = np.array([3, 4, 5])
+    logits, new = lm.step(ids, state)
+    logits_again, _ = lm.step(ids, state)  # a caller may step an old state again (beam search)
+    np.testing.assert_array_equal(logits, logits_again)
+    lm.run(ids[:, None].repeat(4, axis=1), state)
+    for old, saved in zip(state, kept, strict=True):
+        for part, copy in zip(old, saved, strict=True):
+            np.testing.assert_array_equal(part, copy)
+    fresh = [p for s in new for p in s] + [logits]
+    assert not any(np.shares_memory(a, b) for a in fresh for s in state for b in s)
+    assert not np.shares_memory(logits, logits_again)
+
+
+def test_a_state_for_the_wrong_number_of_layers_is_refused():
+    lm = random_lm("lstm", 8, 16, 2)
+    with pytest.raises(ValueError, match="a state for 2 layers, got 1"):
+        lm.step(np.array([1]), lm.initial_state(1)[:1])
+    with pytest.raises(ValueError, match="a state for 2 layers, got 4"):
+        lm.run(np.array([[1, 2]]), lm.initial_state(1) * 2)
+
+
+@pytest.mark.parametrize("chunk", [1, 65 * 4 * 7, 65 * 4 * 64])
+@pytest.mark.parametrize("strategy", ["greedy", "sample"])
+def test_scores_kept_in_chunks_are_those_of_one_step_at_a_time(monkeypatch, chunk, strategy):
+    """decode scores the picked tokens in chunks of steps; the sums must be bit-identical
+    to scoring each step as it comes (chunk 1), whatever the chunk and the stops."""
+    from textgen.decoding import sampling
+
+    lm = random_lm("lstm", 16, 48, 2)
+    tok = tokenizer()
+    gen = Generator(lm, tok, warn=lambda _m: None)
+    args = {"length": 300, "num": 4, "rng_seed": 7, "strategy": Strategy(strategy, top_k=8)}
+    monkeypatch.setattr(sampling, "SCORE_CHUNK", 1)
+    ref = gen.continue_ids("the ", **args)
+    monkeypatch.setattr(sampling, "SCORE_CHUNK", chunk)
+    got = gen.continue_ids("the ", **args)
+    assert got.ids == ref.ids
+    assert got.mean_logprob == ref.mean_logprob  # exactly
+    assert max(len(ids) for ids in ref.ids) > 7  # past a chunk boundary (7 steps at 1820)
+    if strategy == "sample":
+        assert len({len(ids) for ids in ref.ids}) > 1  # rows stopped at different steps
+
+
+def test_blas_threads_are_read_and_set_where_numpy_runs_on_openblas():
+    from textgen.decoding.blas import blas_threads, set_blas_threads
+
+    with pytest.raises(ValueError, match="BLAS threads must be >= 1, got 0"):
+        set_blas_threads(0)
+    before = blas_threads()
+    if before is None:
+        pytest.skip("numpy does not run on OpenBLAS here")
+    try:
+        assert set_blas_threads(1) == before
+        assert blas_threads() == 1
+        a = np.ones((64, 64), np.float32)
+        assert float((a @ a)[0, 0]) == 64.0  # products still work under the new setting
+    finally:
+        set_blas_threads(before)
+    assert blas_threads() == before
+
+
+def test_bench_generate_steps_litert_and_numpy_alike(tmp_path):
+    """bench/generate.py's two step arms run the same model: LiteRT's exported step at a
+    resized batch gives textgen's logits, and the greedy step loops pick the same ids."""
+    pytest.importorskip("ai_edge_litert")
+    from .test_bench import load_bench
+
+    bench = load_bench("generate")
+    lm = random_lm("lstm", 16, 48, 2)
+    model = bench.litert_model(lm)
+    for batch in (1, 3):
+        step = bench.LiteRTStep(model, lm, batch, threads=1)
+        assert bench.check_litert(step, lm) < 1e-4
+        _, ours = bench.numpy_steps(lm, batch, 40)
+        _, theirs = step.steps(40)
+        assert ours == theirs and len(set(ours)) > 3
+    assert (
+        bench.forward_flops(lm)
+        == 2 * sum(layer.kernel.size + layer.recurrent.size for layer in lm.layers)
+        + 2 * lm.out_kernel.size
+    )

@@ -134,3 +134,29 @@ def test_masked_steps_inside_a_sequence_keep_the_state_as_in_keras(compiled):
     mask = np.ones((3, 8), bool)
     mask[0, 2:4] = mask[2, 5] = False
     compare_layer_with_keras(x, compiled, mask=mask)
+
+
+def test_the_gate_layout_is_read_from_one_place():
+    """model/lstm.py names the blocks once: blocks, splitting and joining agree with it and
+    with the sigmoid scaling both kernels use (0.5 on i, f, o; 1 on the cell candidate)."""
+    from textgen.model.lstm import (
+        LSTM_GATES,
+        by_gate,
+        gate_block,
+        gate_offset,
+        gate_scale,
+        in_gate_order,
+    )
+
+    units = 3
+    columns = np.arange(len(LSTM_GATES) * units)
+    parts = by_gate(np.split(columns, len(LSTM_GATES)))
+    assert list(parts) == list(LSTM_GATES) == ["i", "f", "c", "o"]  # Keras 3's order
+    for gate in LSTM_GATES:
+        np.testing.assert_array_equal(columns[gate_block(gate, units)], parts[gate])
+        sigmoid = gate != "c"  # sigmoid(z) = 0.5 * tanh(z / 2) + 0.5; c is tanh(z)
+        assert set(gate_scale(units)[gate_block(gate, units)]) == {0.5 if sigmoid else 1.0}
+        assert set(gate_offset(units)[gate_block(gate, units)]) == {0.5 if sigmoid else 0.0}
+    np.testing.assert_array_equal(np.concatenate(in_gate_order(parts)), columns)
+    with pytest.raises(ValueError, match="an LSTM has 4 gate blocks, got 3"):
+        by_gate([1, 2, 3])

@@ -211,6 +211,8 @@ class NumpyLM:
         ids = np.atleast_2d(np.asarray(ids))
         if state is None:
             state = self.initial_state(ids.shape[0])
+        if len(state) != len(self._fast):
+            raise ValueError(f"a state for {len(self._fast)} layers, got {len(state)}")
         new_state: State = []
         x = None
         for index, layer_state in enumerate(state):
@@ -222,8 +224,6 @@ class NumpyLM:
                 outs.append(h)
             x = np.stack(outs, axis=1)
             new_state.append(layer_state)
-        if len(new_state) != len(self._fast):
-            raise ValueError(f"a state for {len(self._fast)} layers, got {len(new_state)}")
         return self._logits(x), new_state
 
     def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:

@@ -27,6 +27,7 @@ import numpy as np
 NextFn = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 Pick = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 StopTest = Callable[[int, list[int]], bool]
+SCORE_CHUNK = 1 << 18  # logits (floats) decode keeps before scoring them together
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -124,24 +125,23 @@ def decode(
     """
     rng = rng if rng is not None else np.random.default_rng()
     batch = logits.shape[0]
-    rows = np.arange(batch)
     picked = np.zeros((length, batch), dtype=np.int64)
     ends = np.full(batch, length)  # tokens kept per row (the stop token is not kept)
-    logp_sum = np.zeros(batch)
-    counts = np.zeros(batch)
     live = np.ones(batch, dtype=bool)
+    scores = _Scores(logits, picked)
+    any_live = True
     per_row = on_token is not None or should_stop is not None
     for t in range(length):
         ids = np.asarray(pick(logits, rng), dtype=np.int64)
         picked[t] = ids
-        shifted = logits - logits.max(axis=-1, keepdims=True)
-        logp = shifted[rows, ids] - np.log(np.exp(shifted).sum(axis=-1))
-        logp_sum += np.where(live, logp, 0.0)
-        counts += live
+        scores.add(logits, live)
         if stop_id is not None:
-            stopped = live & (ids == stop_id)
-            ends[stopped] = t
-            live &= ~stopped
+            hit = ids == stop_id
+            if hit.any():
+                stopped = live & hit
+                ends[stopped] = t
+                live &= ~stopped
+                any_live = bool(live.any())
         if per_row:  # streaming and stop strings need a look at every row
             for row in np.flatnonzero(live):
                 if on_token is not None:
@@ -151,11 +151,64 @@ def decode(
                 if should_stop is not None and should_stop(int(row), tail.tolist()):
                     ends[row] = t + 1
                     live[row] = False
-        if not live.any() or t == length - 1:
+                    any_live = bool(live.any())
+        if not any_live or t == length - 1:
             break
         logits, state = next_fn(ids, state)
     out = [picked[: ends[row], row].tolist() for row in range(batch)]
-    return Decoded(out, (logp_sum / np.maximum(counts, 1)).tolist())
+    return Decoded(out, scores.means())
+
+
+class _Scores:
+    """The log-probabilities of the picked tokens, summed per row while the row is live.
+
+    The logits of up to :data:`SCORE_CHUNK` floats' worth of steps are kept and scored
+    together (``logits - max``, ``exp``, ``sum``, ``log``: the same float operations per
+    row as one step at a time), so a step of the decoding loop costs two copies here
+    rather than half a dozen small numpy calls.
+    """
+
+    def __init__(self, logits: np.ndarray, picked: np.ndarray) -> None:
+        length, batch = picked.shape
+        vocab = logits.shape[-1]
+        self.steps = max(1, min(length, SCORE_CHUNK // max(1, batch * vocab)))
+        self.logits = np.empty((self.steps, batch, vocab), np.asarray(logits).dtype)
+        self.live = np.empty((self.steps, batch), dtype=bool)
+        self.held = 0  # steps kept, not yet scored
+        self.done = 0  # steps scored
+        self.sum = np.zeros(batch)
+        self.count = np.zeros(batch)
+        self.picked = picked  # (length, batch): the ids decode picks, filled step by step
+
+    def add(self, logits: np.ndarray, live: np.ndarray) -> None:
+        if self.held == self.steps or np.asarray(logits).dtype != self.logits.dtype:
+            self._flush()
+            if np.asarray(logits).dtype != self.logits.dtype:
+                self.logits = np.empty_like(self.logits, dtype=np.asarray(logits).dtype)
+        self.logits[self.held] = logits
+        self.live[self.held] = live
+        self.held += 1
+
+    def _flush(self) -> None:
+        if not self.held:
+            return
+        n, start = self.held, self.done
+        logits, live = self.logits[:n], self.live[:n]
+        ids = self.picked[start : start + n]
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        lse = np.log(np.exp(shifted).sum(axis=-1))
+        logp = np.take_along_axis(shifted, ids[..., None], axis=-1)[..., 0] - lse
+        # summed in step order, as one step at a time would: accumulate is sequential
+        terms = np.concatenate([self.sum[None], np.where(live, logp, 0.0)])
+        self.sum = np.add.accumulate(terms, axis=0)[-1]
+        self.count += live.sum(axis=0)
+        self.done += n
+        self.held = 0
+
+    def means(self) -> list[float]:
+        """Per row: the mean log-probability of its scored tokens (the stop token counts)."""
+        self._flush()
+        return (self.sum / np.maximum(self.count, 1)).tolist()
 
 
 def take_rows(state: Any, rows: np.ndarray) -> Any:
