@@ -167,3 +167,18 @@ def test_converter_failure_is_one_line(work, toy_run, monkeypatch):
     assert line == (
         "error: LiteRT's converter cannot hold this model (RuntimeError: unsupported op: Foo)"
     )
+
+
+def test_a_vocabulary_utf8_cannot_spell_is_refused():
+    """No corpus textgen reads yields a lone surrogate, but a tokenizer.json can hold one:
+    the export says which token, not a UnicodeEncodeError traceback."""
+    from textgen.errors import DataError
+    from textgen.export.folder import check_tokens
+
+    check_tokens(["<pad>", "<unk>", "가", "\U0010fffd"])
+    with pytest.raises(DataError) as err:
+        check_tokens(["<pad>", "<unk>", "a\ud800"])
+    assert str(err.value) == (
+        "token 2 of the vocabulary ('a\\ud800') is not valid Unicode text (a lone surrogate); "
+        "an export holds its tokens as UTF-8, which cannot spell it"
+    )

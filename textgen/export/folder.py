@@ -102,6 +102,19 @@ def _has_weights(run_dir: Path) -> None:
         )
 
 
+def check_tokens(tokens: list[str]) -> None:
+    """Refuse a vocabulary that UTF-8 cannot spell (a lone surrogate): the graph's string
+    tables and vocab.json hold UTF-8 text only."""
+    for i, token in enumerate(tokens):
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(
+                f"token {i} of the vocabulary ({token!r}) is not valid Unicode text (a lone "
+                "surrogate); an export holds its tokens as UTF-8, which cannot spell it"
+            ) from None
+
+
 def _level_name(tokenizer: Any) -> str:
     if tokenizer.level == "char" and tokenizer.normalize == "nfd":
         return "jamo"
@@ -196,6 +209,7 @@ def export_run(
     _has_weights(run_dir)
     bundle = load_bundle(run_dir)
     arrays = weight_arrays(bundle.lm)
+    check_tokens(list(bundle.tokenizer.vocab.tokens))
     if fmt == "litert":
         check_fits(arrays)
     start = time.perf_counter()
