@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TEXTGEN := $(BIN)/textgen
 SHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
 
-.PHONY: install demo test lint fmt toy-sentences shakespeare ptb-small ptb-best soak soak-kill soak-fuzz bench-generate bench-train bench-ko bench-prepare bench-reg clean
+.PHONY: install demo test lint fmt toy-sentences shakespeare ptb-small ptb-best soak soak-kill soak-fuzz bench-generate bench-train bench-ko bench-prepare bench-reg bench-export bench-serve bench-finetune clean
 
 $(BIN)/textgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,3 +74,12 @@ bench-prepare: install  ## textgen prepare on a 200 MB corpus: MB/s, peak RSS, t
 
 bench-reg: install  ## each regularization / schedule key against the ptb-small base (~35 min)
 	$(BIN)/python bench/regularization.py
+
+bench-export: install  ## SavedModel and LiteRT exports: sizes, times, greedy equality, LiteRT step vs numpy (~2 min)
+	$(BIN)/python bench/export.py
+
+bench-serve: install  ## textgen serve with 1, 8, 32, 64 streaming clients: tokens/s, TTFT, TBT, roofline (~1 min)
+	$(BIN)/python bench/serve.py
+
+bench-finetune: install  ## the Constitution model fine-tuned on movie reviews vs trained from scratch, per time budget
+	$(BIN)/python bench/finetune.py
