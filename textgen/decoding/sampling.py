@@ -47,7 +47,11 @@ def filter_logits(logits: np.ndarray, *, top_k: int = 0, top_p: float = 1.0) -> 
     The nucleus is the smallest set of most likely tokens whose probability reaches
     ``top_p`` (the most likely token is always kept). ``top_k=0`` and ``top_p=1`` keep all.
     """
-    logits = np.array(logits, dtype=np.float64)
+    return _filter_in_place(np.array(logits, dtype=np.float64), top_k, top_p)
+
+
+def _filter_in_place(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """:func:`filter_logits` on a float64 array of the caller's own, which it overwrites."""
     vocab = logits.shape[-1]
     if 0 < top_k < vocab:
         kth = np.partition(logits, vocab - top_k, axis=-1)[..., vocab - top_k, None]
@@ -55,9 +59,10 @@ def filter_logits(logits: np.ndarray, *, top_k: int = 0, top_p: float = 1.0) -> 
     if top_p < 1.0:
         order = np.argsort(-logits, axis=-1, kind="stable")
         sorted_logp = np.take_along_axis(log_softmax(logits), order, axis=-1)
-        cum = np.cumsum(np.exp(sorted_logp), axis=-1)
+        sorted_p = np.exp(sorted_logp)
+        cum = np.cumsum(sorted_p, axis=-1)
         # keep a token if the mass before it is below top_p (so the first is always kept)
-        keep_sorted = (cum - np.exp(sorted_logp)) < top_p
+        keep_sorted = (cum - sorted_p) < top_p
         keep = np.zeros_like(keep_sorted)
         np.put_along_axis(keep, order, keep_sorted, axis=-1)
         logits[~keep] = -np.inf
@@ -74,9 +79,8 @@ def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Pic
         raise ValueError("top_k must be >= 0")
 
     def pick(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        scaled = filter_logits(
-            np.asarray(logits, np.float64) / temperature, top_k=top_k, top_p=top_p
-        )
+        # the division makes a new array, which the filter may overwrite
+        scaled = _filter_in_place(np.asarray(logits, np.float64) / temperature, top_k, top_p)
         probs = np.exp(log_softmax(scaled))
         # inverse-CDF sampling: one uniform per row, reproducible for a seeded rng
         u = rng.random((probs.shape[0], 1))
@@ -84,7 +88,8 @@ def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Pic
         ids = np.minimum(ids, probs.shape[-1] - 1)
         # guard against rounding picking a filtered token at the very end of the CDF
         bad = probs[np.arange(len(ids)), ids] == 0
-        ids[bad] = np.argmax(probs[bad], axis=-1)
+        if bad.any():
+            ids[bad] = np.argmax(probs[bad], axis=-1)
         return ids
 
     return pick
