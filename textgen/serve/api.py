@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,9 +134,41 @@ def parse_json(body: bytes) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply", code="invalid_json") from None
+    except ValueError as err:  # an integer over Python's digit limit (4,300 digits)
+        raise ApiError(400, f"the body is not valid JSON: {err}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    if _SURROGATE.search(body):
+        _check_surrogates(data)
     return data
+
+
+# a \uD800-\uDFFF escape: JSON may spell a lone surrogate, which is no character (UTF-8
+# cannot encode it, so it could be neither tokenized nor answered)
+_SURROGATE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _check_surrogates(data: Any) -> None:
+    """A 400 naming the first string (key or value) that holds a lone surrogate."""
+    todo: list[tuple[str, Any]] = [("", data)]
+    while todo:
+        where, value = todo.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad(where or "body", "holds a lone surrogate (not a character)") from None
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    name = ascii(key)[1:-1]
+                    message = f"field name {name} holds a lone surrogate"
+                    raise bad(where or "body", message) from None
+                todo.append((f"{where}.{key}" if where else key, item))
+        elif isinstance(value, list):
+            todo.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
 
 
 def _int(data: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -148,7 +181,7 @@ def _int(data: dict[str, Any], name: str, default: int | None, lo: int, hi: int)
         else:
             raise bad(name, f"must be an integer, got {json.dumps(value)[:40]}", "invalid_type")
     if not lo <= value <= hi:
-        raise bad(name, f"must be in [{lo}, {hi}], got {value}")
+        raise bad(name, f"must be in [{lo}, {hi}], got {str(value)[:40]}")
     return value
 
 
@@ -158,7 +191,10 @@ def _float(data: dict[str, Any], name: str, default: float) -> float:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad(name, f"must be a number, got {json.dumps(value)[:40]}", "invalid_type")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise bad(name, f"is out of range, got {json.dumps(value)[:40]}...") from None
     if not math.isfinite(value):
         raise bad(name, f"must be a finite number, got {value}")
     return value
