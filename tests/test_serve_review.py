@@ -24,7 +24,8 @@ def live():
 def _post(live: LiveServer, body: bytes | dict, path: str = "/v1/completions", **kw):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"} | kw.pop("headers", {})
-    return httpx.post(live.url + path, content=raw, headers=headers, timeout=30, **kw)
+    kw.setdefault("timeout", 30)
+    return httpx.post(live.url + path, content=raw, headers=headers, **kw)
 
 
 def _error(r: httpx.Response, status: int, param: str | None, code: str | None = None) -> dict:
@@ -68,3 +69,72 @@ def test_a_lone_surrogate_anywhere_is_a_400(live, raw, param):
 def test_a_pair_of_surrogates_is_a_character(live):
     raw = r'{"model":"chars","prompt":"ab \ud83d\ude00","max_tokens":2,"temperature":0}'
     assert _post(live, raw.encode()).status_code == 200
+
+
+def _patched_loader(delay: float = 0.0, fail_at: int | None = None, **kwargs):
+    """A char model whose decoding step sleeps ``delay`` s, or raises at step ``fail_at``."""
+    import time
+
+    def load():
+        loaded = char_loader(**kwargs)()
+        lm, real = loaded.lm, loaded.lm.step
+        calls = [0]
+
+        def step(ids, state):
+            calls[0] += 1
+            if fail_at is not None and calls[0] == fail_at:
+                raise RuntimeError("injected fault")
+            time.sleep(delay)
+            return real(ids, state)
+
+        lm.step = step
+        return loaded
+
+    return load
+
+
+@pytest.fixture(scope="module")
+def slow():
+    settings = Settings(max_tokens_limit=4000, max_batch=1)
+    server = LiveServer({"slow": _patched_loader(delay=0.005)}, settings)
+    yield server
+    server.close()
+
+
+def _wait_until(check, seconds: float = 3.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def test_a_failed_decoding_step_is_a_500_in_the_error_shape():
+    server = LiveServer({"bad": _patched_loader(fail_at=2)})
+    try:
+        r = _post(server, {"prompt": "ab", "max_tokens": 8, "temperature": 0})
+        _error(r, 500, None, "generation_failed")
+        assert _post(server, {"prompt": "ab", "max_tokens": 3}).status_code == 200
+    finally:
+        server.close()
+
+
+def test_a_non_streamed_request_is_cancelled_when_its_client_leaves(slow):
+    batcher = slow.state.models["slow"].batcher
+    body = {"prompt": "ab", "max_tokens": 4000, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        _post(slow, body, timeout=0.3)
+    assert _wait_until(lambda: batcher.running == 0 and batcher.waiting == 0), batcher.running
+    # a queued one too: one stream holds the only batch row, the second request waits
+    with httpx.stream(
+        "POST", slow.url + "/v1/completions", json=body | {"stream": True}, timeout=30
+    ) as stream:
+        next(stream.iter_lines())
+        with pytest.raises(httpx.TimeoutException):
+            _post(slow, body, timeout=0.3)
+        assert batcher.running == 1
+        assert _wait_until(lambda: batcher.waiting == 0), batcher.waiting
+    assert _wait_until(lambda: batcher.running == 0)

@@ -434,15 +434,31 @@ def _completions(state: ServerState, *, chat: bool) -> Callable[[HttpRequest], A
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
+        watch = asyncio.create_task(_cancel_on_disconnect(request, prep))
         try:
             async for _ in _run(state, prep):
                 pass
+        except GenerationFailed as err:
+            raise ApiError(500, str(err), code="generation_failed") from None
         finally:
+            watch.cancel()
             for job in prep.jobs:
                 job.cancel()
         return JSONResponse(_response(prep))
 
     return handler
+
+
+async def _cancel_on_disconnect(request: HttpRequest, prep: Prepared) -> None:
+    """Cancel a non-streamed request's jobs when its client goes away (the body is read,
+    so the next message is the disconnect): their rows leave the batch at the next step,
+    or the queue, instead of decoding up to max_tokens for nobody."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            for job in prep.jobs:
+                job.cancel()
+            return
 
 
 def _submit(state: ServerState, prep: Prepared) -> None:
