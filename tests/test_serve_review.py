@@ -138,3 +138,61 @@ def test_a_non_streamed_request_is_cancelled_when_its_client_leaves(slow):
         assert batcher.running == 1
         assert _wait_until(lambda: batcher.waiting == 0), batcher.waiting
     assert _wait_until(lambda: batcher.running == 0)
+
+
+ORIGIN = "http://page.test"
+KEY = "schlüssel-키"
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    settings = Settings(api_key=KEY, cors_origins=[ORIGIN])
+    server = LiveServer({"chars": char_loader()}, settings)
+    yield server
+    server.close()
+
+
+def test_a_non_ascii_api_key_matches_its_utf8_bytes(keyed):
+    good = {"Authorization": f"Bearer {KEY}".encode()}
+    assert _post(keyed, GOOD | {"model": "chars"}, headers=good).status_code == 200
+    wrong = {"Authorization": "Bearer schlüssel-x".encode()}
+    _error(_post(keyed, GOOD, headers=wrong), 401, None, "invalid_api_key")
+
+
+def test_a_401_carries_cors_headers_and_a_preflight_allows_any_header(keyed):
+    r = _post(keyed, GOOD, headers={"Origin": ORIGIN})
+    _error(r, 401, None, "invalid_api_key")
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    asked = "authorization,content-type,x-stainless-os,x-stainless-lang"
+    r = httpx.options(
+        keyed.url + "/v1/completions",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": asked,
+        },
+    )
+    assert r.status_code == 200, r.text
+    allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+    assert set(asked.split(",")) <= allowed
+    # another origin still gets nothing
+    r = _post(keyed, GOOD, headers={"Origin": "http://elsewhere.test"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_unknown_paths_do_not_grow_the_metrics(live):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for i in range(20):
+        assert httpx.get(f"{live.url}/v1/x{i}").status_code == 404
+        assert httpx.get(f"{live.url}/nothing{i}").status_code == 404
+    text = httpx.get(live.url + "/metrics").text
+    counts = {
+        (sample.labels["path"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "textgen_requests_total"
+    }
+    known = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/"}
+    assert {path for path, _ in counts} <= known | {"other"}, counts
+    assert counts[("other", "404")] >= 40

@@ -217,16 +217,20 @@ def create_app(
         Route("/", _index, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
-    middleware = [Middleware(_Guard, state=state)]
+    # CORS outside the key guard, so that a 401 carries Access-Control-Allow-Origin (a
+    # browser shows the 401, not a CORS failure); any request header is allowed for the
+    # named origins (the openai JavaScript client sends x-stainless-* headers)
+    middleware = []
     if settings.cors_origins:
         middleware.append(
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type"],
+                allow_headers=["*"],
             )
         )
+    middleware.append(Middleware(_Guard, state=state))
     app = Starlette(
         routes=routes,
         middleware=middleware,
@@ -257,6 +261,9 @@ class _Guard:
     counter by path and status (an ASGI middleware, so it sees streamed responses too)."""
 
     OPEN = ("/health", "/", "/favicon.ico")
+    COUNTED = frozenset(
+        ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")
+    )
 
     def __init__(self, app: Any, state: ServerState) -> None:
         self.app = app
@@ -267,7 +274,7 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        counted = path if path.startswith("/v1/") or path in ("/health", "/metrics") else "other"
+        counted = path if path in self.COUNTED else "other"  # a bounded set of label values
         status = [500]
 
         async def counting_send(message: dict) -> None:
@@ -280,10 +287,11 @@ class _Guard:
             open_path = path in self.OPEN or path.startswith("/static/")
             if key is not None and not open_path and scope["method"] != "OPTIONS":
                 headers = dict(scope["headers"])
-                given = headers.get(b"authorization", b"").decode("latin-1")
-                scheme, _, token = given.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    token.strip().encode("utf-8", "replace"), key.encode("utf-8")
+                # the header's raw bytes against the key's UTF-8 bytes (a non-ASCII key
+                # matches what a client sends for it)
+                scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+                if scheme.lower() != b"bearer" or not hmac.compare_digest(
+                    token.strip(), key.encode("utf-8")
                 ):
                     err = ApiError(
                         401,
