@@ -380,9 +380,11 @@ def main() -> None:
         latencies = [first_token_latency(run) for _ in range(args.repeats)]
     detail = "runs " + ", ".join(f"{x:.2f}" for x in latencies)
     row("first char of `textgen generate`", f"{statistics.median(latencies):.2f} s", detail)
-    n = args.tokens
-    ids, secs, _ = textgen_decode(lm, tokenizer, n)
+    n = max(args.tokens, 1000)  # the late tokens of the flatness ratio need 1,000
+    ids, secs, per_token = textgen_decode(lm, tokenizer, n)
     rate = n / secs
+    flat = np.median(per_token[900:1000]) / np.median(per_token[10:110])
+    row("per-token cost 900-1000 / 10-110", f"{flat:.2f}", f"batch 1, {rate:,.0f} tokens/s")
     if args.cell == "lstm" and importlib.util.find_spec("torch") is not None:
         net = torch_model(lm)
         tids, tsecs = torch_decode(net, tokenizer, n)
