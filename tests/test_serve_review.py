@@ -95,7 +95,7 @@ def _patched_loader(delay: float = 0.0, fail_at: int | None = None, **kwargs):
 
 @pytest.fixture(scope="module")
 def slow():
-    settings = Settings(max_tokens_limit=4000, max_batch=1)
+    settings = Settings(max_tokens_limit=4000, max_batch=1, max_waiting=2)
     server = LiveServer({"slow": _patched_loader(delay=0.005)}, settings)
     yield server
     server.close()
@@ -196,3 +196,22 @@ def test_unknown_paths_do_not_grow_the_metrics(live):
     known = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/"}
     assert {path for path, _ in counts} <= known | {"other"}, counts
     assert counts[("other", "404")] >= 40
+
+
+def test_a_prompt_list_longer_than_the_queue_is_a_400_not_a_503_forever(slow):
+    body = {"prompt": ["ab", "ba", "a"], "max_tokens": 2, "temperature": 0}
+    error = _error(_post(slow, body), 400, "prompt")
+    assert "at most 2 prompts" in error["message"]
+    assert _post(slow, body | {"prompt": ["ab", "ba"]}).status_code == 200
+
+
+def test_max_waiting_0_is_refused_at_start_up(tmp_path):
+    from click.testing import CliRunner
+
+    from tests.test_serve_support import char_run
+    from textgen.cli import main
+
+    run_dir = char_run(tmp_path / "run")
+    result = CliRunner().invoke(main, ["serve", "--model", str(run_dir), "--max-waiting", "0"])
+    assert result.exit_code != 0
+    assert result.output.strip() == "error: --max-waiting must be at least 1, got 0"

@@ -45,7 +45,7 @@ from textgen.cli.common import _friendly, main
     default=256,
     show_default=True,
     type=int,
-    help="Requests that may wait for room; more get 503 with Retry-After.",
+    help="Prompts that may wait for room; more get 503 with Retry-After.",
 )
 @click.option(
     "--max-body-bytes",
@@ -112,7 +112,7 @@ def serve(
     for name, value, low in (
         ("--max-tokens-limit", max_tokens_limit, 1),
         ("--max-batch", max_batch, 1),
-        ("--max-waiting", max_waiting, 0),
+        ("--max-waiting", max_waiting, 1),
         ("--max-body-bytes", max_body_bytes, 1024),
     ):
         if value < low:

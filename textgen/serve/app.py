@@ -488,20 +488,22 @@ def _submit(state: ServerState, prep: Prepared) -> None:
             created=prep.started,
         )
         job.index = len(prep.jobs)  # type: ignore[attr-defined]
-        try:
-            model.batcher.submit(job)
-        except QueueFull:
-            for other in prep.jobs:
-                other.cancel()
-            raise ApiError(
-                503,
-                f"the server is busy: {model.batcher.max_waiting} requests already wait; "
-                "retry later",
-                code="queue_full",
-                headers={"Retry-After": RETRY_AFTER},
-            ) from None
         prep.jobs.append(job)
         prep.choices.append([ChoiceText(model.tokenizer, shown, req.stop) for _ in range(req.n)])
+    limit = model.batcher.max_waiting
+    if len(prep.jobs) > limit:  # it could never be queued: not a 503 to retry forever
+        raise api.bad(
+            "prompt", f"at most {limit} prompts per request on this server (--max-waiting)"
+        )
+    try:
+        model.batcher.submit_all(prep.jobs)  # all the prompts or none
+    except QueueFull:
+        raise ApiError(
+            503,
+            f"the server is busy: its queue of {limit} waiting prompts is full; retry later",
+            code="queue_full",
+            headers={"Retry-After": RETRY_AFTER},
+        ) from None
     prep.feed = Feed(state, prep)
     for job in prep.jobs:  # events are handled from here on (none can be missed: the
         job.feed = prep.feed  # type: ignore[attr-defined]  # loop runs them after this)

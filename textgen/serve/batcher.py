@@ -160,10 +160,15 @@ class Batcher:
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; raises :class:`QueueFull` when ``max_waiting`` jobs already wait."""
+        self.submit_all([job])
+
+    def submit_all(self, jobs: list[Job]) -> None:
+        """Queue ``jobs`` (one request's prompts) together or not at all: raises
+        :class:`QueueFull` when they would take the queue over ``max_waiting`` jobs."""
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
+            if len(self._waiting) + len(jobs) > self.max_waiting:
                 raise QueueFull
-            self._waiting.append(job)
+            self._waiting.extend(jobs)
             self._counts()
             self._cond.notify_all()
 
