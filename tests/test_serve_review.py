@@ -215,3 +215,44 @@ def test_max_waiting_0_is_refused_at_start_up(tmp_path):
     result = CliRunner().invoke(main, ["serve", "--model", str(run_dir), "--max-waiting", "0"])
     assert result.exit_code != 0
     assert result.output.strip() == "error: --max-waiting must be at least 1, got 0"
+
+
+def _streamed_and_final(tokenizer, seed: str, stops: list[str], ids: list[int]) -> tuple[str, str]:
+    """The deltas a stream sends joined, and the text a non-streamed answer holds."""
+    from textgen.serve.choices import ChoiceText
+
+    choice = ChoiceText(tokenizer, seed, stops)
+    sent = []
+    for token in ids:
+        if choice.push(token):
+            break
+        sent.append(choice.delta())
+    choice.finish = "stop"
+    sent.append(choice.flush())
+    return "".join(sent), choice.text
+
+
+WORDS = "경마장에 있는 말이 뛰고 있다 그의 눈"
+
+
+def test_a_stream_at_word_level_joins_to_the_non_streamed_text_at_a_multi_word_stop():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from textgen.text.word import WordTokenizer
+
+    tok = WordTokenizer.fit([WORDS], "word", eos=False)
+    ids = [int(i) for i in tok.encode(WORDS)]
+    streamed, final = _streamed_and_final(tok, "경마장에", ["말이 뛰"], ids[1:])
+    assert (streamed, final) == (final, " 있는")
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(st.sampled_from(ids), min_size=1, max_size=12),
+        st.lists(st.sampled_from(["말이 뛰", "있는 말이", "눈", " 그의"]), max_size=2),
+    )
+    def same(picked, stops):
+        streamed, final = _streamed_and_final(tok, "경마장에", stops, picked)
+        assert streamed == final
+
+    same()

@@ -71,6 +71,10 @@ class ChoiceText:
                 if text.endswith(stop[:k]):
                     text = text[:-k]
                     break
+        if self.stops and self.tokenizer.level != "char":
+            # above the char level a stop's cut drops the spaces before it (see _cut):
+            # spaces at the end are held back until what follows them is known
+            text = text.rstrip()
         return text
 
     def token_text(self, token: int) -> str:
