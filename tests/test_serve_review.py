@@ -256,3 +256,50 @@ def test_a_stream_at_word_level_joins_to_the_non_streamed_text_at_a_multi_word_s
         assert streamed == final
 
     same()
+
+
+def _parse(body: dict, chat: bool = False):
+    from textgen.serve import api
+
+    return api.parse(body, chat=chat, max_tokens_limit=512, max_n=8)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"strategy": "greedy", "temperature": 0.5}, "temperature"),
+        ({"strategy": "greedy", "top_k": 5}, "top_k"),
+        ({"strategy": "greedy", "top_p": 0.9}, "top_p"),
+        ({"strategy": "greedy", "seed": 3}, "seed"),
+        ({"strategy": "greedy", "beam_width": 3}, "beam_width"),
+        ({"strategy": "sample", "beam_width": 3}, "beam_width"),
+        ({"strategy": "sample", "length_penalty": 0.5}, "length_penalty"),
+        ({"strategy": "beam", "temperature": 0.7}, "temperature"),
+        ({"strategy": "beam", "top_p": 0.5}, "top_p"),
+        ({"strategy": "beam", "seed": 1}, "seed"),
+        ({"strategy": "sample", "temperature": 1e-320}, "temperature"),
+        ({"echo": True, "logprobs": 1}, "echo"),
+    ],
+)
+def test_a_field_the_strategy_cannot_honour_is_a_400_naming_it(body, param):
+    from textgen.serve.api import ApiError
+
+    with pytest.raises(ApiError) as err:
+        _parse({"prompt": "ab"} | body)
+    assert err.value.status == 400 and err.value.param == param, err.value.message
+
+
+def test_neutral_values_and_an_absent_strategy_are_accepted():
+    # OpenAI clients send temperature 1 and top_p 1 by default; temperature 0 = greedy
+    assert _parse({"prompt": "ab", "strategy": "beam", "temperature": 1, "top_p": 1}).strategy
+    assert _parse({"prompt": "ab", "temperature": 0, "top_p": 0.9, "seed": 1}).strategy == "greedy"
+    assert _parse({"prompt": "ab", "strategy": "sample", "seed": 1, "top_k": 3}).seed == 1
+    # a temperature too small for a softmax is 0: greedy
+    req = _parse({"prompt": "ab", "temperature": 1e-320})
+    assert (req.strategy, req.temperature) == ("greedy", 0.0)
+
+
+def test_chat_max_tokens_defaults_to_the_server_limit():
+    messages = [{"role": "user", "content": "ab"}]
+    assert _parse({"messages": messages}, chat=True).max_tokens == 512
+    assert _parse({"prompt": "ab"}).max_tokens == 16

@@ -26,6 +26,7 @@ MAX_STOPS = 4  # stop strings per request, as the OpenAI API
 MAX_PROMPTS = 64  # prompts of one completions request
 MAX_BEAM_WIDTH = 64  # beams of one search in the server (each search runs on its own)
 MAX_SEED = 2**63
+MIN_TEMPERATURE = 1e-6  # a temperature below it counts as 0 (greedy)
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -240,7 +241,10 @@ def parse(data: dict[str, Any], *, chat: bool, max_tokens_limit: int, max_n: int
         if data.get("max_tokens") is not None:
             raise bad("max_completion_tokens", "give max_tokens or max_completion_tokens, not both")
         limit_name = "max_completion_tokens"
-    req.max_tokens = _int(data, limit_name, 16, 1, max_tokens_limit)  # type: ignore[assignment]
+    # a chat answer runs to <eos> or the server's limit, as OpenAI's and vLLM's run to the
+    # context's end; a completion keeps the API's default of 16 tokens
+    default = max_tokens_limit if chat else 16
+    req.max_tokens = _int(data, limit_name, default, 1, max_tokens_limit)  # type: ignore[assignment]
     req.n = _int(data, "n", 1, 1, max_n)  # type: ignore[assignment]
     best_of = _int(data, "best_of", None, 1, max_n)
     if best_of is not None and best_of != req.n:
@@ -248,6 +252,8 @@ def parse(data: dict[str, Any], *, chat: bool, max_tokens_limit: int, max_n: int
     req.temperature = _float(data, "temperature", 1.0)
     if req.temperature < 0:
         raise bad("temperature", f"must be >= 0, got {req.temperature}")
+    if req.temperature < MIN_TEMPERATURE:  # a softmax of logits / 1e-320 is NaN
+        req.temperature = 0.0
     req.top_p = _float(data, "top_p", 1.0)
     if not 0 < req.top_p <= 1:
         raise bad("top_p", f"must be in (0, 1], got {req.top_p}")
@@ -262,6 +268,8 @@ def parse(data: dict[str, Any], *, chat: bool, max_tokens_limit: int, max_n: int
     req.strategy = strategy
     req.beam_width = _int(data, "beam_width", 4, 1, MAX_BEAM_WIDTH)  # type: ignore[assignment]
     req.length_penalty = _float(data, "length_penalty", 1.0)
+    if data.get("strategy") is not None:
+        _unused_by(strategy, data, req)
     if strategy == "beam" and req.n > req.beam_width:
         raise bad(
             "n",
@@ -278,6 +286,12 @@ def parse(data: dict[str, Any], *, chat: bool, max_tokens_limit: int, max_n: int
     else:
         req.logprobs = _int(data, "logprobs", None, 0, MAX_LOGPROBS)
         req.echo = _bool(data, "echo")
+        if req.echo and req.logprobs is not None:
+            raise bad(
+                "echo",
+                "is not supported with logprobs (the prompt's tokens have none)",
+                "unsupported_parameter",
+            )
     if req.logprobs is not None and strategy == "beam":
         raise bad("logprobs", "is not supported with strategy beam", "unsupported_parameter")
     req.stream = _bool(data, "stream")
@@ -299,6 +313,34 @@ def parse(data: dict[str, Any], *, chat: bool, max_tokens_limit: int, max_n: int
     if data.get("user") is not None:
         _text(data["user"], "user")
     return req
+
+
+# the fields each strategy does not use, with the value that means "not used": a client
+# may send those (temperature 1, top_p 1 are OpenAI's defaults), any other is a 400
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "temperature": (0, 1),
+    "top_k": (0,),
+    "top_p": (1,),
+    "seed": (),
+    "beam_width": (),
+    "length_penalty": (1,),
+}
+UNUSED = {
+    "greedy": ("temperature", "top_k", "top_p", "seed", "beam_width", "length_penalty"),
+    "sample": ("beam_width", "length_penalty"),
+    "beam": ("temperature", "top_k", "top_p", "seed"),
+}
+
+
+def _unused_by(strategy: str, data: dict[str, Any], req: Request) -> None:
+    """With an explicit strategy, a field it does not use is a 400 naming it (unless it
+    holds its neutral value), never silently dropped."""
+    for name in UNUSED[strategy]:
+        value = data.get(name)
+        if name == "temperature":
+            value = None if value is None else req.temperature  # tiny ones count as 0
+        if value is not None and value not in NEUTRAL[name]:
+            raise bad(name, f"is not used by strategy {strategy}", "unsupported_parameter")
 
 
 def _prompts(value: Any) -> list[str]:
