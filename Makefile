@@ -58,7 +58,7 @@ soak-kill: install  ## kill training at random moments (SOAK_TRIALS, default 20)
 soak-fuzz: install  ## the fuzz test's long profile: 13,000 hostile CLI cases (about 30 min on 2 cores), each failure kind counted
 	TEXTGEN_FUZZ=long $(BIN)/python -m pytest -q -s tests/test_fuzz.py
 
-bench-generate: install  ## decoding speed vs the tutorial's re-feed and PyTorch (needs .[bench])
+bench-generate: install  ## decoding step vs LiteRT's (ai-edge-litert, in .[dev]), the tutorial's re-feed and PyTorch (.[bench])
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/generate.py
 
