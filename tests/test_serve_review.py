@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.test_serve_support import LiveServer, char_loader
+from tests.test_serve_support import LiveServer, char_loader, sse_events
 from textgen.serve.app import Settings
 
 GOOD = {"model": "chars", "prompt": "ab", "max_tokens": 4, "temperature": 0}
@@ -303,3 +303,27 @@ def test_chat_max_tokens_defaults_to_the_server_limit():
     messages = [{"role": "user", "content": "ab"}]
     assert _parse({"messages": messages}, chat=True).max_tokens == 512
     assert _parse({"prompt": "ab"}).max_tokens == 16
+
+
+@pytest.fixture(scope="module")
+def ko(toy_run):
+    server = LiveServer({"ko-toy": toy_run}, Settings(max_tokens_limit=64))
+    yield server
+    server.close()
+
+
+def test_logprob_tokens_join_to_the_text_and_stream_offsets_are_real(ko):
+    body = {"prompt": "경마장에", "max_tokens": 6, "temperature": 0, "logprobs": 1}
+    choice = _post(ko, body).json()["choices"][0]
+    lp = choice["logprobs"]
+    assert "".join(lp["tokens"]) == choice["text"] and choice["text"].startswith(" ")
+    count = len(lp["tokens"])
+    assert count > 1 and len(lp["token_logprobs"]) == count
+    assert lp["text_offset"] == [sum(map(len, lp["tokens"][:i])) for i in range(count)]
+    with httpx.stream(
+        "POST", ko.url + "/v1/completions", json=body | {"stream": True}, timeout=30
+    ) as r:
+        events = [json.loads(e) for e in sse_events(r) if e != "[DONE]"]
+    chunks = [c for e in events for c in e["choices"] if c["logprobs"]]
+    assert [c["logprobs"]["text_offset"][0] for c in chunks] == lp["text_offset"]
+    assert [c["logprobs"]["tokens"][0] for c in chunks] == [c["text"] for c in chunks]

@@ -559,10 +559,14 @@ class Feed:
                 count += 1
                 entry = _entry(choice, token, event, row) if event.logprob is not None else None
                 if choice.push(token):
+                    if entry is not None:
+                        entry = (*entry, choice.offsets[-1])  # where its text starts
                     choice.finish = "stop"
                     job.finish_row(row)
                     news.append((k * n + row, choice.flush(), entry, "stop"))
                 else:
+                    if entry is not None:
+                        entry = (*entry, choice.offsets[-1])
                     news.append((k * n + row, choice.delta(), entry, None))
             self.tokens.inc(count)
         elif isinstance(event, End):
@@ -611,23 +615,38 @@ def _entry(choice: ChoiceText, token: int, event: Tokens, row: int) -> Any:
     return entry
 
 
-def _logprobs_completion(entries: list[Any], offsets: list[int], base: int) -> dict[str, Any]:
+def _pieces(choice: ChoiceText) -> list[tuple[str, int]]:
+    """Each token's piece of the final text and where it starts: the text from where the
+    token's text began to where the next one's did (clipped to the text and kept in
+    order), so the pieces joined are the text, spaces and recomposed syllables included."""
+    text, entries = choice.text, choice.logprobs
+    starts, at = [], 0
+    for offset in choice.offsets[: len(entries)]:
+        at = max(at, min(offset, len(text)))
+        starts.append(at)
+    ends = [*starts[1:], len(text)]
+    return [(text[a:b], a) for a, b in zip(starts, ends, strict=True)]
+
+
+def _logprobs_completion(choice: ChoiceText, base: int) -> dict[str, Any]:
+    entries, pieces = choice.logprobs, _pieces(choice)
     return {
-        "tokens": [e[0] for e in entries],
+        "tokens": [piece for piece, _ in pieces],
         "token_logprobs": [e[1] for e in entries],
         "top_logprobs": [e[2] for e in entries],
-        "text_offset": [base + o for o in offsets[: len(entries)]],
+        "text_offset": [base + at for _, at in pieces],
     }
 
 
-def _logprobs_chat(entries: list[Any]) -> dict[str, Any]:
+def _logprobs_chat(entries: list[Any], tokens: list[str] | None = None) -> dict[str, Any]:
     def item(token: str, logprob: float) -> dict[str, Any]:
         return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
+    tokens = tokens if tokens is not None else [e[0] for e in entries]
     return {
         "content": [
-            item(e[0], e[1]) | {"top_logprobs": [item(t, lp) for t, lp in e[2].items()]}
-            for e in entries
+            item(token, e[1]) | {"top_logprobs": [item(t, lp) for t, lp in e[2].items()]}
+            for token, e in zip(tokens, entries, strict=True)
         ]
     }
 
@@ -663,7 +682,11 @@ def _response(prep: Prepared) -> dict[str, Any]:
             item: dict[str, Any] = {
                 "index": index,
                 "message": {"role": "assistant", "content": choice.text},
-                "logprobs": _logprobs_chat(choice.logprobs) if req.logprobs is not None else None,
+                "logprobs": (
+                    _logprobs_chat(choice.logprobs, [p for p, _ in _pieces(choice)])
+                    if req.logprobs is not None
+                    else None
+                ),
                 "finish_reason": choice.finish,
             }
         else:
@@ -671,7 +694,7 @@ def _response(prep: Prepared) -> dict[str, Any]:
             text = choice.tokenizer.attach(shown, choice.text) if req.echo else choice.text
             logprobs = None
             if req.logprobs is not None:
-                logprobs = _logprobs_completion(choice.logprobs, choice.offsets, len(prefix))
+                logprobs = _logprobs_completion(choice, len(prefix))
             item = {
                 "index": index,
                 "text": text,
@@ -695,16 +718,16 @@ def _chunk(prep: Prepared, index: int, text: str, entry: Any, finish: str | None
     if req.chat:
         delta = {"content": text} if text else {}
         item = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-        if entry is not None:
-            item["logprobs"] = _logprobs_chat([entry])
+        if entry is not None:  # the token's string is the text this chunk carries
+            item["logprobs"] = _logprobs_chat([entry], [text])
     else:
         item = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
         if entry is not None:
             item["logprobs"] = {
-                "tokens": [entry[0]],
+                "tokens": [text],  # the text this chunk carries (the pieces join to it)
                 "token_logprobs": [entry[1]],
                 "top_logprobs": [entry[2]],
-                "text_offset": [0],
+                "text_offset": [entry[3]],  # no echo with logprobs: the text starts at 0
             }
     return _head(prep, chunk=True) | {"choices": [item]}
 
