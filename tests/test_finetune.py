@@ -422,3 +422,37 @@ def test_subword_extend_and_stream_char_into_lines_are_refused(tmp_path, new_cor
         with pytest.raises(UsageError, match=pattern):
             finetune.merge_config(parent, config_mod.load(cfg), {}, extend=extend)
     assert re.search("byte pieces already cover any character", sub.cannot_grow)
+
+
+def test_the_benchmarks_scorer_is_evals_plus_the_stated_unk_charge(tmp_path):
+    """bench/finetune.py's bits/char: eval's own loss on the held-out tail plus log K nats
+    per predicted <unk> (K = alphabet characters the vocabulary lacks), and the column
+    over known characters only counts their positions."""
+    import importlib.util
+    import math
+
+    from textgen.corpus.examples import held_out_text
+    from textgen.evaluate import evaluate_text
+
+    from .conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_finetune", ROOT / "bench" / "finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "a.txt").write_text(CHAR_A + CHAR_B[:15], encoding="utf-8")  # new: 자차카 …
+    cfg = small_config(tmp_path / "a.txt", data={"level": "char", "mode": "stream",
+                       "seq_len": 8, "val_split": 0.3, "min_freq": 2},
+                       train={"epochs": 1, "jit_compile": False})  # fmt: skip
+    train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
+    bundle = rundir.load_bundle(tmp_path / "run")
+    text = held_out_text(bundle.config.data)
+    alphabet = set(CHAR_A + CHAR_B + "xyz")
+    known = set(bundle.tokenizer.vocab.tokens[2:])
+    scores = bench.fair_bits_per_char(tmp_path / "run", alphabet, known=known)
+    fair, unk, missing, known_bpc = scores
+    assert missing == len(alphabet - set(bundle.tokenizer.vocab.tokens)) > 0
+    ev = evaluate_text(bundle, text)
+    assert unk > 0 and ev.unknown > 0
+    expected = (ev.nll + ev.unknown * math.log(missing)) / ev.characters / math.log(2)
+    assert fair == pytest.approx(expected, rel=1e-6)
+    assert known_bpc > 0 and math.isfinite(known_bpc)
