@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from textgen._tf import tensorflow
+from textgen.model.lstm import by_gate
 from textgen.text.vocab import EOS, PAD, PAD_ID, UNK, UNK_ID
 
 PARTS = {"lstm": 2, "gru": 1, "rnn": 1}  # state tensors per layer: (h, c) or (h,)
@@ -127,9 +128,9 @@ class StepWeights:
                 c = state[:, offset : offset + n]
                 offset += n
                 z = tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias
-                i, f, g, o = tf.split(z, 4, axis=-1)
-                c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-                h = tf.sigmoid(o) * tf.tanh(c)
+                gate = by_gate(tf.split(z, 4, axis=-1))  # model.lstm knows the order
+                c = tf.sigmoid(gate["f"]) * c + tf.sigmoid(gate["i"]) * tf.tanh(gate["c"])
+                h = tf.sigmoid(gate["o"]) * tf.tanh(c)
                 parts += [h, c]
             elif self.cell == "gru":
                 xw = tf.matmul(x, kernel) + bias[0]
