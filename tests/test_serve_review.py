@@ -327,3 +327,64 @@ def test_logprob_tokens_join_to_the_text_and_stream_offsets_are_real(ko):
     chunks = [c for e in events for c in e["choices"] if c["logprobs"]]
     assert [c["logprobs"]["text_offset"][0] for c in chunks] == lp["text_offset"]
     assert [c["logprobs"]["tokens"][0] for c in chunks] == [c["text"] for c in chunks]
+
+
+def _tokenizers():
+    from tests.conftest import TOY_SENTENCES
+    from textgen.text import CharTokenizer
+    from textgen.text.subword import SubwordTokenizer
+
+    jamo = CharTokenizer.fit(TOY_SENTENCES, "char", eos=True, normalize="nfd")
+    subword = SubwordTokenizer.fit(TOY_SENTENCES, eos=True, vocab_size=320)
+    return {"jamo": jamo, "subword": subword}
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return _tokenizers()
+
+
+@pytest.mark.parametrize("level", ["jamo", "subword"])
+def test_the_windowed_text_equals_the_whole_continuation(tokenizers, level):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from textgen.serve.choices import ChoiceText
+
+    tok = tokenizers[level]
+    seed = "경마장에"
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(st.integers(1, len(tok.vocab) - 1), min_size=1, max_size=100))
+    def same(ids):
+        choice = ChoiceText(tok, seed, [])
+        for k, token in enumerate(ids, 1):
+            choice.push(token)
+            assert choice.text == tok.continuation(seed, ids[:k])
+
+    same()
+
+
+@pytest.mark.parametrize("level", ["jamo", "subword"])
+def test_a_token_decodes_a_bounded_window_not_the_whole_text(tokenizers, level):
+    from textgen.serve.choices import ChoiceText
+
+    tok = tokenizers[level]
+    ids = [int(i) for i in tok.encode("경마장에 있는 말이 뛰고 있다 그의 눈 " * 120)][:3000]
+    decoded, whole = [0], tok.continuation
+
+    def counting(seed, part):
+        part = list(part)
+        decoded[0] += len(part)
+        return whole(seed, part)
+
+    choice = ChoiceText(tok, "경마장에", [])
+    tok.continuation = counting  # on this instance only
+    try:
+        for token in ids:
+            choice.push(token)
+    finally:
+        del tok.continuation
+    assert choice.text == whole("경마장에", ids)
+    # recomputing over all ids decoded len(ids)**2 / 2 = 4.5 million ids here
+    assert decoded[0] < 80 * len(ids), decoded[0]

@@ -9,10 +9,15 @@ may be the start of a stop string; :meth:`ChoiceText.flush` sends the rest at th
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from textgen.text.base import Tokenizer
+
+WINDOW = 8  # ids decoded again per token where texts do not simply add up
+CONTEXT = 24  # ids decoded before the window, for the context their text needs
+MARGIN = 4  # characters at the join that must agree between the two decodings
 
 
 @dataclass
@@ -32,22 +37,49 @@ class ChoiceText:
     def __post_init__(self) -> None:
         self._whole = ""  # the new text of all ids, uncut
         self._additive = additive(self.tokenizer)
+        self._recent: deque[str] = deque(maxlen=WINDOW)  # whole texts of the last ids
 
     def push(self, token: int) -> bool:
         """Add a token; True when a stop string has now appeared (the text is cut there).
 
         Where the text of the ids is the texts of each id put end to end (the char level
-        but jamo, the word level), a token costs the length of its own text; elsewhere the
-        continuation is recomputed over all ids (a cost that grows with the text)."""
+        but jamo, the word level), a token costs the length of its own text; elsewhere
+        (jamo, subword, morpheme) only the last ids are decoded again (:meth:`_tail`), so
+        a token's cost does not grow with the text on the event loop."""
         self.offsets.append(len(self.text))
         self.ids.append(token)
         if self._additive:
             self._whole += self.tokenizer.continuation(self.seed, (token,))
         else:
-            self._whole = self.tokenizer.continuation(self.seed, self.ids)
+            self._whole = self._tail()
+            self._recent.append(self._whole)
         cut = _cut(self._whole, self.stops, self.tokenizer.level, len(self.text))
         self.text = self._whole if cut is None else cut
         return cut is not None
+
+    def _tail(self) -> str:
+        """The continuation of all ids, decoding only a window of the last ones.
+
+        The whole text of the ids up to ``w`` (``WINDOW`` ids back) is known from that
+        step; decoding ``CONTEXT`` more ids before ``w`` with the window (or the seed, when
+        the window reaches it) gives what the window adds. Its text before ``w`` must end
+        as the known text does over a margin (the characters a later token could still
+        change); it then replaces that margin. Where the margins disagree (decoding is
+        less local than that), the whole continuation is computed, as before."""
+        ids, tok = self.ids, self.tokenizer
+        w = len(ids) - WINDOW
+        if w <= CONTEXT or len(self._recent) < WINDOW:
+            return tok.continuation(self.seed, ids)
+        known = self._recent[0]  # the whole text of ids[:w] (pushed WINDOW - 1 steps ago)
+        c = w - CONTEXT
+        before = tok.continuation("", ids[c:w])
+        after = tok.continuation("", ids[c:])
+        margin = min(MARGIN + tok.unstable_tail(known), len(before), len(known))
+        if after.startswith(before[: len(before) - margin]) and (
+            margin == 0 or before[-margin:] == known[-margin:]
+        ):
+            return known[: len(known) - margin] + after[len(before) - margin :]
+        return tok.continuation(self.seed, ids)
 
     def delta(self) -> str:
         """What of the new text can be sent now (and mark it sent)."""
