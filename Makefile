@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TEXTGEN := $(BIN)/textgen
 SHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
 
-.PHONY: install demo test lint fmt toy-sentences shakespeare ptb-small ptb-best soak soak-kill soak-fuzz bench-generate bench-train bench-ko bench-prepare bench-reg bench-export bench-serve bench-finetune clean
+.PHONY: install demo test test-slow lint fmt toy-sentences shakespeare ptb-small ptb-best soak soak-kill soak-fuzz bench-generate bench-train bench-ko bench-prepare bench-reg bench-export bench-serve bench-finetune clean
 
 $(BIN)/textgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: install  ## train the Korean toy model and generate its three sentences
 
 test: install  ## the test suite (517 tests, about 12 minutes on 2 cores); `make soak` adds the kill trials and the long fuzz
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install  ## the multi-process and long tests (two-worker training, readers during saves, the house fixtures; about 5 minutes); CI runs them after make test
+	$(BIN)/python -m pytest -q -m slow --ignore=tests/test_soak.py
 
 lint: install
 	$(BIN)/ruff check .

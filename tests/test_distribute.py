@@ -109,6 +109,7 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int]:
     return codes
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (CI)
 def test_two_workers_train_the_toy_and_only_the_chief_writes(tmp_path):
     run = tmp_path / "run"
     procs = start_workers(run, free_ports(2), tmp_path)
@@ -121,6 +122,7 @@ def test_two_workers_train_the_toy_and_only_the_chief_writes(tmp_path):
     assert not list(tmp_path.glob("**/*.tmp*"))
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (CI)
 def test_killed_worker_then_restarted_cluster_finishes_from_the_backup(tmp_path):
     run, ports = tmp_path / "run", free_ports(2)
     extra = ("--set", "train.epochs=250", "--set", "train.peer_timeout=20")
@@ -174,6 +176,7 @@ def test_resume_refuses_a_different_global_batch_mid_epoch(tmp_path, toy_config)
         train(cfg.with_overrides(["train.batch_size=4"]), run, resume=True, **QUIET)
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (CI)
 def test_sigint_to_a_worker_stops_every_worker_after_the_same_step(tmp_path):
     """The interrupted worker's wish travels with the next step: no one waits for a peer."""
     run = tmp_path / "run"
@@ -232,6 +235,7 @@ def one_worker(run: Path, logs: Path, *extra: str) -> tuple[int, str]:
     return code, (logs / "worker0.log").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (CI)
 def test_multiworker_overwrite_starts_fresh_and_a_finished_run_says_so(tmp_path):
     run = tmp_path / "run"
     code, log = one_worker(run, tmp_path, "--set", "train.epochs=3")

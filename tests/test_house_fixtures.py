@@ -226,6 +226,7 @@ RUNS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # trains five runs (80 s): make test-slow (CI) and before and after a refactor
 @pytest.mark.parametrize("scenario", RUNS)
 def test_the_same_losses_and_texts(results, scenario):
     """On every machine: at 1e-6 with every text on the CPU kind that recorded the
@@ -245,6 +246,7 @@ def test_the_same_losses_and_texts(results, scenario):
     assert {n: got["texts"][n] for n in names} == {n: want["texts"][n] for n in names}
 
 
+@pytest.mark.slow  # shares the five runs' fixture: make test-slow (CI)
 @pytest.mark.parametrize("level", list(LEVELS))
 def test_the_cache_writes_the_same_ids(results, level):
     assert results["cache ids"][level] == saved()["scenarios"]["cache ids"][level]

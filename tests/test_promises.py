@@ -217,6 +217,7 @@ def anonymous_mb(pid: int) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
+@pytest.mark.slow  # multi-process or long: make test-slow (CI)
 def test_training_memory_does_not_grow_with_the_corpus(tmp_path):
     """A char-level stream corpus of 1 MB and one of 81 MB, prepared, each trained for a
     second in its own process: the peak of resident anonymous memory, sampled every 20 ms,

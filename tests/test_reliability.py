@@ -211,6 +211,7 @@ def test_cli_signal_saves_state_and_prints_resume_command(tmp_path, sig):
     rundir.load_state(run)
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (CI)
 def test_subprocess_sigint_then_resume_equals_uninterrupted(tmp_path):
     """`textgen train` in a subprocess gets a real SIGINT; the printed resume command, run
     with a --set, ends equal to a run that was never stopped."""

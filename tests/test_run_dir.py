@@ -380,6 +380,7 @@ def best_epochs_of_one_snapshot(run: Path, copy: Path) -> tuple[int, int]:
     return rundir.load_bundle(copy).metadata["best_epoch"], info["best_epoch"]
 
 
+@pytest.mark.slow  # multi-process or long: make test-slow (CI)
 def test_readers_never_see_a_save_in_progress(tmp_path):
     run = toy_run(tmp_path / "run", epochs=1)
     proc = subprocess.Popen(
