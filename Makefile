@@ -84,5 +84,6 @@ bench-export: install  ## SavedModel and LiteRT exports: sizes, times, greedy eq
 bench-serve: install  ## textgen serve with 1, 8, 32, 64 streaming clients: tokens/s, TTFT, TBT, roofline (~1 min)
 	$(BIN)/python bench/serve.py
 
-bench-finetune: install  ## the Constitution model fine-tuned on movie reviews vs trained from scratch, per time budget
-	$(BIN)/python bench/finetune.py
+bench-finetune: install  ## the Constitution model fine-tuned on movie reviews vs trained from scratch: fixed steps, then 30 s / 1 / 2 min (~25 min)
+	$(BIN)/python bench/finetune.py --budgets --epochs 1 2 3
+	$(BIN)/python bench/finetune.py --budgets 0.5 1 2
