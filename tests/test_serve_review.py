@@ -4,6 +4,7 @@ was a 500, a hang, a silent drop or a wrong answer before its fix."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -388,3 +389,39 @@ def test_a_token_decodes_a_bounded_window_not_the_whole_text(tokenizers, level):
     assert choice.text == whole("경마장에", ids)
     # recomputing over all ids decoded len(ids)**2 / 2 = 4.5 million ids here
     assert decoded[0] < 80 * len(ids), decoded[0]
+
+
+def test_a_shutdown_ends_the_requests_in_flight_properly_before_its_timeout():
+    import threading
+    import time
+
+    server = LiveServer(
+        {"slow": _patched_loader(delay=0.005)},
+        Settings(max_tokens_limit=4000, max_batch=4),
+        shutdown_timeout=1,
+    )
+    body = {"prompt": "ab", "max_tokens": 4000, "temperature": 0}
+    got: dict[str, Any] = {}
+
+    def stream():
+        with httpx.stream(
+            "POST", server.url + "/v1/completions", json=body | {"stream": True}, timeout=30
+        ) as r:
+            got["stream"] = r.read().decode()
+
+    def plain():
+        got["plain"] = _post(server, body)
+
+    threads = [threading.Thread(target=stream), threading.Thread(target=plain)]
+    for t in threads:
+        t.start()
+    assert _wait_until(lambda: server.state.models["slow"].batcher.running == 2)
+    started = time.monotonic()
+    server.close()
+    for t in threads:
+        t.join(10)
+    assert time.monotonic() - started < 5
+    _error(got["plain"], 503, None, "shutting_down")
+    lines = [line for line in got["stream"].split("\n") if line]
+    assert lines[-3:-1] == ["event: error", lines[-2]] and '"shutting_down"' in lines[-2]
+    assert lines[-1] == "data: [DONE]"

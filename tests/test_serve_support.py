@@ -62,7 +62,9 @@ def char_loader(**kwargs: Any):
 class LiveServer:
     """``create_app(models, settings)`` served by uvicorn on a free port of 127.0.0.1."""
 
-    def __init__(self, models: dict[str, Any], settings: Settings | None = None) -> None:
+    def __init__(
+        self, models: dict[str, Any], settings: Settings | None = None, shutdown_timeout: float = 5
+    ) -> None:
         loaders = {
             name: (lambda p=value: load_run(p)) if isinstance(value, Path) else value
             for name, value in models.items()
@@ -72,7 +74,7 @@ class LiveServer:
         sock = bind("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = make_server(self.app, shutdown_timeout=5)
+        self.server = make_server(self.app, shutdown_timeout=shutdown_timeout)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
         )

@@ -136,6 +136,17 @@ class ServerState:
         self._pending: list[tuple[Job, Any]] = []
         self._pending_lock = threading.Lock()
         self._scheduled = False
+        self.feeds: set[Feed] = set()  # the requests in flight (on the batch)
+
+    def interrupt(self) -> None:
+        """End every request in flight now (the shutdown timeout is near): each gets a 503
+        (a stream, an error event and ``[DONE]``) and its jobs leave the batch."""
+        for feed in list(self.feeds):
+            feed.closing = True
+            feed.error = "the server is shutting down; retry"
+            feed.ready.set()
+            for job in feed.prep.jobs:
+                job.cancel()
 
     def deliver(self, events: list[tuple[Job, Any]]) -> None:
         """Called by a decoding thread: hand each job's event to its request (in order).
@@ -446,10 +457,14 @@ def _completions(state: ServerState, *, chat: bool) -> Callable[[HttpRequest], A
         try:
             async for _ in _run(state, prep):
                 pass
+        except ShuttingDown as err:
+            headers = {"Retry-After": RETRY_AFTER}
+            raise ApiError(503, str(err), code="shutting_down", headers=headers) from None
         except GenerationFailed as err:
             raise ApiError(500, str(err), code="generation_failed") from None
         finally:
             watch.cancel()
+            state.feeds.discard(prep.feed)
             for job in prep.jobs:
                 job.cancel()
         return JSONResponse(_response(prep))
@@ -505,12 +520,17 @@ def _submit(state: ServerState, prep: Prepared) -> None:
             headers={"Retry-After": RETRY_AFTER},
         ) from None
     prep.feed = Feed(state, prep)
+    state.feeds.add(prep.feed)
     for job in prep.jobs:  # events are handled from here on (none can be missed: the
         job.feed = prep.feed  # type: ignore[attr-defined]  # loop runs them after this)
 
 
 class GenerationFailed(Exception):
     """The decoding loop failed for a job."""
+
+
+class ShuttingDown(GenerationFailed):
+    """The server stopped the request: its shutdown timeout is near."""
 
 
 class Feed:
@@ -527,6 +547,7 @@ class Feed:
         self.first = [True] * len(prep.jobs)
         self.live = len(prep.jobs)
         self.error: str | None = None
+        self.closing = False  # the server is shutting down (the error says so)
         self.ready = asyncio.Event()
         self.eos = prep.model.tokenizer.eos_id
         self.tokens = state.metrics.tokens.labels(prep.model.name)
@@ -597,7 +618,7 @@ async def _run(state: ServerState, prep: Prepared) -> AsyncIterator[list[News]]:
         if news:
             yield news
         if feed.error is not None:
-            raise GenerationFailed(feed.error)
+            raise (ShuttingDown if feed.closing else GenerationFailed)(feed.error)
         if feed.live == 0 and not feed.news:  # news that came while the client was written
             return  # to is handed over first (``ready`` is set again for it)
 
@@ -780,7 +801,12 @@ async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
                 # requests (and the disconnect check) run between steps
                 await asyncio.sleep(0)
         except GenerationFailed as err:
-            yield b"event: error\n" + _sse(api.error_body(500, str(err), code="generation_failed"))
+            status, code = (
+                (503, "shutting_down")
+                if isinstance(err, ShuttingDown)
+                else (500, "generation_failed")
+            )
+            yield b"event: error\n" + _sse(api.error_body(status, str(err), code=code))
             yield b"data: [DONE]\n\n"
             return
         if req.include_usage:
@@ -788,6 +814,7 @@ async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
             yield _sse(_head(prep, chunk=True) | {"choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
     finally:
+        state.feeds.discard(prep.feed)
         for job in prep.jobs:
             job.cancel()
 

@@ -10,6 +10,7 @@ that.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -26,11 +27,28 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class _Server(uvicorn.Server):
     on_started: Callable[[], None] | None = None
+    on_deadline: Callable[[], None] | None = None
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and self.on_started is not None:
             self.on_started()
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        """uvicorn's shutdown, with ``on_deadline`` called a little before its graceful
+        timeout cancels the responses in flight, so that they can end properly (a
+        stream with an error event and ``[DONE]``, a request with a 503) instead of
+        being cut off."""
+        timeout = self.config.timeout_graceful_shutdown or 0.0
+        handle = None
+        if self.on_deadline is not None:
+            early = timeout - min(0.5, timeout / 2)
+            handle = asyncio.get_running_loop().call_later(max(0.0, early), self.on_deadline)
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            if handle is not None:
+                handle.cancel()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -68,7 +86,9 @@ def make_server(
     app: Any, *, shutdown_timeout: float = 30.0, on_started: Callable[[], None] | None = None
 ) -> _Server:
     """A uvicorn server for ``app``; ``server.run(sockets=[sock])`` serves until a signal
-    or until ``server.should_exit`` is set (as a model that fails to load does)."""
+    or until ``server.should_exit`` is set (as a model that fails to load does). For an
+    app of :func:`~textgen.serve.app.create_app`, the requests still running when the
+    shutdown timeout is near are ended with a 503 (streams: an error event, ``[DONE]``)."""
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -78,4 +98,6 @@ def make_server(
     )
     server = _Server(config)
     server.on_started = on_started
+    state = getattr(getattr(app, "state", None), "server", None)
+    server.on_deadline = getattr(state, "interrupt", None)
     return server
