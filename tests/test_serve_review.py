@@ -425,3 +425,21 @@ def test_a_shutdown_ends_the_requests_in_flight_properly_before_its_timeout():
     lines = [line for line in got["stream"].split("\n") if line]
     assert lines[-3:-1] == ["event: error", lines[-2]] and '"shutting_down"' in lines[-2]
     assert lines[-1] == "data: [DONE]"
+
+
+def test_a_beam_search_stops_when_its_client_leaves(slow):
+    model = slow.state.models["slow"]
+    body = {"prompt": "ab", "max_tokens": 4000, "strategy": "beam", "beam_width": 2}
+    with pytest.raises(httpx.TimeoutException):
+        _post(slow, body, timeout=0.3)
+    assert model.beams.locked()  # it was running
+    assert _wait_until(lambda: not model.beams.locked() and model.beams_waiting == 0)
+    # and the next search runs (to a short end)
+    from textgen.decoding.generate import Strategy
+
+    r = _post(slow, body | {"max_tokens": 6})
+    assert r.status_code == 200, r.text
+    plan = Strategy("beam", beam_width=2, length_penalty=1.0)
+    want = model.generator.continue_ids("ab", length=6, num=1, strategy=plan)
+    texts = [model.tokenizer.continuation("ab", ids) for ids in want.ids]
+    assert [c["text"] for c in r.json()["choices"]] == texts  # as textgen generate finds

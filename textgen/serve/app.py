@@ -445,7 +445,7 @@ def _completions(state: ServerState, *, chat: bool) -> Callable[[HttpRequest], A
         _check_ready(state)
         prep = _prepare(state, req, started)
         if req.strategy == "beam":
-            return await _beam(state, prep)
+            return await _beam(state, prep, request)
         _submit(state, prep)
         if req.stream:
             return StreamingResponse(
@@ -819,11 +819,57 @@ async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
             job.cancel()
 
 
-async def _beam(state: ServerState, prep: Prepared) -> Response:
-    """A beam search runs outside the batch, one at a time per model, in a worker thread;
-    a stream gets each beam's text as one chunk when the search ends."""
-    from textgen.decoding.generate import Strategy
+class _ClientGone(Exception):
+    """The client of a beam search went away: the search stops at its next step."""
 
+
+async def _beam(state: ServerState, prep: Prepared, request: HttpRequest) -> Response:
+    """A beam search runs outside the batch, one at a time per model, in a worker thread;
+    a stream gets each beam's text as one chunk when the search ends. A client that goes
+    away stops the search at its next step (and frees the model's beam slot)."""
+    from textgen.decoding.sampling import beam_search
+
+    req, model = prep.req, prep.model
+    gone = threading.Event()
+    generator = model.generator
+
+    def step(ids: np.ndarray, st: Any) -> Any:
+        if gone.is_set():
+            raise _ClientGone
+        return generator.lm.step(ids, st)
+
+    def search(k: int) -> Any:
+        # Generator.continue_ids's beam branch, with a step that can be stopped
+        last, st = generator.prefill(prep.seeds[k], 1)
+        should_stop, lookback = generator._stop_test(req.stop[0] if len(req.stop) == 1 else None)
+        return beam_search(
+            step,
+            last,
+            st,
+            width=req.beam_width,
+            length=req.max_tokens,
+            stop_id=model.tokenizer.eos_id,
+            should_stop=should_stop,
+            lookback=lookback,
+            alpha=req.length_penalty,
+            num=req.n,
+        )
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await _beam_run(state, prep, search)
+    except _ClientGone:
+        return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
+    finally:
+        watcher.cancel()
+
+
+async def _beam_run(state: ServerState, prep: Prepared, search: Callable[[int], Any]) -> Response:
     req, model = prep.req, prep.model
     if model.beams_waiting >= state.settings.max_waiting:
         raise ApiError(
@@ -832,19 +878,11 @@ async def _beam(state: ServerState, prep: Prepared) -> Response:
             code="queue_full",
             headers={"Retry-After": RETRY_AFTER},
         )
-    plan = Strategy("beam", beam_width=req.beam_width, length_penalty=req.length_penalty)
     model.beams_waiting += 1
     try:
         async with model.beams:
-            for k, seed in enumerate(req.prompts):
-                decoded = await asyncio.to_thread(
-                    model.generator.continue_ids,
-                    seed,
-                    length=req.max_tokens,
-                    num=req.n,
-                    strategy=plan,
-                    stop=req.stop[0] if len(req.stop) == 1 else None,
-                )
+            for k in range(len(req.prompts)):
+                decoded = await asyncio.to_thread(search, k)
                 row_choices = []
                 for ids in decoded.ids:
                     choice = ChoiceText(model.tokenizer, prep.shown[k], req.stop)
