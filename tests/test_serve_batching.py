@@ -36,7 +36,8 @@ def _text(live: LiveServer, body: dict) -> str:
 
 def _others(k: int) -> dict:
     """31 different neighbours: other prompts, lengths and settings, some streamed."""
-    body = {"prompt": "xy z"[: 1 + k % 4] * (1 + k % 7), "max_tokens": 30 + 3 * k}
+    # long enough that all of them are still decoding when the target runs beside them
+    body = {"prompt": "xy z"[: 1 + k % 4] * (1 + k % 7), "max_tokens": 2_000 + 10 * k}
     if k % 3:
         body |= {"temperature": 0.5 + k / 40, "top_k": k % 5, "top_p": 0.9, "seed": k}
     else:
@@ -72,7 +73,10 @@ def test_same_output_alone_and_among_31_others(live: LiveServer, target: dict) -
     before = _steps_over(live, 16)
     with ThreadPoolExecutor(32) as pool:
         others = [pool.submit(_text, live, _others(k)) for k in range(31)]
-        time.sleep(0.05)  # the neighbours are decoding when the target arrives
+        deadline = time.monotonic() + 30  # the target arrives once its neighbours decode
+        while live.metric("textgen_requests_running", model="chars") < 31:
+            assert time.monotonic() < deadline, "the 31 neighbours never ran together"
+            time.sleep(0.005)
         mine = pool.submit(
             lambda: httpx.post(
                 live.url + "/v1/completions", json={"model": "chars"} | target, timeout=60
