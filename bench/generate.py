@@ -302,7 +302,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
 
     model, tokenizer, lm = build(cell=args.cell)
-    from bench.train_throughput import sgemm_gflops
+    from bench.machine import sgemm_gflops
 
     tflite = litert_model(lm)
     litert = {b: LiteRTStep(tflite, lm, b, args.threads) for b in batches}

@@ -41,20 +41,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line  # noqa: E402
+from bench.machine import machine_line, sgemm_gflops  # noqa: E402
 from textgen.decoding.numpy_lm import NumpyLM, RNNWeights  # noqa: E402
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 65
 UNITS, EMBED, LAYERS = 256, 64, 2
-
-
-def sgemm_gflops(n: int = 1024, reps: int = 20) -> float:
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ a
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
 def flops_per_token(vocab: int) -> float:

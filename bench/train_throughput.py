@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line  # noqa: E402
+from bench.machine import machine_line, sgemm_gflops  # noqa: E402
 from textgen import config as config_mod  # noqa: E402
 from textgen.corpus.examples import prepare  # noqa: E402
 
@@ -62,15 +62,6 @@ def textgen_config(w: Workload) -> config_mod.Config:
         model=replace(base.model, cell="lstm", embedding_dim=w.embedding, units=w.units, layers=2),
         train=replace(base.train, batch_size=w.batch, learning_rate=0.002, clipnorm=5.0),
     )  # fmt: skip
-
-
-def sgemm_gflops(n: int = 1024, reps: int = 20) -> float:
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ a
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
 def flops_per_token(w: Workload, vocab: int) -> float:

@@ -157,21 +157,9 @@ class Generator:
         strategy = strategy or Strategy()
         check_sizes(length, num, strategy)
         seed_ids = self.encode_seed(seed)
-        should_stop, lookback = self._stop_test(stop)
         if strategy.name == "beam":
-            last, state = self.prefill(seed_ids, 1)
-            return beam_search(
-                self.lm.step,
-                last,
-                state,
-                width=strategy.beam_width,
-                length=length,
-                stop_id=self.tokenizer.eos_id,
-                should_stop=should_stop,
-                lookback=lookback,
-                alpha=strategy.length_penalty,
-                num=num,
-            )
+            return self.beam(seed_ids, strategy=strategy, length=length, num=num, stop=stop)
+        should_stop, lookback = self._stop_test(stop)
         last, state = self.prefill(seed_ids, num)
         pick = (
             greedy
@@ -189,6 +177,36 @@ class Generator:
             lookback=lookback,
             rng=np.random.default_rng(rng_seed),
             on_token=on_token,
+        )
+
+    def beam(
+        self,
+        seed_ids: np.ndarray,
+        *,
+        strategy: Strategy,
+        length: int,
+        num: int = 1,
+        stop: str | None = None,
+        step: Callable[[np.ndarray, Any], tuple[np.ndarray, Any]] | None = None,
+    ) -> Decoded:
+        """The ``num`` best beams of one search after ``seed_ids`` (sizes already checked).
+
+        ``step`` replaces the network's step (default ``self.lm.step``): the server wraps
+        it to stop the search when its client goes away.
+        """
+        should_stop, lookback = self._stop_test(stop)
+        last, state = self.prefill(seed_ids, 1)
+        return beam_search(
+            step or self.lm.step,
+            last,
+            state,
+            width=strategy.beam_width,
+            length=length,
+            stop_id=self.tokenizer.eos_id,
+            should_stop=should_stop,
+            lookback=lookback,
+            alpha=strategy.length_penalty,
+            num=num,
         )
 
     def prefill(self, seed_ids: np.ndarray, rows: int) -> tuple[np.ndarray, Any]:

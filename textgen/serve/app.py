@@ -827,7 +827,7 @@ async def _beam(state: ServerState, prep: Prepared, request: HttpRequest) -> Res
     """A beam search runs outside the batch, one at a time per model, in a worker thread;
     a stream gets each beam's text as one chunk when the search ends. A client that goes
     away stops the search at its next step (and frees the model's beam slot)."""
-    from textgen.decoding.sampling import beam_search
+    from textgen.decoding.generate import Strategy
 
     req, model = prep.req, prep.model
     gone = threading.Event()
@@ -839,20 +839,13 @@ async def _beam(state: ServerState, prep: Prepared, request: HttpRequest) -> Res
         return generator.lm.step(ids, st)
 
     def search(k: int) -> Any:
-        # Generator.continue_ids's beam branch, with a step that can be stopped
-        last, st = generator.prefill(prep.seeds[k], 1)
-        should_stop, lookback = generator._stop_test(req.stop[0] if len(req.stop) == 1 else None)
-        return beam_search(
-            step,
-            last,
-            st,
-            width=req.beam_width,
+        return generator.beam(
+            prep.seeds[k],
+            strategy=Strategy("beam", beam_width=req.beam_width, length_penalty=req.length_penalty),
             length=req.max_tokens,
-            stop_id=model.tokenizer.eos_id,
-            should_stop=should_stop,
-            lookback=lookback,
-            alpha=req.length_penalty,
             num=req.n,
+            stop=req.stop[0] if len(req.stop) == 1 else None,
+            step=step,
         )
 
     async def watch() -> None:
