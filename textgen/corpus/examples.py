@@ -210,7 +210,7 @@ def held_out_text(
     if cfg.mode == "lines":
         text, sha = read_corpus(cfg.corpus, cfg.encoding)
         _check_same(cfg, sha, corpus_sha256)
-        _, val_lines = _hold_out_lines([ln for ln in text.splitlines() if ln.strip()], cfg)
+        _, val_lines = hold_out_lines([ln for ln in text.splitlines() if ln.strip()], cfg)
         return "\n".join(val_lines) + "\n" if val_lines else ""
     sha, chars = scan(cfg.corpus, cfg.encoding)  # one pass: the checksum and the cut
     _check_same(cfg, sha, corpus_sha256)
@@ -229,7 +229,7 @@ def _check_same(cfg: DataConfig, sha: str, expected: str | None) -> None:
         )
 
 
-def _hold_out_lines(lines: list[str], cfg: DataConfig) -> tuple[list[str], list[str]]:
+def hold_out_lines(lines: list[str], cfg: DataConfig) -> tuple[list[str], list[str]]:
     """(training lines, validation lines): the last ``val_split`` of them, at least one
     when there is a split and two or more lines."""
     n_val = int(len(lines) * cfg.val_split)
@@ -273,7 +273,7 @@ def _prepare_lines(cfg: DataConfig, given: Tokenizer | None) -> Prepared:
         val_lines = [line for line in valid_text.splitlines() if line.strip()]
         lines = lines + val_lines
     else:
-        train_lines, val_lines = _hold_out_lines(lines, cfg)
+        train_lines, val_lines = hold_out_lines(lines, cfg)
     tokenizer = given or tokenizer_for(cfg, train_lines)
     _check_vocab(tokenizer, where)
     length = cfg.max_len or _longest_line(lines, tokenizer, where)

@@ -34,7 +34,7 @@ import numpy as np
 from textgen import config as config_mod
 from textgen import rundir
 from textgen.config import Config, DataConfig
-from textgen.corpus.examples import _hold_out_lines
+from textgen.corpus.examples import hold_out_lines
 from textgen.corpus.read import read_corpus, scan, split_blocks, tail_start, text_blocks
 from textgen.errors import DataError, UsageError
 from textgen.model.grow import INIT, grow_arrays
@@ -146,7 +146,7 @@ def training_texts(data: DataConfig) -> Iterator[str]:
     if data.mode == "lines":
         text, _ = read_corpus(data.corpus, data.encoding)
         lines = [line for line in text.splitlines() if line.strip()]
-        yield from lines if data.valid_corpus else _hold_out_lines(lines, data)[0]
+        yield from lines if data.valid_corpus else hold_out_lines(lines, data)[0]
         return
     cut = None
     if not data.valid_corpus and data.val_split > 0:
