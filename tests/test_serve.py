@@ -164,12 +164,12 @@ def test_text_grown_per_token_is_the_continuation(level: str) -> None:
     continuation of all the ids, cut at the first stop string."""
     import numpy as np
 
-    from textgen.serve.choices import ChoiceText, additive
+    from textgen.serve.choices import ChoiceText
     from textgen.text import CharTokenizer, WordTokenizer
 
     kind = CharTokenizer if level == "char" else WordTokenizer
     tok = kind.fit(["ab c\nd", "c d e ab"], level, eos=True)
-    assert additive(tok)
+    assert tok.continuation_adds_up
     rng = np.random.default_rng(0)
     for _ in range(50):
         ids = rng.integers(0, len(tok.vocab), 30).tolist()

@@ -36,7 +36,6 @@ class ChoiceText:
 
     def __post_init__(self) -> None:
         self._whole = ""  # the new text of all ids, uncut
-        self._additive = additive(self.tokenizer)
         self._recent: deque[str] = deque(maxlen=WINDOW)  # whole texts of the last ids
 
     def push(self, token: int) -> bool:
@@ -48,7 +47,7 @@ class ChoiceText:
         a token's cost does not grow with the text on the event loop."""
         self.offsets.append(len(self.text))
         self.ids.append(token)
-        if self._additive:
+        if self.tokenizer.continuation_adds_up:
             self._whole += self.tokenizer.continuation(self.seed, (token,))
         else:
             self._whole = self._tail()
@@ -111,19 +110,6 @@ class ChoiceText:
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.vocab.token(int(token))
-
-
-def additive(tokenizer: Tokenizer) -> bool:
-    """Whether the continuation of ids is the continuations of each id end to end: true of
-    the char level without jamo recomposition and of the word level, whose methods this
-    checks are the ones it knows (a subclass that changes them is not assumed to be)."""
-    from textgen.text.char import CharTokenizer
-    from textgen.text.word import WordTokenizer
-
-    kind = type(tokenizer)
-    if kind is CharTokenizer:
-        return tokenizer.normalize != "nfd"
-    return kind is WordTokenizer
 
 
 def _cut(text: str, stops: list[str], level: str, start: int = 0) -> str | None:

@@ -92,6 +92,13 @@ class Tokenizer:
         added; streaming output holds them back."""
         return 0
 
+    @property
+    def continuation_adds_up(self) -> bool:
+        """Whether the continuation of ids is each id's continuation end to end, so a
+        stream can append a token's text instead of decoding the ids again. False here:
+        a level says so only where it holds (char without jamo recomposition, word)."""
+        return False
+
     # -- text ↔ ids ----------------------------------------------------------------------
     @property
     def eos_id(self) -> int | None:

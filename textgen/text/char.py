@@ -29,6 +29,10 @@ def _is_hangul(ch: str) -> bool:
 class CharTokenizer(Tokenizer):
     """One token per code point; ids through a table over all of Unicode (vectorized)."""
 
+    @property
+    def continuation_adds_up(self) -> bool:
+        return self.normalize != "nfd"  # jamo may complete the syllable before them
+
     def split(self, text: str) -> list[str]:
         return list(self.normalize_text(text))
 

@@ -34,6 +34,10 @@ _PUNCT = _PunctuationTable()
 class WordTokenizer(Tokenizer):
     """Whitespace-separated words."""
 
+    @property
+    def continuation_adds_up(self) -> bool:
+        return True  # each word's text is its separating space and its spelling
+
     def normalize_text(self, text: str) -> str:
         text = super().normalize_text(text)
         if self.lowercase:
