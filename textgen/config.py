@@ -27,6 +27,7 @@ CELLS = ("lstm", "gru", "rnn")
 NORMALIZATIONS = ("nfc", "nfd")
 SUBWORD_MODELS = ("bpe", "unigram")
 OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class ModelConfig:
     output_dropout: float = 0.0  # on the last recurrent layer's outputs, before the logits
     tie_weights: bool = False  # output projection = embedding matrix (embedding_dim == units)
     init_scale: float = 0.0  # > 0: every weight uniform in [-init_scale, init_scale]
+    # the regularizers of AWD-LSTM (Merity et al. 2017); each default changes nothing
+    weight_drop: float = 0.0  # DropConnect on the LSTM's hidden-to-hidden weights, per batch
+    embedding_dropout: float = 0.0  # drop whole embedding rows (word types), per batch
+    locked_dropout: bool = False  # input_dropout, dropout, output_dropout: one mask per sequence
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,12 @@ class TrainConfig:
     jit_compile: bool = True
     distribute: str = "none"  # none | mirrored (GPUs of one machine) | multiworker (TF_CONFIG)
     peer_timeout: float = 120.0  # multiworker: seconds a step waits for a silent peer (0 = forever)
+    precision: str = "float32"  # "bfloat16": bf16 compute, float32 weights, loss and optimizer
+    ar: float = 0.0  # activation regularization: ar * mean(h²) of the last layer's outputs
+    tar: float = 0.0  # temporal activation regularization: tar * mean((h_t - h_{t-1})²)
+    # NT-ASGD: > 0 averages the SGD iterates once validation has not improved for this
+    # many checks; validation, best.keras, eval and generate then use the averaged weights
+    asgd_nonmono: int = 0
 
 
 DISTRIBUTE = ("none", "mirrored", "multiworker")
@@ -137,6 +148,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "subword_model"): SUBWORD_MODELS,
     ("model", "cell"): CELLS,
     ("train", "optimizer"): OPTIMIZERS,
+    ("train", "precision"): PRECISIONS,
 }
 
 
@@ -224,6 +236,12 @@ def _check_ranges(config: Config) -> None:
         (0.0 <= m.input_dropout < 1.0, "model.input_dropout must be in [0, 1)"),
         (0.0 <= m.output_dropout < 1.0, "model.output_dropout must be in [0, 1)"),
         (m.init_scale >= 0, "model.init_scale must be >= 0 (0 = Keras defaults)"),
+        (0.0 <= m.weight_drop < 1.0, "model.weight_drop must be in [0, 1)"),
+        (0.0 <= m.embedding_dropout < 1.0, "model.embedding_dropout must be in [0, 1)"),
+        (
+            m.weight_drop == 0.0 or m.cell == "lstm",
+            'model.weight_drop is implemented for model.cell = "lstm" only',
+        ),
         (
             not m.tie_weights or m.embedding_dim == m.units,
             f"model.tie_weights needs embedding_dim == units (got {m.embedding_dim} and {m.units})",
@@ -258,6 +276,9 @@ def _check_ranges(config: Config) -> None:
         (t.clipnorm >= 0, "train.clipnorm must be >= 0 (0 = no clipping)"),
         (t.patience >= 0, "train.patience must be >= 0 (0 = no early stopping)"),
         (t.save_every_steps >= 0, "train.save_every_steps must be >= 0 (0 = every epoch only)"),
+        (t.ar >= 0, "train.ar must be >= 0 (0 = off)"),
+        (t.tar >= 0, "train.tar must be >= 0 (0 = off)"),
+        (t.asgd_nonmono >= 0, "train.asgd_nonmono must be >= 0 (0 = plain SGD, no averaging)"),
     ]
     defaults = DataConfig()
     # settings that the rest of the config makes unused: an error, never silently ignored
@@ -266,6 +287,17 @@ def _check_ranges(config: Config) -> None:
             t.momentum == TrainConfig.momentum or t.optimizer == "sgd",
             f'train.momentum applies to train.optimizer = "sgd" only (got {t.optimizer!r}: '
             "it would be ignored); remove it",
+        ),
+        (
+            t.asgd_nonmono == 0 or t.optimizer == "sgd",
+            f'train.asgd_nonmono applies to train.optimizer = "sgd" only (got {t.optimizer!r}: '
+            "it would be ignored); remove it",
+        ),
+        (
+            not m.locked_dropout
+            or max(m.dropout, m.input_dropout, m.output_dropout, m.embedding_dropout) > 0,
+            "model.locked_dropout needs a dropout rate above 0 (model.input_dropout, "
+            "model.dropout or model.output_dropout; it would be ignored); set one or remove it",
         ),
         (
             d.seq_len == defaults.seq_len or d.mode == "stream",
