@@ -162,8 +162,20 @@ def set_weight_arrays(model: Any, arrays: dict[str, Any]) -> None:
     _sync_tied(model)
 
 
-def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any:
-    """A function ``(ids, training, state=None) → (logits, state)`` for the training step.
+PATHS = ("auto", "fast", "keras")  # training_forward's path: see its docstring
+
+
+def training_forward(
+    model: Any,
+    cfg: ModelConfig,
+    *,
+    mask_padding: bool,
+    precision: str = "float32",
+    path: str = "auto",
+) -> Any:
+    """A function ``forward(ids, training, state=None, *, hidden=False)`` for the training
+    step, returning ``(logits, state)``, or ``(logits, state, (raw, dropped))`` with
+    ``hidden=True``.
 
     It computes what ``model(ids)`` computes, over the model's own variables, with two
     additions the Keras graph cannot express: the tied output projection and a recurrent
@@ -171,10 +183,18 @@ def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any
     starts from zeros and returns None). LSTM layers run through
     :func:`textgen.model.fastrnn.lstm_layer` (input projections hoisted out of the time
     loop, hand-written backward pass); GRU and SimpleRNN layers are the Keras layers.
+
+    ``hidden=True`` also returns the last recurrent layer's outputs before (``raw``) and
+    after (``dropped``) the output dropout, both (batch, time, units) float32: what
+    activation regularization (AR) and temporal AR (TAR) penalise. Logits are float32.
     """
     from textgen._tf import tensorflow
     from textgen.model.fastrnn import lstm_layer
 
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    if precision != "float32":  # bf16 and the Keras path come in the commits that follow
+        raise NotImplementedError(f"precision {precision!r} is not implemented yet")
     tf = tensorflow()
     names = {layer.name for layer in model.layers}
     embedding = model.get_layer("embedding")
@@ -186,7 +206,12 @@ def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any
     drop_out = model.get_layer("dropout_out") if "dropout_out" in names else None
     lstm = cfg.cell == "lstm"
 
-    def forward(ids: Any, training: bool, state: list[Any] | None = None) -> tuple[Any, Any]:
+    def batch_major(t: Any) -> Any:
+        return tf.transpose(t, [1, 0, 2]) if lstm else t
+
+    def forward(
+        ids: Any, training: bool, state: list[Any] | None = None, *, hidden: bool = False
+    ) -> tuple[Any, ...]:
         # LSTM layers work time-major (time, batch, features); Keras layers batch-major
         x = tf.gather(embedding.embeddings, tf.transpose(ids) if lstm else ids)
         mask = None
@@ -208,12 +233,14 @@ def training_forward(model: Any, cfg: ModelConfig, *, mask_padding: bool) -> Any
             else:
                 x, carried = lstm_layer(x, *weights, m, initial=state[i])
                 new_state.append(carried)
+        raw = x
         if drop_out is not None:
             x = drop_out(x, training=training)
         kernel = tf.transpose(embedding.embeddings) if cfg.tie_weights else dense.kernel
-        logits = tf.tensordot(x, kernel, 1) + dense.bias
-        if lstm:
-            logits = tf.transpose(logits, [1, 0, 2])
-        return logits, new_state
+        logits = batch_major(tf.tensordot(x, kernel, 1) + dense.bias)
+        if not hidden:
+            return logits, new_state
+        floats = (tf.cast(batch_major(raw), tf.float32), tf.cast(batch_major(x), tf.float32))
+        return logits, new_state, floats
 
     return forward
