@@ -4,6 +4,11 @@ The seed is fed through the network once; every further token is one recurrent s
 (:class:`~textgen.decoding.numpy_lm.NumpyLM`), never a re-run over the growing prefix. The classic
 tutorial's ``sentence_generation(model, tokenizer, current_word, n)`` keeps its meaning
 and output (greedy argmax, seed followed by the generated words) on this fast path.
+
+At the jamo level every strategy picks only the jamo that may follow the previous token
+in a syllable (:mod:`textgen.text.hangul`), from the state the seed's last ids leave, so
+the recomposed text holds no loose jamo and a text cut at ``length`` ends on a whole
+syllable.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from textgen.decoding.numpy_lm import NumpyLM
 from textgen.decoding.sampling import Decoded, beam_search, decode, greedy, sampler
 from textgen.errors import DataError, UsageError
 from textgen.text.base import Tokenizer
+from textgen.text.hangul import SyllableMask, syllable_mask
 from textgen.text.vocab import EOS, PAD, UNK, UNK_ID
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -105,6 +111,8 @@ class Generator:
         self.lm = lm
         self.tokenizer = tokenizer
         self.warn = warn
+        # the jamo level's well-formed-syllable mask (None elsewhere; None turns it off)
+        self.syllables: SyllableMask | None = syllable_mask(tokenizer)
         self._seed: tuple[str, str] = ("", "")  # the last seed_text: (seed, text)
 
     def encode_seed(self, seed: str) -> np.ndarray:
@@ -177,6 +185,7 @@ class Generator:
             lookback=lookback,
             rng=np.random.default_rng(rng_seed),
             on_token=on_token,
+            **self.mask_args(seed_ids, num),
         )
 
     def beam(
@@ -207,7 +216,15 @@ class Generator:
             lookback=lookback,
             alpha=strategy.length_penalty,
             num=num,
+            **self.mask_args(seed_ids, 1),
         )
+
+    def mask_args(self, seed_ids: np.ndarray, rows: int) -> dict[str, Any]:
+        """The ``mask`` and ``mask_states`` arguments of the samplers for ``rows`` rows
+        after ``seed_ids`` (none where no mask applies)."""
+        if self.syllables is None:
+            return {}
+        return {"mask": self.syllables, "mask_states": self.syllables.starts(seed_ids, rows)}
 
     def prefill(self, seed_ids: np.ndarray, rows: int) -> tuple[np.ndarray, Any]:
         """Run the seed through the network for ``rows`` sequences; return the logits after

@@ -14,6 +14,13 @@ and no TensorFlow.
 Both take the same stop test, ``should_stop(row, ids)``, which sees the last ``lookback``
 ids of a sequence (all of them when ``lookback`` is None), so that a stop string costs the
 same at every step however long the text grows.
+
+Both also take a ``mask`` (:class:`~textgen.text.hangul.SyllableMask`, at the jamo level)
+and the rows' starting ``mask_states``: before each pick the tokens that may not come next
+get ``-inf`` (greedy, sampling after temperature, top-k and top-p, and beam scores alike;
+the last step of ``length`` uses the mask's final rows). The mask decides which tokens
+can be picked, not what they are worth: the log-probabilities a result reports are the
+model's own, and beams are ranked by them (the mask is not renormalized).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from textgen.text.hangul import SyllableMask
 
 NextFn = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 Pick = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -119,6 +128,8 @@ def decode(
     lookback: int | None = None,
     rng: np.random.Generator | None = None,
     on_token: Callable[[int, int], None] | None = None,
+    mask: SyllableMask | None = None,
+    mask_states: np.ndarray | None = None,
 ) -> Decoded:
     """Pick up to ``length`` tokens for each row of ``logits`` (batch, vocab).
 
@@ -126,10 +137,12 @@ def decode(
     through ``next_fn``. A row ends at ``stop_id`` (not included in its output) or when
     ``should_stop(row, ids)`` says so (``ids``: the row's last ``lookback`` ids, or all
     of them), the token that made it say so included. ``on_token(row, id)`` is called
-    for each token as it is produced, for streaming.
+    for each token as it is produced, for streaming. ``mask`` (with the rows' starting
+    ``mask_states``, all "other" when None) removes the tokens that may not come next.
     """
     rng = rng if rng is not None else np.random.default_rng()
     batch = logits.shape[0]
+    states = _start_states(mask, mask_states, batch)
     picked = np.zeros((length, batch), dtype=np.int64)
     ends = np.full(batch, length)  # tokens kept per row (the stop token is not kept)
     live = np.ones(batch, dtype=bool)
@@ -137,7 +150,11 @@ def decode(
     any_live = True
     per_row = on_token is not None or should_stop is not None
     for t in range(length):
-        ids = np.asarray(pick(logits, rng), dtype=np.int64)
+        if mask is None:
+            ids = np.asarray(pick(logits, rng), dtype=np.int64)
+        else:
+            ids = np.asarray(pick(mask.apply(logits, states, t == length - 1), rng), np.int64)
+            states = mask.advance(states, ids)
         picked[t] = ids
         scores.add(logits, live)
         if stop_id is not None:
@@ -162,6 +179,16 @@ def decode(
         logits, state = next_fn(ids, state)
     out = [picked[: ends[row], row].tolist() for row in range(batch)]
     return Decoded(out, scores.means())
+
+
+def _start_states(mask: SyllableMask | None, states: np.ndarray | None, rows: int) -> Any:
+    """The rows' mask states before the first pick (None without a mask)."""
+    if mask is None:
+        return None
+    if states is None:
+        return np.zeros(rows, dtype=np.int64)
+    states = np.asarray(states, dtype=np.int64).reshape(-1)
+    return np.broadcast_to(states, (rows,)).copy() if states.size == 1 else states
 
 
 class _Scores:
@@ -238,6 +265,8 @@ def beam_search(
     alpha: float = 1.0,
     num: int = 1,
     reorder: Callable[[Any, np.ndarray], Any] = take_rows,
+    mask: SyllableMask | None = None,
+    mask_states: np.ndarray | None = None,
 ) -> Decoded:
     """The ``num`` best continuations of one seed found by beam search (``num <= width``:
     a search of width ``width`` keeps no more sequences than that).
@@ -251,6 +280,8 @@ def beam_search(
 
     The beams are kept as back-pointers, one array per step, so a step costs the same
     however long the beams are; a sequence's ids are read back only when it is needed.
+    ``mask`` (from the seed's ``mask_states``) sets the scores of the tokens that may not
+    come next to ``-inf``; a candidate at ``-inf`` is never kept.
     """
     if width < 1 or num < 1:
         raise ValueError("beam width and num must be >= 1")
@@ -262,6 +293,7 @@ def beam_search(
     finished: list[tuple[float, float, int, tuple[int, int]]] = []
     scores = np.zeros(1)
     state = reorder(state, np.zeros(1, dtype=np.int64))
+    states = _start_states(mask, mask_states, 1)
 
     def ids_of(step: int, beam: int, most: int | None = None) -> list[int]:
         out: list[int] = []
@@ -279,6 +311,8 @@ def beam_search(
 
     for t in range(length):
         cand = scores[:, None] + log_softmax(logits)  # (beams, vocab)
+        if mask is not None:
+            cand += mask.rows(states, t == length - 1)
         flat = np.argsort(-cand, axis=None, kind="stable")[: 2 * width]
         rows, picks = np.unravel_index(flat, cand.shape)
         keep_rows: list[int] = []
@@ -287,6 +321,8 @@ def beam_search(
         stopped: list[tuple[int, int, float]] = []  # (row, token, total): ended by should_stop
         for row, token in zip(rows.tolist(), picks.tolist(), strict=True):
             total = float(cand[row, token])
+            if total == -np.inf:  # masked: so are all after it (they are sorted)
+                break
             if stop_id is not None and token == stop_id:
                 finished.append((normalized(total, t + 1), total, t + 1, (t - 1, row)))
             elif should_stop is not None and should_stop(row, [*tail(t - 1, row), token]):
@@ -312,6 +348,8 @@ def beam_search(
             break
         scores = np.asarray(keep_scores)
         state = reorder(state, np.asarray(keep_rows))
+        if mask is not None:
+            states = mask.advance(states[keep_rows], np.asarray(keep_tokens))
         logits, state = next_fn(np.asarray(keep_tokens), state)
     finished.sort(key=lambda f: -f[0])
     best = finished[:num]

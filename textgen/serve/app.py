@@ -501,6 +501,7 @@ def _submit(state: ServerState, prep: Prepared) -> None:
             stop_id=model.tokenizer.eos_id,
             logprobs=req.logprobs,
             created=prep.started,
+            mask=model.generator.syllables,
         )
         job.index = len(prep.jobs)  # type: ignore[attr-defined]
         prep.jobs.append(job)

@@ -16,7 +16,11 @@ The picks mirror :func:`textgen.decoding.sampling.decode`, which ``textgen gener
 runs: the seed is prefilled for one row, greedy is the argmax, sampling calls the
 :func:`~textgen.decoding.sampling.sampler` pick on the job's ``n`` rows with a generator
 seeded by the request's ``seed``, and a row that is done keeps being stepped until its
-job leaves, as ``decode`` keeps its batch. Results go to the request side through
+job leaves, as ``decode`` keeps its batch. At the jamo level a job carries the model's
+:class:`~textgen.text.hangul.SyllableMask` and its rows' states (from its seed's last ids),
+and picks from its rows with the tokens that may not come next at ``-inf``, its last token
+(at ``max_tokens``) with the mask's final rows, as ``decode`` does; log-probabilities stay
+the model's own. Results go to the request side through
 ``deliver(job, event)``, called on the event loop's thread
 (``loop.call_soon_threadsafe``), one call per step for all jobs.
 """
@@ -34,6 +38,7 @@ import numpy as np
 
 from textgen.decoding.numpy_lm import NumpyLM
 from textgen.decoding.sampling import Pick
+from textgen.text.hangul import SyllableMask
 
 PREFILL_CHUNK = 64  # seed tokens one job feeds per step, so running streams keep moving
 PREFILL_BUDGET = 1024  # seed tokens fed per step across all jobs, at most
@@ -56,6 +61,8 @@ class Job:
     stop_id: int | None
     logprobs: int | None = None  # top alternatives per token (0: only the chosen one's)
     created: float = field(default_factory=time.monotonic)
+    mask: SyllableMask | None = None  # the jamo level's well-formed-syllable mask
+    mask_states: np.ndarray | None = field(init=False, default=None)  # (n,), with a mask
     done: list[bool] = field(init=False)
     cancelled: bool = False
     produced: int = 0
@@ -68,6 +75,8 @@ class Job:
 
     def __post_init__(self) -> None:
         self.done = [False] * self.n
+        if self.mask is not None:
+            self.mask_states = self.mask.starts(self.seed_ids, self.n)
 
     def cancel(self) -> None:
         """Leave the batch at the next step (the client went away or the request ended)."""
@@ -321,8 +330,10 @@ class Batcher:
         events: list[tuple[Job, Any]] = []
         start = 0
         logits = self._logits
-        # one argmax over every row serves all greedy jobs (each row's argmax is its own)
-        greedy = np.argmax(logits, axis=-1) if any(j.pick is None for j in self._running) else None
+        # one argmax over every row serves all greedy jobs without a mask (each row's
+        # argmax is its own); a masked job picks from its own masked rows
+        plain = any(j.pick is None and j.mask is None for j in self._running)
+        greedy = np.argmax(logits, axis=-1) if plain else None
         for job in self._running:
             rows = logits[start : start + job.n]
             start += job.n
@@ -330,7 +341,15 @@ class Batcher:
                 job._skip_pick = False  # type: ignore[attr-defined]
                 continue
             job.sent += 1
-            if job.pick is None:
+            if job.mask is not None:
+                final = job.produced == job.max_tokens - 1
+                allowed = job.mask.apply(rows, job.mask_states, final)  # type: ignore[arg-type]
+                if job.pick is None:
+                    ids = np.argmax(allowed, axis=-1)
+                else:
+                    ids = np.asarray(job.pick(allowed, job.rng), dtype=np.int64)
+                job.mask_states = job.mask.advance(job.mask_states, ids)  # type: ignore[arg-type]
+            elif job.pick is None:
                 ids = greedy[start - job.n : start]  # type: ignore[index]
             else:
                 ids = np.asarray(job.pick(rows, job.rng), dtype=np.int64)
