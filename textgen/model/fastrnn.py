@@ -49,6 +49,8 @@ def lstm_layer(
     recurrent: Any,
     mask: Any | None = None,
     initial: tuple[Any, Any] | None = None,
+    *,
+    compute_dtype: Any = None,
 ) -> Any:
     """Run one LSTM layer over time-major ``x`` (time, batch, features).
 
@@ -58,31 +60,50 @@ def lstm_layer(
     constant for differentiation, as in truncated backpropagation through time.
     Returns the hidden states (time, batch, H) when ``initial`` is None, else
     ``(hidden states, (h_last, c_last))`` with the final state to carry into the next call.
+
+    ``compute_dtype`` (e.g. ``tf.bfloat16``; None: ``x``'s dtype) is the dtype of the matrix
+    products, forward and backward: their operands are cast to it at use, their results
+    back to ``x``'s dtype, so the weights, the gates, the cell state, the outputs and the
+    gradients stay float32 (bf16 compute over float32 masters).
     """
     tf = tensorflow()
     units = recurrent.shape[0]
-    scale, offset = _gate_constants(units, x.dtype)
+    dtype = x.dtype
+    low = tf.as_dtype(compute_dtype) if compute_dtype is not None else dtype
+    scale, offset = _gate_constants(units, dtype)
     # the gates' 1/2 goes into the weights (exact), autodiff carries it to their gradients
-    xs = tf.tensordot(x, kernel * scale, 1) + bias * scale
+    xs = _cast(tf.tensordot(_cast(x, low), _cast(kernel * scale, low), 1), dtype) + bias * scale
     carried = initial is not None
     if initial is None:
-        zeros = tf.zeros([tf.shape(x)[1], units], x.dtype)
+        zeros = tf.zeros([tf.shape(x)[1], units], dtype)
         initial = (zeros, zeros)
-    h0, c0 = (tf.stop_gradient(tf.convert_to_tensor(v)) for v in initial)
-    hs, c_last = _recurrence(xs, recurrent * scale, mask, h0, c0, scale, offset)
+    h0, c0 = (tf.stop_gradient(tf.cast(v, dtype)) for v in initial)
+    rec = _cast(recurrent * scale, low)
+    hs, c_last = _recurrence(xs, rec, mask, h0, c0, scale, offset)
     if not carried:
         return hs
     return hs, (tf.stop_gradient(hs[-1]), tf.stop_gradient(c_last))
 
 
+def _cast(t: Any, dtype: Any) -> Any:
+    """``t`` in ``dtype`` (no op when it already is)."""
+    tf = tensorflow()
+    return t if t.dtype == dtype else tf.cast(t, dtype)
+
+
 def _recurrence(
     xs: Any, rec: Any, mask: Any | None, h0: Any, c0: Any, scale: Any, offset: Any
 ) -> tuple[Any, Any]:
-    """The scaled recurrence: gates = scale·tanh(xs_t + h_{t-1} @ rec) + offset."""
+    """The scaled recurrence: gates = scale·tanh(xs_t + h_{t-1} @ rec) + offset.
+
+    The products run in ``rec``'s dtype (the compute dtype), everything else in ``xs``'."""
     tf = tensorflow()
     masked = mask is not None
     units = rec.shape[0]
-    dtype = xs.dtype
+    dtype, low = xs.dtype, rec.dtype
+
+    def product(a: Any, b: Any, **kwargs: Any) -> Any:
+        return _cast(tf.matmul(_cast(a, low), b, **kwargs), dtype)
 
     def slots(size: Any, width: int) -> Any:
         return tf.TensorArray(dtype, size=size, element_shape=[None, width], clear_after_read=False)
@@ -97,7 +118,7 @@ def _recurrence(
         steps = tf.shape(xs)[0]
 
         def step(t: Any, h: Any, c: Any, ts: Any, hs: Any, cs: Any) -> tuple[Any, ...]:
-            gate_tanh = tf.tanh(ts.read(t) + tf.matmul(h, rec))
+            gate_tanh = tf.tanh(ts.read(t) + product(h, rec))
             i, f, g, o = gates(gate_tanh)
             c_new = f * c + i * g
             h_new = o * tf.tanh(c_new)
@@ -139,18 +160,18 @@ def _recurrence(
                 dz = dgates * (scale * (1.0 - gate_tanh * gate_tanh))
                 if masked:  # a masked step passes its gradients straight through
                     dz = dz * m
-                    dh_prev = tf.matmul(dz, rec_t) + (1.0 - m) * dh
+                    dh_prev = product(dz, rec_t) + (1.0 - m) * dh
                     dc_prev = dc * (m * f + (1.0 - m))
                 else:
-                    dh_prev, dc_prev = tf.matmul(dz, rec_t), dc * f
+                    dh_prev, dc_prev = product(dz, rec_t), dc * f
                 return s + 1, dh_prev, dc_prev, dzs.write(t, dz)
 
-            start = (0, zeros, zeros, slots(steps, 4 * units))
+            start = (0, zeros, zeros, slots(steps, len(LSTM_GATES) * units))
             _, _, _, dzs = tf.while_loop(lambda s, *_: s < steps, back, start)
             dzs = dzs.stack()
             d_rec = tf.matmul(
-                tf.reshape(h_all[:-1], [-1, units]),
-                tf.reshape(dzs, [-1, 4 * units]),
+                _cast(tf.reshape(h_all[:-1], [-1, units]), low),
+                _cast(tf.reshape(dzs, [-1, len(LSTM_GATES) * units]), low),
                 transpose_a=True,
             )
             return dzs, d_rec

@@ -190,12 +190,12 @@ def training_forward(
     """
     from textgen._tf import tensorflow
     from textgen.model.fastrnn import lstm_layer
+    from textgen.model.precision import compute_dtype
 
     if path not in PATHS:
         raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
-    if precision != "float32":  # bf16 and the Keras path come in the commits that follow
-        raise NotImplementedError(f"precision {precision!r} is not implemented yet")
     tf = tensorflow()
+    low = tf.as_dtype(compute_dtype(precision))
     names = {layer.name for layer in model.layers}
     embedding = model.get_layer("embedding")
     dense = model.get_layer("logits")
@@ -229,15 +229,16 @@ def training_forward(
             weights = [tf.convert_to_tensor(w) for w in weights]
             m = None if mask is None else tf.cast(mask, x.dtype)[:, :, None]
             if state is None:
-                x = lstm_layer(x, *weights, m)
+                x = lstm_layer(x, *weights, m, compute_dtype=low)
             else:
-                x, carried = lstm_layer(x, *weights, m, initial=state[i])
+                x, carried = lstm_layer(x, *weights, m, initial=state[i], compute_dtype=low)
                 new_state.append(carried)
         raw = x
         if drop_out is not None:
             x = drop_out(x, training=training)
         kernel = tf.transpose(embedding.embeddings) if cfg.tie_weights else dense.kernel
-        logits = batch_major(tf.tensordot(x, kernel, 1) + dense.bias)
+        logits = tf.tensordot(tf.cast(x, low), tf.cast(kernel, low), 1)
+        logits = batch_major(tf.cast(logits, tf.float32) + dense.bias)
         if not hidden:
             return logits, new_state
         floats = (tf.cast(batch_major(raw), tf.float32), tf.cast(batch_major(x), tf.float32))
