@@ -390,3 +390,42 @@ def test_the_server_ends_a_text_at_max_tokens_on_a_whole_syllable(served, max_to
             seed = ["a", "\u1100", "가"][choice["index"] // 3]
             assert choice["finish_reason"] == "length"
             assert loose_jamo(served_whole(seed, choice["text"])) == [], choice["text"]
+
+
+# -- the exported generate ---------------------------------------------------------------
+def exported_generate(lm: NumpyLM, tok: CharTokenizer):
+    """The SavedModel's ``generate`` function for ``lm`` (traced, not saved: the same graph)."""
+    from textgen.export.graph import generate_module
+
+    arrays = {"cell": np.array(lm.cell), **lm.arrays()}
+    module = generate_module(arrays, tok)
+
+    def run(seed: str, max_tokens: int, temperature: float, rng_seed: int) -> str:
+        out = module.generate(
+            seed=np.array(seed), max_tokens=np.int32(max_tokens),
+            temperature=np.float32(temperature), rng_seed=np.int64(rng_seed),
+        )  # fmt: skip
+        return out["text"].numpy().decode("utf-8")
+
+    return run
+
+
+def test_the_exported_generate_writes_no_loose_jamo():
+    """The SavedModel's generate loop of an untrained jamo model at temperature 2: no loose
+    jamo; greedy equals ``textgen generate``'s greedy (the same mask); and a model that
+    loves L ends every text at max_tokens on a whole syllable."""
+    pytest.importorskip("tensorflow")
+    tok = jamo_tokenizer()
+    lm = random_lm(len(tok.vocab), seed=4)
+    generate = exported_generate(lm, tok)
+    gen = Generator(lm, tok, warn=lambda _m: None)
+    for k, seed in enumerate(SEEDS):
+        for rng_seed in range(12):
+            text = generate(seed, 40, 2.0, 100 * k + rng_seed)
+            assert loose_jamo(text) == [], (seed, text)
+        assert generate(seed, 30, 0.0, 0) == gen.generate(seed, length=30)[0]
+    leads = exported_generate(lead_loving(tok, seed=5), tok)
+    for max_tokens in (1, 2, 5):
+        for seed in ("a", "\u1100", "가"):
+            assert loose_jamo(leads(seed, max_tokens, 0.0, 0)) == []
+            assert loose_jamo(leads(seed, max_tokens, 2.0, 3)) == []

@@ -115,6 +115,15 @@ def check_tokens(tokens: list[str]) -> None:
             ) from None
 
 
+# what a jamo export's generate guarantees, and what a caller of step must do itself
+SYLLABLES = (
+    "generate picks only jamo that may follow the previous token in a syllable (an initial "
+    "U+1100-1112, then a medial U+1161-1175, then at most one final U+11A8-11C2; nothing "
+    "else after an initial, never an initial as the last token), so its text holds no "
+    "loose jamo; a caller decoding with step applies these rules itself"
+)
+
+
 def _level_name(tokenizer: Any) -> str:
     if tokenizer.level == "char" and tokenizer.normalize == "nfd":
         return "jamo"
@@ -153,7 +162,7 @@ def describe(bundle: Any, arrays: dict[str, np.ndarray], fmt: str, quantize: str
         "left_to_caller": LEFT_TO_CALLER[_level_name(tok)],
         "generate_sampling": "temperature 0 = greedy argmax (textgen generate's default); "
         "> 0 draws with tf.random.stateless_categorical seeded by (rng_seed, step)",
-    }
+    } | ({"syllables": SYLLABLES} if _level_name(tok) == "jamo" else {})
 
 
 def _write_files(staging: Path, bundle: Any, arrays: dict[str, np.ndarray], fmt: str,

@@ -19,7 +19,10 @@ initial state, as in training.
 * char: one token per code point.
 * jamo (char level, ``normalize = "nfd"``): Hangul syllables are decomposed into
   conjoining jamo, and the output recomposed, with Unicode's conjoining-jamo arithmetic
-  (``S = 0xAC00 + (L·21 + V)·28 + T``).
+  (``S = 0xAC00 + (L·21 + V)·28 + T``). The loop picks only jamo that may follow the
+  previous token in a syllable, with the tables of :class:`textgen.text.hangul.SyllableMask`
+  as constants (the state carried from the seed's ids, the last token never an L), so the
+  text holds no loose jamo, as ``textgen generate``'s does.
 
 The word table is per code point, so the one context rule of Python's ``str.lower``,
 a word-final capital sigma (``ΟΔΟΣ`` → ``οδος``), comes out as ``σ``: a caller of a
@@ -44,6 +47,7 @@ import numpy as np
 
 from textgen._tf import tensorflow
 from textgen.model.lstm import by_gate
+from textgen.text.hangul import STATES, TRANSITION, syllable_mask
 from textgen.text.vocab import EOS, PAD, PAD_ID, UNK, UNK_ID
 
 PARTS = {"lstm": 2, "gru": 1, "rnn": 1}  # state tensors per layer: (h, c) or (h,)
@@ -221,6 +225,14 @@ class GenerateGraph:
         self.jamo = tokenizer.level == "char" and tokenizer.normalize == "nfd"
         tokens = list(tokenizer.vocab.tokens)
         self.eos_id = tokenizer.eos_id
+        mask = syllable_mask(tokenizer)  # the jamo level's syllable rules (None elsewhere)
+        self.mask = None
+        if mask is not None:
+            self.mask = (
+                tf.constant(mask.additive),  # (2 * STATES, vocab): 0 or -inf
+                tf.constant(TRANSITION.astype(np.int32)),  # (STATES, classes)
+                tf.constant(mask.classes.astype(np.int32)),  # (vocab,)
+            )
         # id → the text it adds: "" for <pad> and <eos>, which decoding leaves out
         shown = ["" if i == PAD_ID or i == self.eos_id else t for i, t in enumerate(tokens)]
         self.token_text = tf.constant(shown, tf.string)
@@ -345,12 +357,23 @@ class GenerateGraph:
         state = tf.zeros([1, weights.state_size], tf.float32)
         logits = tf.zeros([1, weights.vocab_size], tf.float32)
 
-        def feed(i: Any, logits: Any, state: Any) -> tuple[Any, Any, Any]:
-            logits, state = weights.step(tf.reshape(ids[i], [1]), state)
-            return i + 1, logits, state
+        syllables = self.mask
 
-        _, logits, state = tf.while_loop(
-            lambda i, *_: i < tf.size(ids), feed, (tf.constant(0), logits, state)
+        def advance(syl: Any, token: Any) -> Any:
+            """The syllable state after ``token`` (a scalar id)."""
+            if syllables is None:
+                return syl
+            _, transition, classes = syllables
+            return tf.gather_nd(transition, tf.stack([syl, tf.gather(classes, token)]))
+
+        def feed(i: Any, logits: Any, state: Any, syl: Any) -> tuple[Any, Any, Any, Any]:
+            logits, state = weights.step(tf.reshape(ids[i], [1]), state)
+            return i + 1, logits, state, advance(syl, ids[i])
+
+        _, logits, state, syl = tf.while_loop(
+            lambda i, *_: i < tf.size(ids),
+            feed,
+            (tf.constant(0), logits, state, tf.constant(0, tf.int32)),
         )
         eos = -1 if self.eos_id is None else self.eos_id
         picked = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
@@ -368,8 +391,18 @@ class GenerateGraph:
 
             return tf.cond(temperature > 0, sample, greedy)
 
-        def body(t: Any, kept: Any, logits: Any, state: Any, picked: Any) -> tuple:
-            token = pick(t, logits)
+        def allowed(t: Any, logits: Any, syl: Any) -> Any:
+            """``logits`` with the jamo that may not come next at -inf (the last token of
+            the text, at ``max_tokens``, never an L)."""
+            if syllables is None:
+                return logits
+            additive = syllables[0]
+            row = syl + tf.where(t + 1 >= max_tokens, STATES, 0)
+            return logits + tf.gather(additive, row)[None]
+
+        def body(t: Any, kept: Any, logits: Any, state: Any, picked: Any, syl: Any) -> tuple:
+            token = pick(t, allowed(t, logits, syl))
+            syl = advance(syl, token[0])
             done = token[0] == eos  # <eos> ends the text and is not part of it
             picked = picked.write(t, token[0])
             kept = tf.where(done, kept, t + 1)
@@ -378,12 +411,12 @@ class GenerateGraph:
                 lambda: (logits, state),
                 lambda: weights.step(token, state),
             )
-            return tf.where(done, max_tokens, t + 1), kept, logits, state, picked
+            return tf.where(done, max_tokens, t + 1), kept, logits, state, picked, syl
 
-        _, kept, _, _, picked = tf.while_loop(
+        _, kept, _, _, picked, _ = tf.while_loop(
             lambda t, *_: t < max_tokens,
             body,
-            (tf.constant(0), tf.constant(0), logits, state, picked),
+            (tf.constant(0), tf.constant(0), logits, state, picked, syl),
         )
         new = tf.gather(self.token_text, picked.stack()[:kept])
         if self.level == "word":

@@ -10,9 +10,13 @@ Signatures:
   ``tf.while_loop`` that carries the state. Sampling (temperature > 0) draws from
   ``softmax(logits / temperature)`` with ``tf.random.stateless_categorical`` seeded by
   ``(rng_seed, step)``: repeatable for a given ``rng_seed``, but not the same draws as
-  ``textgen generate --rng-seed`` (numpy's generator).
+  ``textgen generate --rng-seed`` (numpy's generator). At the jamo level it picks only
+  jamo that may follow the previous token in a syllable, as ``textgen generate`` does
+  (:mod:`textgen.text.hangul`), so its text holds no loose jamo; ``export.json`` says so
+  under ``syllables``.
 * ``step``: ``ids`` (int32, ``(batch,)``) and ``state`` (float32, ``(batch, state_size)``)
-  → ``logits`` (``(batch, vocab)``) and ``state``, for callers that decode themselves.
+  → ``logits`` (``(batch, vocab)``) and ``state``, for callers that decode themselves (the
+  LiteRT export has only this step: a jamo caller applies the syllable rules itself).
 
 What normalization is left to the caller is said in :mod:`textgen.export.graph`.
 """
