@@ -27,6 +27,7 @@ from typing import Any
 
 from textgen._tf import keras
 from textgen.config import ModelConfig
+from textgen.model import regularizers
 
 _LAYERS = {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
 
@@ -39,15 +40,19 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, mask_padding: bool) -> Any
         ids
     )
     rnn = getattr(k.layers, _LAYERS[cfg.cell])
+    # locked dropout: one mask per sequence, shared over time (batch, 1, features)
+    noise = {"noise_shape": (None, 1, None)} if cfg.locked_dropout else {}
     for i in range(cfg.layers):
         rate = cfg.input_dropout if i == 0 else cfg.dropout
         if rate > 0:
-            x = k.layers.Dropout(rate, name=f"dropout_{i}")(x)
+            x = k.layers.Dropout(rate, name=f"dropout_{i}", **noise)(x)
         x = rnn(cfg.units, return_sequences=True, name=f"rnn_{i}")(x)
     if cfg.output_dropout > 0:
-        x = k.layers.Dropout(cfg.output_dropout, name="dropout_out")(x)
+        x = k.layers.Dropout(cfg.output_dropout, name="dropout_out", **noise)(x)
     logits = k.layers.Dense(vocab_size, name="logits")(x)
     model = k.Model(ids, logits, name="textgen_lm")
+    if regularizers.needs_seed(cfg):  # weight drop, embedding dropout: resumable masks
+        regularizers.attach_seed_generator(model)
     if cfg.tie_weights:
         dense = model.get_layer("logits")
         dense.kernel.trainable = False  # training uses the embedding; see _sync_tied()
@@ -184,6 +189,12 @@ def training_forward(
     :func:`textgen.model.fastrnn.lstm_layer` (input projections hoisted out of the time
     loop, hand-written backward pass); GRU and SimpleRNN layers are the Keras layers.
 
+    With ``training`` the regularizers of AWD-LSTM apply (:mod:`textgen.model.regularizers`;
+    each off by default): ``model.weight_drop`` on each LSTM layer's recurrent kernel,
+    ``model.embedding_dropout`` on the embedding rows the lookup reads (a tied output
+    projection uses the whole matrix), and with ``model.locked_dropout`` the three dropout
+    rates draw one mask per sequence, shared over time. Evaluation uses none of them.
+
     ``hidden=True`` also returns the last recurrent layer's outputs before (``raw``) and
     after (``dropped``) the output dropout, both (batch, time, units) float32: what
     activation regularization (AR) and temporal AR (TAR) penalise. Logits are float32.
@@ -205,28 +216,41 @@ def training_forward(
     }
     drop_out = model.get_layer("dropout_out") if "dropout_out" in names else None
     lstm = cfg.cell == "lstm"
+    seed = regularizers.seed_generator(model) if regularizers.needs_seed(cfg) else None
 
     def batch_major(t: Any) -> Any:
         return tf.transpose(t, [1, 0, 2]) if lstm else t
+
+    def dropout(layer: Any, x: Any, training: bool) -> Any:
+        """``layer``'s dropout; locked: one mask per sequence, from the layer's own seed."""
+        if not (training and cfg.locked_dropout):
+            return layer(x, training=training)
+        time_axis = 0 if lstm else 1
+        return regularizers.locked_dropout(x, layer.rate, layer.seed_generator, time_axis=time_axis)
 
     def forward(
         ids: Any, training: bool, state: list[Any] | None = None, *, hidden: bool = False
     ) -> tuple[Any, ...]:
         # LSTM layers work time-major (time, batch, features); Keras layers batch-major
-        x = tf.gather(embedding.embeddings, tf.transpose(ids) if lstm else ids)
+        table = embedding.embeddings
+        if training and cfg.embedding_dropout > 0:  # the lookup only; a tied output is whole
+            table = regularizers.embedding_dropout(table, cfg.embedding_dropout, seed)
+        x = tf.gather(table, tf.transpose(ids) if lstm else ids)
         mask = None
         if mask_padding:
             mask = tf.not_equal(tf.transpose(ids) if lstm else ids, 0)
         new_state = [] if state is not None else None
         for i, layer in enumerate(layers):
             if i in drop:
-                x = drop[i](x, training=training)
+                x = dropout(drop[i], x, training)
             if not lstm:
                 x = layer(x, mask=mask, training=training)
                 continue
             cell = layer.cell
             weights = (cell.kernel, cell.bias, cell.recurrent_kernel)  # lstm_layer's order
             weights = [tf.convert_to_tensor(w) for w in weights]
+            if training and cfg.weight_drop > 0:  # DropConnect, one mask per batch
+                weights[2] = regularizers.weight_drop(weights[2], cfg.weight_drop, seed)
             m = None if mask is None else tf.cast(mask, x.dtype)[:, :, None]
             if state is None:
                 x = lstm_layer(x, *weights, m, compute_dtype=low)
@@ -235,7 +259,7 @@ def training_forward(
                 new_state.append(carried)
         raw = x
         if drop_out is not None:
-            x = drop_out(x, training=training)
+            x = dropout(drop_out, x, training)
         kernel = tf.transpose(embedding.embeddings) if cfg.tie_weights else dense.kernel
         logits = tf.tensordot(tf.cast(x, low), tf.cast(kernel, low), 1)
         logits = batch_major(tf.cast(logits, tf.float32) + dense.bias)
