@@ -220,6 +220,26 @@ def held_out_text(
     )
 
 
+def training_text(cfg: DataConfig) -> str:
+    """The training part of the corpus named by ``cfg``, the text its vocabulary was
+    counted on: the whole corpus beside ``valid_corpus`` or with ``val_split`` 0, else
+    everything before the tail :func:`held_out_text` gives (the same one split rule).
+    Baselines fitted to what a run saw (``textgen.evaluate.evaluate_unigram``) read it."""
+    if cfg.mode == "lines":
+        text, _ = read_corpus(cfg.corpus, cfg.encoding)
+        if cfg.valid_corpus or cfg.val_split <= 0:
+            return text
+        train_lines, _ = hold_out_lines([ln for ln in text.splitlines() if ln.strip()], cfg)
+        return "\n".join(train_lines) + "\n" if train_lines else ""
+    cut = None
+    if not cfg.valid_corpus and cfg.val_split > 0:
+        _, chars = scan(cfg.corpus, cfg.encoding)
+        cut = tail_start(chars, cfg.val_split)
+    return "".join(
+        train for train, _ in split_blocks(text_blocks(cfg.corpus, cfg.encoding), cut, cfg.level)
+    )
+
+
 def _check_same(cfg: DataConfig, sha: str, expected: str | None) -> None:
     """Refuse a corpus that is not the file the run was trained on (when that is known)."""
     if expected is not None and sha != expected:
