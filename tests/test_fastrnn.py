@@ -160,3 +160,105 @@ def test_the_gate_layout_is_read_from_one_place():
     np.testing.assert_array_equal(np.concatenate(in_gate_order(parts)), columns)
     with pytest.raises(ValueError, match="an LSTM has 4 gate blocks, got 3"):
         by_gate([1, 2, 3])
+
+
+@pytest.mark.parametrize("mode", ["lines", "stream"])
+def test_the_keras_path_trains_as_the_fast_kernel(mode):
+    """path="keras" (Keras' recurrence on CPU; its cuDNN LSTM on a GPU) against the fast
+    kernel: the same loss and gradients within 1e-5 over three SGD steps, in lines mode
+    (pre-padded, masked) and in stream mode with the state carried from step to step."""
+    from textgen._tf import keras
+    from textgen.model.network import init_uniform
+
+    tf, k = tensorflow(), keras()
+    mask = mode == "lines"
+    cfg = ModelConfig(cell="lstm", embedding_dim=6, units=10, layers=2)
+    rng = np.random.default_rng(5)
+    models, steps = {}, {}
+    for path in ("fast", "keras"):
+        model = build_model(cfg, 13, mask_padding=mask)
+        init_uniform(model, 0.3, 0)
+        forward = training_forward(model, cfg, mask_padding=mask, path=path)
+        optimizer = k.optimizers.SGD(0.5)
+
+        def step(x, y, state, forward=forward, model=model, optimizer=optimizer):
+            with tf.GradientTape() as tape:
+                logits, new_state = forward(x, True, state)
+                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+                weight = tf.cast(x != 0, ce.dtype)
+                loss = tf.reduce_sum(ce * weight) / tf.reduce_sum(weight)
+            grads = [
+                tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)
+            ]
+            optimizer.apply(grads, model.trainable_variables)
+            return loss, grads, new_state
+
+        models[path], steps[path] = model, step
+    zeros = np.zeros((4, cfg.units), np.float32)
+    states = {path: [(zeros, zeros)] * cfg.layers if not mask else None for path in steps}
+    for _ in range(3):
+        x = rng.integers(1, 13, (4, 9)).astype(np.int32)
+        y = rng.integers(1, 13, (4, 9)).astype(np.int32)
+        if mask:
+            x[:, :2] = 0
+            x[1, :6] = 0
+        out = {}
+        for path, step in steps.items():
+            out[path] = step(x, y, states[path])
+            states[path] = out[path][2]
+        (loss_f, grads_f, _), (loss_k, grads_k, _) = out["fast"], out["keras"]
+        np.testing.assert_allclose(float(loss_k), float(loss_f), atol=1e-5)
+        for a, b in zip(grads_f, grads_k, strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+    fast_weights, keras_weights = (models[p].trainable_variables for p in ("fast", "keras"))
+    for a, b in zip(fast_weights, keras_weights, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+
+
+def test_the_keras_path_computes_in_bf16_too():
+    cfg = ModelConfig(cell="lstm", embedding_dim=6, units=10, layers=2)
+    model = build_model(cfg, 13, mask_padding=False)
+    x = np.random.default_rng(6).integers(1, 13, (4, 9)).astype(np.int32)
+    ref = np.asarray(training_forward(model, cfg, mask_padding=False, path="keras")(x, False)[0])
+    low = training_forward(model, cfg, mask_padding=False, precision="bfloat16", path="keras")
+    logits = np.asarray(low(x, False)[0])
+    assert logits.dtype == np.float32 and not np.array_equal(logits, ref)
+    np.testing.assert_allclose(logits, ref, atol=0.03)
+
+
+def test_the_cudnn_call_gets_right_padded_rows_and_gives_pre_padded_outputs(monkeypatch):
+    """cuDNN takes right padding only: the GPU branch rotates pre-padded rows before the
+    call and back after it. Here Keras' cuDNN function is stood in for by Keras' loop
+    (which checks that every mask it gets is right-padded), on CPU."""
+    import importlib
+
+    from textgen.model import keras_rnn
+    from textgen.model.fastrnn import lstm_layer
+
+    tf = tensorflow()
+    seen = []
+
+    def fake_cudnn(x, h0, c0, mask, kernel, recurrent, bias, *args, **kwargs):
+        rows = np.asarray(mask)
+        seen.append(rows)
+        assert (np.sort(rows, axis=1)[:, ::-1] == rows).all()  # right-padded
+        m = tf.cast(tf.transpose(mask), tf.float32)[:, :, None]
+        hs, last = keras_rnn._keras_loop(x, kernel, bias, recurrent, m, h0, c0)
+        return last[0], hs, list(last)
+
+    backend = importlib.import_module("keras.src.backend.tensorflow.rnn")
+    monkeypatch.setattr(backend, "lstm", fake_cudnn)
+    monkeypatch.setattr(keras_rnn, "gpu_available", lambda: True)
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.standard_normal((6, 3, 2)).astype(np.float32))
+    kernel, recurrent = (
+        tf.constant(rng.standard_normal(s).astype(np.float32)) for s in ((2, 16), (4, 16))
+    )
+    bias = tf.constant(rng.standard_normal(16).astype(np.float32))
+    real = np.ones((6, 3), np.float32)
+    real[:2, 0] = real[:4, 2] = 0  # pre-padding: 2 and 4 pads
+    mask = tf.constant(real[:, :, None])
+    ours = np.asarray(keras_rnn.keras_lstm(x, kernel, bias, recurrent, mask))
+    fast = np.asarray(lstm_layer(x, kernel, bias, recurrent, mask))
+    assert seen and not seen[0].all()
+    np.testing.assert_allclose(ours[real > 0], fast[real > 0], atol=1e-5)  # padded: unused

@@ -6,7 +6,10 @@ Keras 3 lays out the kernel, recurrent kernel and bias in four column blocks, th
 :data:`LSTM_GATES` = ``i, f, c, o`` (input, forget, cell candidate, output), ``units``
 columns each. Code that needs one gate asks for its block (:func:`gate_block`), and code
 that splits or joins all four goes through :func:`by_gate` / :func:`in_gate_order`, so a
-different layout would be one edit here.
+different layout would be one edit here. :data:`KERAS_GATES` is the order Keras' own LSTM
+reads (its layer and the cuDNN function of its TensorFlow backend); the two are the same,
+so ``model.keras`` is a plain Keras model, and :func:`to_keras_order` is the one place
+that would reorder the blocks if they were not.
 
 Both kernels compute the three sigmoid gates with one ``tanh`` over all blocks, since
 ``sigmoid(z) = (tanh(z / 2) + 1) / 2``: the weights are scaled by :func:`gate_scale`
@@ -15,14 +18,15 @@ Both kernels compute the three sigmoid gates with one ``tanh`` over all blocks, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
 
-LSTM_GATES = ("i", "f", "c", "o")  # the column blocks of an LSTM's weights, in Keras 3's order
+KERAS_GATES = ("i", "f", "c", "o")  # the order Keras' LSTM (and its cuDNN function) reads
+LSTM_GATES = KERAS_GATES  # the column blocks of textgen's LSTM weights: Keras 3's order
 SIGMOID_GATES = ("i", "f", "o")  # the cell candidate c is a plain tanh
 
 
@@ -56,3 +60,13 @@ def gate_offset(units: int) -> np.ndarray:
     return np.concatenate(
         [np.full(units, 0.5 if g in SIGMOID_GATES else 0.0, np.float32) for g in LSTM_GATES]
     )
+
+
+def to_keras_order(weights: T, concat: Callable[[list[T]], T], split: Callable[[T], list[T]]) -> T:
+    """``weights`` (·, 4·units) from :data:`LSTM_GATES`' block order to :data:`KERAS_GATES`'
+    (``split`` cuts the four blocks, ``concat`` joins them); the very array when the two
+    orders are the same."""
+    if LSTM_GATES == KERAS_GATES:
+        return weights
+    parts = by_gate(split(weights))
+    return concat([parts[gate] for gate in KERAS_GATES])

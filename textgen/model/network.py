@@ -187,7 +187,13 @@ def training_forward(
     state carried in and out (``state`` is a list of ``(h, c)`` per layer, LSTM only; None
     starts from zeros and returns None). LSTM layers run through
     :func:`textgen.model.fastrnn.lstm_layer` (input projections hoisted out of the time
-    loop, hand-written backward pass); GRU and SimpleRNN layers are the Keras layers.
+    loop, hand-written backward pass) on ``path="fast"``, through
+    :func:`textgen.model.keras_rnn.keras_lstm` (Keras' cuDNN LSTM on a GPU, Keras' own
+    recurrence elsewhere) on ``path="keras"``; ``"auto"`` is the Keras path when
+    TensorFlow sees a GPU, else the fast one. GRU and SimpleRNN layers are the Keras layers.
+
+    ``precision="bfloat16"`` runs the LSTM's and the output layer's products in bf16 over
+    the float32 variables (cast at use); logits, loss and gradients stay float32.
 
     With ``training`` the regularizers of AWD-LSTM apply (:mod:`textgen.model.regularizers`;
     each off by default): ``model.weight_drop`` on each LSTM layer's recurrent kernel,
@@ -201,12 +207,15 @@ def training_forward(
     """
     from textgen._tf import tensorflow
     from textgen.model.fastrnn import lstm_layer
+    from textgen.model.keras_rnn import gpu_available, keras_lstm
     from textgen.model.precision import compute_dtype
 
     if path not in PATHS:
         raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
     tf = tensorflow()
     low = tf.as_dtype(compute_dtype(precision))
+    on_keras = path == "keras" or (path == "auto" and gpu_available())
+    run_layer = keras_lstm if on_keras else lstm_layer
     names = {layer.name for layer in model.layers}
     embedding = model.get_layer("embedding")
     dense = model.get_layer("logits")
@@ -253,9 +262,9 @@ def training_forward(
                 weights[2] = regularizers.weight_drop(weights[2], cfg.weight_drop, seed)
             m = None if mask is None else tf.cast(mask, x.dtype)[:, :, None]
             if state is None:
-                x = lstm_layer(x, *weights, m, compute_dtype=low)
+                x = run_layer(x, *weights, m, compute_dtype=low)
             else:
-                x, carried = lstm_layer(x, *weights, m, initial=state[i], compute_dtype=low)
+                x, carried = run_layer(x, *weights, m, initial=state[i], compute_dtype=low)
                 new_state.append(carried)
         raw = x
         if drop_out is not None:
