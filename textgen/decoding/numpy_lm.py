@@ -20,6 +20,26 @@ it returns. It never writes into the arrays it is given (a caller may keep an ol
 as beam search and the server do) and returns new arrays each call. Every elementwise
 operation is the one the straightforward formulas perform, in the same order, so the
 results are those of the textbook cell to the last bit of the matrix products.
+
+**The LSTM runs gate-major.** Its weights are kept as ``(4, inner, units)`` stacks, one
+matrix per gate in the order :data:`GATE_MAJOR` (the three sigmoid gates first), and its
+pre-activations are ``(4, batch, units)`` arrays, so every gate is contiguous memory:
+numpy's elementwise loops over the column views of a ``(batch, 4·units)`` array (the
+textbook layout) ran 2-6 times slower than over contiguous arrays at batch 16.
+
+**Products are sized for OpenBLAS's copy-free kernel.** numpy's OpenBLAS copies
+("packs") a whole weight matrix on every ``sgemm`` call unless the product is small
+enough for its small-matrix kernel, which reads the weights in place: about ``rows ·
+inner · columns <= 10⁶`` (:data:`SMALL_PRODUCT`, a threshold of that build, found by
+measuring). A 2×256 LSTM's products at batch 4-32 are 1-8 million multiply-adds, so each
+paid a 1 MB copy per step. The gate-major LSTM multiplies each gate's matrix by groups of
+rows (:meth:`NumpyLM.row_groups`: batch 16 as 2 × 8 rows, 32 as 4 × 8), all in one
+stacked ``matmul`` call; the GRU, the RNN and the output layer split a product into
+column blocks instead (:func:`column_width`). Each output element is still one dot
+product over the same inner dimension, so results agree with the one-product form to
+float32 rounding (in the measurements, to the bit); only which BLAS kernel computes it
+changes. Matrix-vector work (batch 1-2) and models too big for the small kernel keep one
+product per gate or per layer.
 """
 
 from __future__ import annotations
@@ -31,11 +51,51 @@ from typing import Any
 
 import numpy as np
 
-from textgen.model.lstm import LSTM_GATES, gate_block, gate_offset, gate_scale
+from textgen.model.lstm import LSTM_GATES, gate_block, gate_scale
 
 State = list[tuple[np.ndarray, ...]]
 GATE_BLOCKS = {"lstm": len(LSTM_GATES), "gru": 3, "rnn": 1}  # column blocks of a layer
 TABLE_LIMIT = 1 << 24  # float32 entries (64 MiB) for the first layer's projection table
+GATE_MAJOR = ("i", "f", "o", "c")  # the LSTM step's gate order: the sigmoid gates first
+SMALL_PRODUCT = 1_000_000  # rows · inner · columns that OpenBLAS's small kernel takes
+MIN_WIDTH = 64  # narrowest column block worth a call of its own
+MAX_BLOCKS = 16  # most column blocks a product is split into
+
+
+def gate_major(a: np.ndarray, units: int) -> np.ndarray:
+    """The gate blocks of ``a`` (..., 4·units) stacked in :data:`GATE_MAJOR` order: a new
+    contiguous (4, ..., units) array of the same numbers."""
+    return np.stack([a[..., gate_block(g, units)] for g in GATE_MAJOR])
+
+
+def column_width(rows: int, inner: int, columns: int) -> int | None:
+    """The column block width that splits a ``(rows, inner) @ (inner, columns)`` product
+    into products small enough for OpenBLAS's copy-free kernel, or None for one product
+    (it is small already, a matrix-vector product, or the blocks would be too narrow)."""
+    if rows < 3 or rows * inner * columns <= SMALL_PRODUCT:
+        return None
+    width = 1 << max(0, (SMALL_PRODUCT // (rows * inner)).bit_length() - 1)  # a power of 2
+    if width < MIN_WIDTH or -(-columns // width) > MAX_BLOCKS:
+        return None
+    return width
+
+
+def matmul(x: np.ndarray, weights: np.ndarray, blocks: dict[int, list[np.ndarray]]) -> np.ndarray:
+    """``x @ weights`` as a fresh array, in column blocks where :func:`column_width` says
+    so; ``blocks`` caches the contiguous column blocks of ``weights`` by width."""
+    rows = x.shape[0] if x.ndim == 2 else 1
+    width = column_width(rows, *weights.shape)
+    if width is None or x.ndim != 2:
+        return x @ weights
+    parts = blocks.get(width)
+    if parts is None:
+        columns = weights.shape[1]
+        parts = [np.ascontiguousarray(weights[:, i : i + width]) for i in range(0, columns, width)]
+        blocks[width] = parts
+    out = np.empty((rows, weights.shape[1]), np.float32)
+    for i, part in enumerate(parts):
+        np.matmul(x, part, out=out[:, i * width : i * width + part.shape[1]])
+    return out
 
 
 @dataclass
@@ -73,21 +133,45 @@ class NumpyLM:
 
     def _prepare(self) -> None:
         """Precompute the decoding forms of the weights (see the module docstring)."""
-        self._fast: list[RNNWeights] = []
-        self._after: list[tuple[np.ndarray, np.ndarray]] = []  # lstm: tanh's scale, offset
-        self._blocks: list[tuple[slice, ...]] = []  # lstm: the gates' columns, i f c o
-        for layer in self.layers:
-            if self.cell == "lstm":
-                units, scale = layer.units, gate_scale(layer.units)
-                layer = RNNWeights(
-                    layer.kernel * scale, layer.recurrent * scale, layer.bias * scale
-                )
-                self._after.append((scale, gate_offset(units)))
-                self._blocks.append(tuple(gate_block(g, units) for g in LSTM_GATES))
-            self._fast.append(layer)
+        self._units = [layer.units for layer in self.layers]
+        self._parts: dict[tuple[int, str], dict[int, list[np.ndarray]]] = {(-1, "out"): {}}
+        self._table: np.ndarray | None = None
+        if self.cell == "lstm":
+            self._prepare_lstm()
+            return
+        self._fast: list[RNNWeights] = list(self.layers)
+        # column blocks of each product's weights by width, made on first use (matmul)
+        for index in range(len(self._fast)):
+            self._parts[index, "in"], self._parts[index, "rec"] = {}, {}
         first = self._fast[0]
-        size = self.embedding.shape[0] * first.kernel.shape[1]
-        self._table = self._project(self.embedding, first) if size <= TABLE_LIMIT else None
+        if self.embedding.shape[0] * first.kernel.shape[1] <= TABLE_LIMIT:
+            self._table = self._project(self.embedding, first, None)
+
+    def _prepare_lstm(self) -> None:
+        """The LSTM's weights gate-major and pre-halved for the sigmoid gates: kernels and
+        recurrent kernels ``(4, 1, inner, units)`` (the 1 broadcasts over row groups),
+        biases ``(4, 1, units)``, the projection table ``(4, vocab, units)``."""
+
+        self._gm: list[dict[str, np.ndarray]] = []
+        for layer in self.layers:
+            units, scale = layer.units, gate_scale(layer.units)
+            self._gm.append(
+                {
+                    "kernel": gate_major(layer.kernel * scale, units)[:, None],
+                    "recurrent": gate_major(layer.recurrent * scale, units)[:, None],
+                    "bias": gate_major(layer.bias * scale, units)[:, None],
+                }
+            )
+        first = self.layers[0]
+        if self.embedding.shape[0] * first.kernel.shape[1] <= TABLE_LIMIT:
+            scale = gate_scale(first.units)
+            table = self.embedding @ (first.kernel * scale)  # one product, as it always was
+            table += first.bias * scale
+            self._table = gate_major(table, first.units)
+        inner = max(
+            w[k].shape[-2] * w[k].shape[-1] for w in self._gm for k in ("kernel", "recurrent")
+        )
+        self._group_rows = SMALL_PRODUCT // inner  # rows per product for the small kernel
 
     @property
     def vocab_size(self) -> int:
@@ -142,32 +226,19 @@ class NumpyLM:
         """Zero state for ``batch`` sequences: ``(h, c)`` per LSTM layer, ``(h,)`` otherwise."""
         parts = 2 if self.cell == "lstm" else 1
         return [
-            tuple(np.zeros((batch, layer.units), np.float32) for _ in range(parts))
-            for layer in self.layers
+            tuple(np.zeros((batch, units), np.float32) for _ in range(parts))
+            for units in self._units
         ]
 
     def _cell(
         self, z: np.ndarray, index: int, state: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """One recurrent step of layer ``index``: ``z`` is the input projection (bias
-        included for lstm/rnn), a fresh array that this step overwrites."""
+        """One GRU or RNN step of layer ``index``: ``z`` is the input projection (bias
+        included for the RNN), a fresh array that this step overwrites."""
         layer, h = self._fast[index], state[0]
-        if self.cell == "lstm":  # weights pre-halved for i, f, o: one tanh for all gates
-            z += h @ layer.recurrent
-            np.tanh(z, out=z)
-            scale, offset = self._after[index]
-            z *= scale  # sigmoid gates: 0.5 · tanh + 0.5; the cell candidate: tanh itself
-            z += offset
-            i, f, g, o = (z[..., block] for block in self._blocks[index])
-            np.multiply(i, g, out=i)
-            c = f * state[1]
-            c += i  # f·c + i·g
-            h = np.tanh(c)
-            h *= o
-            return h, (h, c)
         if self.cell == "gru":
             n = layer.units
-            inner = h @ layer.recurrent
+            inner = matmul(h, layer.recurrent, self._parts[index, "rec"])
             inner += layer.bias[1]
             zr = z[..., : 2 * n]  # update and reset gates together
             zr += inner[..., : 2 * n]
@@ -185,39 +256,42 @@ class NumpyLM:
             reset *= cand
             new += reset  # z·h + (1 - z)·candidate
             return new, (new,)
-        z += h @ layer.recurrent
+        z += matmul(h, layer.recurrent, self._parts[index, "rec"])
         np.tanh(z, out=z)
         return z, (z,)
 
-    def _project(self, x: np.ndarray, layer: RNNWeights) -> np.ndarray:
+    def _project(self, x: np.ndarray, layer: RNNWeights, index: int | None) -> np.ndarray:
+        """``x @ kernel + bias`` of a GRU or RNN layer (``index`` None: one product)."""
         bias = layer.bias[0] if self.cell == "gru" else layer.bias
-        out = x @ layer.kernel
+        out = (
+            x @ layer.kernel if index is None else matmul(x, layer.kernel, self._parts[index, "in"])
+        )
         out += bias
         return out
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        out = x @ self.out_kernel
+        out = matmul(x, self.out_kernel, self._parts[-1, "out"])
         out += self.out_bias
         return out
 
-    def _inputs(self, ids: np.ndarray) -> np.ndarray:
-        """The first layer's input projection of ``ids`` (any shape): a fresh array."""
-        if self._table is not None:
-            return self._table[ids]
-        return self._project(self.embedding[ids], self._fast[0])
+    def _check(self, state: State) -> None:
+        if len(state) != len(self._units):
+            raise ValueError(f"a state for {len(self._units)} layers, got {len(state)}")
 
     def run(self, ids: np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
         """Feed ``ids`` (batch, time) from ``state``; return logits (batch, time, vocab), state."""
         ids = np.atleast_2d(np.asarray(ids))
         if state is None:
             state = self.initial_state(ids.shape[0])
-        if len(state) != len(self._fast):
-            raise ValueError(f"a state for {len(self._fast)} layers, got {len(state)}")
+        self._check(state)
+        if self.cell == "lstm":
+            return self._lstm_run(ids, state)
         new_state: State = []
         x = None
         for index, layer_state in enumerate(state):
             # all time steps' input projections in one product
-            xw = self._inputs(ids) if index == 0 else self._project(x, self._fast[index])
+            layer = self._fast[index]
+            xw = self._inputs(ids) if index == 0 else self._project(x, layer, index)
             outs = []
             for t in range(ids.shape[1]):
                 h, layer_state = self._cell(xw[:, t], index, layer_state)
@@ -226,16 +300,115 @@ class NumpyLM:
             new_state.append(layer_state)
         return self._logits(x), new_state
 
+    def _inputs(self, ids: np.ndarray) -> np.ndarray:
+        """A GRU or RNN's first input projection of ``ids`` (any shape): a fresh array."""
+        if self._table is not None:
+            return self._table[ids]
+        return self._project(self.embedding[ids], self._fast[0], 0)
+
     def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """One token per sequence: ``ids`` (batch,) → logits (batch, vocab) and the new state."""
-        if len(state) != len(self._fast):
-            raise ValueError(f"a state for {len(self._fast)} layers, got {len(state)}")
+        self._check(state)
         ids = np.asarray(ids)
+        if self.cell == "lstm":
+            return self._lstm_step(ids, state)
         new_state: State = []
         x = self._inputs(ids)
         for index, layer_state in enumerate(state):
             if index:
-                x = self._project(x, self._fast[index])
+                x = self._project(x, self._fast[index], index)
             x, layer_state = self._cell(x, index, layer_state)
             new_state.append(layer_state)
+        return self._logits(x), new_state
+
+    # -- the LSTM, gate-major ------------------------------------------------------------
+    def row_groups(self, batch: int) -> tuple[int, int]:
+        """``(groups, rows)``: an LSTM step's batch as ``groups`` products of ``rows``
+        rows per gate (``groups · rows >= batch``; any rows beyond the batch are padding,
+        computed and dropped), each small enough for OpenBLAS's copy-free kernel."""
+        most = self._group_rows
+        if batch <= most or most < 4:  # small already, or a model too big for it
+            return 1, batch
+        least = -(-batch // most)
+        for groups in range(least, least + 3):  # an exact split when one is near
+            if batch % groups == 0:
+                return groups, batch // groups
+        return least, -(-batch // least)
+
+    @staticmethod
+    def _gate_product(x: np.ndarray, weights: np.ndarray, groups: int) -> np.ndarray:
+        """``x`` (n, inner) times each gate's matrix of ``weights`` (4, 1, inner, units):
+        a fresh (4, n, units) array, ``groups`` row groups per gate in one ``matmul``."""
+        n, inner = x.shape
+        gates, units = weights.shape[0], weights.shape[-1]
+        out = np.empty((gates, n, units), np.float32)
+        if groups == 1:
+            np.matmul(x, weights[:, 0], out=out)
+        else:
+            rows = n // groups
+            np.matmul(x.reshape(groups, rows, inner), weights,
+                      out=out.reshape(gates, groups, rows, units))  # fmt: skip
+        return out
+
+    @staticmethod
+    def _lstm_gates(z: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The cell from its pre-activations ``z`` (4, n, units), gate-major and with the
+        sigmoid gates pre-halved, which it overwrites: the new ``(h, c)``."""
+        np.tanh(z, out=z)
+        sigmoid = z[:3]  # sigmoid gates: 0.5 · tanh + 0.5; the cell candidate: tanh itself
+        sigmoid *= 0.5
+        sigmoid += 0.5
+        i, f, o, g = z
+        np.multiply(i, g, out=i)
+        c = f * c
+        c += i  # f·c + i·g
+        h = np.tanh(c)
+        h *= o
+        return h, c
+
+    def _lstm_step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """:meth:`step` for an LSTM (module docstring: gate-major, row groups)."""
+        batch = ids.shape[0]
+        groups, rows = self.row_groups(batch)
+        n = groups * rows
+        if n > batch:  # padding rows: token 0 from a zero state, dropped at the end
+            ids = np.concatenate([ids, np.zeros(n - batch, ids.dtype)])
+            state = [tuple(np.concatenate([p, np.zeros((n - batch, p.shape[1]), p.dtype)])
+                           for p in layer) for layer in state]  # fmt: skip
+        new_state: State = []
+        x = self.embedding[ids] if self._table is None else None
+        for index, (h, c) in enumerate(state):
+            weights = self._gm[index]
+            if index == 0 and self._table is not None:
+                z = np.take(self._table, ids, axis=1)  # (4, n, units), bias included
+            else:
+                z = self._gate_product(x, weights["kernel"], groups)
+                z += weights["bias"]
+            z += self._gate_product(h, weights["recurrent"], groups)
+            x, c = self._lstm_gates(z, c)
+            new_state.append((x[:batch], c[:batch]) if n > batch else (x, c))
+        logits = self._logits(x)
+        return (logits[:batch] if n > batch else logits), new_state
+
+    def _lstm_run(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """:meth:`run` for an LSTM: each layer's input projections of all time steps in
+        one product ``(4, batch, time, units)``, then one gate-major step per token."""
+        steps = ids.shape[1]
+        new_state: State = []
+        x = self.embedding[ids] if self._table is None else None  # (batch, time, inner)
+        for index, (h, c) in enumerate(state):
+            weights = self._gm[index]
+            if index == 0 and self._table is not None:
+                xw = np.take(self._table, ids, axis=1)  # (4, batch, time, units)
+            else:
+                xw = np.matmul(x, weights["kernel"])
+                xw += weights["bias"][:, None]
+            outs = []
+            for t in range(steps):
+                z = self._gate_product(h, weights["recurrent"], 1)
+                z += xw[:, :, t]  # the same sum as projection + product, in either order
+                h, c = self._lstm_gates(z, c)
+                outs.append(h)
+            x = np.stack(outs, axis=1)
+            new_state.append((h, c))
         return self._logits(x), new_state

@@ -1,0 +1,270 @@
+"""The numpy decoder's step against LiteRT's, in the same run, at batch 1, 16 and 32.
+
+A 2×256 char LSTM (embedding 64, vocabulary 65, random weights: speed does not depend on
+what they say). Each arm runs the same loop, ``--steps`` times: one step, an argmax, the
+argmax fed back. The arms:
+
+* ``textgen`` : :meth:`textgen.decoding.numpy_lm.NumpyLM.step`, with numpy's OpenBLAS on
+  1 thread and on 2 (switched at run time with ``set_blas_threads``);
+* ``before``  : with ``--baseline FILE``, the ``NumpyLM`` of another copy of
+  ``numpy_lm.py`` (e.g. ``git show HEAD~3:textgen/decoding/numpy_lm.py > /tmp/old.py``)
+  on 1 thread, so a change is measured against what it replaced in the same run;
+* ``LiteRT``  : the same step exported by ``textgen.export.litert.convert_step`` and run
+  by ``ai_edge_litert``'s interpreter (XNNPACK, ``--litert-threads``, default 2).
+
+The arms take turns in each of ``--repeats`` rounds, and the figures are medians. The
+roofline is the forward FLOPs of a token (every layer's input and recurrent products and
+the output layer: 1.74 MFLOP) times tokens/s over numpy's sgemm GFLOP/s (1024³),
+measured in every round. The first lines name the CPU, its SIMD flags, the load average
+before and after each round and the versions. LiteRT's logits must match textgen's to
+1e-4 and the greedy tokens of the loops must agree, or the bench stops.
+
+``--breakdown`` prints instead where one step's time goes at each batch size: every
+matrix product and every layer's gate arithmetic timed alone (best of 7 × 300 calls).
+
+    .venv/bin/python bench/step.py                      # about 1-2 minutes on 2 cores
+    .venv/bin/python bench/step.py --baseline /tmp/old.py
+    .venv/bin/python bench/step.py --breakdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine_line, sgemm_gflops  # noqa: E402
+from textgen.decoding.blas import blas_threads, set_blas_threads  # noqa: E402
+from textgen.decoding.numpy_lm import NumpyLM  # noqa: E402
+
+EMBED, UNITS, VOCAB, LAYERS = 64, 256, 65, 2
+
+
+def weights(seed: int = 0) -> dict[str, np.ndarray]:
+    """The arrays of a 2×256 char LSTM (``weights.npz``'s names), random but spread enough
+    that greedy decoding does not settle on one character."""
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape: int, scale: float = 0.15) -> np.ndarray:
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    arrays = {"cell": np.array("lstm"), "embedding": rand(VOCAB, EMBED, scale=1.0)}
+    for i in range(LAYERS):
+        arrays[f"rnn_{i}_kernel"] = rand(EMBED if i == 0 else UNITS, 4 * UNITS)
+        arrays[f"rnn_{i}_recurrent"] = rand(UNITS, 4 * UNITS)
+        arrays[f"rnn_{i}_bias"] = rand(4 * UNITS)
+    arrays["out_kernel"] = rand(UNITS, VOCAB, scale=1.0)
+    arrays["out_bias"] = rand(VOCAB)
+    return arrays
+
+
+def forward_flops(arrays: dict[str, np.ndarray]) -> float:
+    """2 × the multiply-adds of one token: all input, recurrent and output products."""
+    return float(2 * sum(v.size for k, v in arrays.items() if k.endswith(("kernel", "recurrent"))))
+
+
+def load_baseline(path: Path, arrays: dict[str, np.ndarray]):
+    """The ``NumpyLM`` of another copy of ``numpy_lm.py`` built from ``arrays``."""
+    spec = importlib.util.spec_from_file_location("baseline_numpy_lm", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.NumpyLM.from_arrays(arrays)
+
+
+def numpy_loop(lm, batch: int, steps: int) -> tuple[float, list[int]]:
+    """``steps`` greedy steps of ``lm.step`` at ``batch``: seconds, row 0's ids."""
+    ids = np.zeros(batch, np.int64)
+    state = lm.initial_state(batch)
+    out = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits, state = lm.step(ids, state)
+        ids = np.argmax(logits, axis=-1)
+        out.append(int(ids[0]))
+    return time.perf_counter() - start, out
+
+
+class LiteRTStep:
+    """The exported step at one batch size, run by the LiteRT interpreter (XNNPACK)."""
+
+    def __init__(self, model: bytes, batch: int, threads: int) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_content=model, num_threads=threads)
+        runner = self.interpreter.get_signature_runner("step")
+        details = {k: v["index"] for k, v in runner.get_input_details().items()}
+        self.state_size = int(runner.get_input_details()["state"]["shape"][-1])
+        del runner  # it holds the tensors that resizing replaces
+        self.interpreter.resize_tensor_input(details["ids"], [batch])
+        self.interpreter.resize_tensor_input(details["state"], [batch, self.state_size])
+        self.interpreter.allocate_tensors()
+        self.runner = self.interpreter.get_signature_runner("step")
+        self.batch = batch
+
+    def __call__(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.runner(ids=ids, state=state)
+        return out["logits"], out["state"]
+
+    def loop(self, steps: int) -> tuple[float, list[int]]:
+        """The loop of :func:`numpy_loop` on LiteRT: seconds, row 0's ids."""
+        ids = np.zeros(self.batch, np.int32)
+        state = np.zeros((self.batch, self.state_size), np.float32)
+        out = []
+        start = time.perf_counter()
+        for _ in range(steps):
+            logits, state = self(ids, state)
+            ids = np.argmax(logits, axis=-1).astype(np.int32)
+            out.append(int(ids[0]))
+        return time.perf_counter() - start, out
+
+
+def litert_error(step: LiteRTStep, lm: NumpyLM) -> float:
+    """The largest logit difference of one step from a random state, LiteRT against us."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, lm.vocab_size, step.batch)
+    state = [
+        tuple(rng.uniform(-0.9, 0.9, p.shape).astype(np.float32) for p in layer)
+        for layer in lm.initial_state(step.batch)
+    ]
+    ours, _ = lm.step(ids, state)
+    flat = np.concatenate([p for layer in state for p in layer], axis=-1)
+    theirs, _ = step(ids.astype(np.int32), flat)
+    return float(np.abs(ours - theirs).max())
+
+
+def best_time(func: Callable[[], object], calls: int = 300, rounds: int = 7) -> float:
+    """Microseconds per call of ``func``, the best of ``rounds`` runs of ``calls``."""
+    func()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            func()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best * 1e6
+
+
+def breakdown(arrays: dict[str, np.ndarray], batches: list[int]) -> None:
+    """Where one step's time goes, each part timed alone (1 BLAS thread)."""
+    rng = np.random.default_rng(2)
+    raw = NumpyLM.from_arrays(arrays)
+    print("| batch | step | layer 0: h·R | layer 1: x·K | layer 1: h·R | output x·W | "
+          "tanh (B×1024) | numpy calls' floor | products' share |")  # fmt: skip
+    print("|---:" * 9 + "|")
+    for b in batches:
+        h = rng.uniform(-0.9, 0.9, (b, UNITS)).astype(np.float32)
+        z = np.empty((b, 4 * UNITS), np.float32)
+        state = [tuple(h.copy() for _ in range(2)) for _ in range(LAYERS)]
+        ids = rng.integers(0, VOCAB, b)
+        step = best_time(lambda ids=ids, state=state: raw.step(ids, state))
+        prods = [
+            best_time(lambda h=h, w=arrays[name]: h @ w)
+            for name in ("rnn_0_recurrent", "rnn_1_kernel", "rnn_1_recurrent", "out_kernel")
+        ]
+        tanh = best_time(lambda z=z: np.tanh(z, out=z))
+        tiny = best_time(lambda h=h: np.add(h[:1, :1], 1.0))
+        print(
+            f"| {b} | {step:.1f} µs | {prods[0]:.1f} | {prods[1]:.1f} | {prods[2]:.1f} "
+            f"| {prods[3]:.1f} | {tanh:.1f} | {tiny:.2f} | {sum(prods) / step:.0%} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=1000, help="steps per timed loop")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of all arms")
+    parser.add_argument("--batches", default="1,16,32")
+    parser.add_argument("--litert-threads", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="another numpy_lm.py, timed on 1 thread")
+    parser.add_argument("--breakdown", action="store_true", help="time a step's parts")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    arrays = weights()
+    default = blas_threads()
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {machine_line()}")
+    print(f"# python {platform.python_version()}, numpy {np.__version__}, "
+          f"OpenBLAS threads found: {default}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    if args.breakdown:
+        if default is not None:
+            set_blas_threads(1)
+        breakdown(arrays, batches)
+        return
+
+    from ai_edge_litert import __version__ as litert_version
+
+    from textgen.export.litert import convert_step
+
+    lm = NumpyLM.from_arrays(arrays)
+    model = convert_step(arrays)
+    litert = {b: LiteRTStep(model, b, args.litert_threads) for b in batches}
+    worst = max(litert_error(step, lm) for step in litert.values())
+    assert worst < 1e-4, f"LiteRT and textgen disagree: logits differ by {worst}"
+    arms: dict[str, tuple[Callable[[int], tuple[float, list[int]]], int | None]] = {}
+    threads = [1, 2] if default is not None else [None]
+    for t in threads:
+        arms[f"textgen, BLAS {t or 'default'}"] = (lambda b: numpy_loop(lm, b, args.steps), t)
+    if args.baseline is not None:
+        old = load_baseline(args.baseline, arrays)
+        arms["before, BLAS 1"] = (lambda b: numpy_loop(old, b, args.steps), 1)
+    arms["LiteRT"] = (lambda b: litert[b].loop(args.steps), default)
+    times: dict[tuple[str, int], list[float]] = {(a, b): [] for a in arms for b in batches}
+    gflops, load = [], [os.getloadavg()[0]]
+    for _ in range(args.repeats):
+        gflops.append(sgemm_gflops(reps=10))
+        for b in batches:
+            tokens = {}
+            for name, (run, t) in arms.items():
+                if t is not None:
+                    set_blas_threads(t)
+                secs, tokens[name] = run(b)
+                times[name, b].append(secs)
+            if default is not None:
+                set_blas_threads(default)
+            first = tokens["LiteRT"]
+            for name, ids in tokens.items():
+                same = next(
+                    (i for i, (x, y) in enumerate(zip(ids, first, strict=True)) if x != y), len(ids)
+                )
+                assert same >= min(100, len(ids)), f"{name}: tokens differ at {same} (batch {b})"
+        load.append(os.getloadavg()[0])
+    roof = statistics.median(gflops) * 1e9 / forward_flops(arrays)
+    print(
+        f"# ai-edge-litert {litert_version} ({args.litert_threads} threads, XNNPACK); "
+        f"load average {', '.join(f'{x:.1f}' for x in load)} (before, after each round); "
+        f"sgemm {statistics.median(gflops):.0f} GFLOP/s (rounds "
+        f"{', '.join(f'{g:.0f}' for g in gflops)}); {forward_flops(arrays) / 1e6:.2f} "
+        f"MFLOP/token; {args.steps} steps per loop, {args.repeats} rounds, medians; "
+        f"LiteRT's logits within {worst:.1e} of textgen's"
+    )
+    names = list(arms)
+    print(f"| batch | {' | '.join(names)} | best textgen ÷ LiteRT | roofline: textgen, LiteRT |")
+    print("|---:" * (len(names) + 3) + "|")
+    for b in batches:
+        rate = {n: b * args.steps / statistics.median(times[n, b]) for n in names}
+        ours = max(rate[n] for n in names if n.startswith("textgen"))
+        print(
+            f"| {b} | {' | '.join(f'{rate[n]:,.0f}' for n in names)} "
+            f"| **{ours / rate['LiteRT']:.2f}×** | {ours / roof:.1%}, {rate['LiteRT'] / roof:.1%} |"
+        )
+    for b in batches:
+        spread = "; ".join(
+            f"{n}: {min(b * args.steps / s for s in times[n, b]):,.0f}-"
+            f"{max(b * args.steps / s for s in times[n, b]):,.0f}"
+            for n in names
+        )
+        print(f"# batch {b}, tokens/s per round: {spread}")
+
+
+if __name__ == "__main__":
+    main()
