@@ -1,9 +1,9 @@
 """The numpy decoder's fast step: gate-major LSTM, row groups, column blocks.
 
 The step computes its products in pieces sized for OpenBLAS's copy-free kernel (row
-groups per gate for the LSTM, with padding rows when the batch does not split evenly;
-column blocks for the GRU, the RNN and the output layer). These tests hold it to the
-textbook cell in float64 at every batch size and split, to one row at a time, and to
+groups per gate for the LSTM, plus one product of the remaining rows when the batch does
+not split evenly; column blocks for the GRU, the RNN and the output layer). These tests
+hold it to the textbook cell in float64 at every batch size and split, to one row at a time, and to
 its promises about the arrays it is given and returns; the recorded outputs of
 tests/test_decoding_fixtures.py pin the small models' results to the bit.
 """
@@ -71,7 +71,7 @@ def small_groups(monkeypatch):
 def test_the_lstm_step_is_the_textbook_cell_at_every_split(small_groups, batch):
     lm = small_groups
     groups, rows = lm.row_groups(batch)
-    assert groups * rows >= batch
+    assert 0 <= batch - groups * rows < rows
     rng = np.random.default_rng(batch)
     ids = rng.integers(0, lm.vocab_size, batch)
     state = random_state(lm, batch)
@@ -85,11 +85,11 @@ def test_the_lstm_step_is_the_textbook_cell_at_every_split(small_groups, batch):
         np.testing.assert_allclose(c, rc, rtol=1e-5, atol=1e-6)
 
 
-def test_the_splits_cover_padding_and_exact_groups(small_groups):
+def test_the_splits_cover_remainders_and_exact_groups(small_groups):
     lm = small_groups  # 6 rows per group at most
     assert lm.row_groups(6) == (1, 6)
     assert lm.row_groups(12) == (2, 6)
-    assert lm.row_groups(13)[0] * lm.row_groups(13)[1] > 13  # a prime batch is padded
+    assert lm.row_groups(13) == (2, 5)  # a prime batch: 2 × 5 rows and 3 more
     assert lm.row_groups(16) == (4, 4)  # an exact split one group further on
 
 
@@ -127,7 +127,7 @@ def test_run_is_the_step_token_by_token(small_groups, batch):
 
 
 @pytest.mark.parametrize("batch", [1, 13])
-def test_a_padded_step_never_writes_into_its_state_and_returns_fresh_arrays(small_groups, batch):
+def test_a_split_step_never_writes_into_its_state_and_returns_fresh_arrays(small_groups, batch):
     lm = small_groups
     state = random_state(lm, batch)
     kept = [tuple(p.copy() for p in s) for s in state]
@@ -158,13 +158,15 @@ def test_without_a_table_the_lstm_projects_its_embedding(monkeypatch):
 
 
 def test_the_2x256_lstm_splits_its_batches_and_matches_the_textbook():
-    """The bench's shape: batch 16 as 2 × 8 rows per gate product, 32 as 4 × 8, 31 padded."""
+    """The bench's shape: batch 16 as 2 × 8 rows per gate product, 32 as 4 × 8, 31 as
+    2 × 11 and 9, 64 as 8 × 8."""
     lm = random_lm("lstm", 64, 256, 2, vocab=65)
     assert lm.row_groups(1) == (1, 1)
     assert lm.row_groups(16) == (2, 8)
     assert lm.row_groups(32) == (4, 8)
-    groups, rows = lm.row_groups(31)
-    assert groups * rows > 31 and rows * 256 * 256 <= numpy_lm.SMALL_PRODUCT
+    assert lm.row_groups(31) == (2, 11)
+    assert lm.row_groups(64) == (8, 8)
+    assert numpy_lm.SMALL_PRODUCT >= 11 * 256 * 256
     for batch in (1, 16, 31):
         ids = np.arange(batch) % lm.vocab_size
         state = random_state(lm, batch)
@@ -186,16 +188,15 @@ def test_column_blocks_fit_the_small_kernel_and_stay_few(rows, inner, columns):
 
 @settings(max_examples=100, deadline=None)
 @given(batch=st.integers(1, 300), most=st.integers(1, 40))
-def test_row_groups_cover_the_batch_with_little_padding(batch, most):
+def test_row_groups_cover_the_batch_with_one_smaller_remainder(batch, most):
     lm = random_lm("lstm", 4, 8, 1)
     lm._group_rows = most
     groups, rows = lm.row_groups(batch)
-    assert groups * rows >= batch
-    assert groups * rows - batch < groups  # less than a row of padding per group
+    assert groups >= 1 and 0 <= batch - groups * rows < rows  # the rest: one smaller product
     if batch > most >= 4:
         assert rows <= most
     else:
-        assert groups == 1
+        assert (groups, rows) == (1, batch)
 
 
 @pytest.mark.parametrize("rows", [1, 4, 16])
