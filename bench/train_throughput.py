@@ -10,11 +10,13 @@ ratio, the mean loss over the timed steps of each, and the fraction of the GEMM 
 
     .venv/bin/python bench/train_throughput.py                    # all workloads
     .venv/bin/python bench/train_throughput.py --workload char --steps 20
+    .venv/bin/python bench/train_throughput.py --precision both   # float32 and bf16, one run
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -71,13 +73,29 @@ def flops_per_token(w: Workload, vocab: int) -> float:
 
 
 class TextgenSide:
-    """textgen's own training step (the one ``textgen train`` runs)."""
+    """textgen's own training step (the one ``textgen train`` runs), at ``precision``:
+    float32 is the trainer's own step; bfloat16 is the same step built over
+    ``training_forward(precision="bfloat16")``, compiled as ``step_jit`` says."""
 
-    def __init__(self, cfg: config_mod.Config, prepared) -> None:
+    def __init__(self, cfg: config_mod.Config, prepared, precision: str = "float32") -> None:
         from textgen.training.loop import Trainer
 
         self.run = Trainer(cfg, prepared, Path("/nonexistent"), lambda _m: None)
         self.step = self.run._train_step  # the step `textgen train` runs, state handling included
+        if precision != "float32":
+            self.step = self._step_at(cfg, precision)
+
+    def _step_at(self, cfg: config_mod.Config, precision: str):
+        from textgen.model.network import training_forward
+        from textgen.model.precision import step_jit
+        from textgen.training.steps import Steps
+
+        run = self.run
+        forward = training_forward(run.model, cfg.model, mask_padding=False, precision=precision)
+        jit = step_jit(precision, cfg.train.jit_compile)
+        steps = Steps(run.model, run.optimizer, forward, jit, None, None, cfg.train.clipnorm)
+        zero = np.zeros((), np.float32)
+        return lambda x, y: steps.train_step(x, y, zero)
 
     def initial_weights(self) -> dict[str, np.ndarray]:
         from textgen.model.network import weight_arrays
@@ -174,21 +192,28 @@ def batches_for(prepared, batch: int, start: int, steps: int):
 
 
 def run_workload(w: Workload, args, gflops: float) -> None:
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        torch = None
     cfg = textgen_config(w)
     prepared = prepare(cfg.data)
     vocab = len(prepared.tokenizer.vocab)
-    ours = TextgenSide(cfg, prepared)
-    theirs = TorchSide(ours.initial_weights(), cfg.train.learning_rate, cfg.train.clipnorm)
+    sides: dict[str, object] = {}
+    for precision in args.precisions:
+        sides[f"textgen {precision}"] = TextgenSide(cfg, prepared, precision)
+    first = next(iter(sides.values()))
+    if torch is not None:
+        weights = first.initial_weights()
+        sides["pytorch float32"] = TorchSide(weights, cfg.train.learning_rate, cfg.train.clipnorm)
     tokens = args.steps * w.batch * w.seq_len
-    ours.train(batches_for(prepared, w.batch, 0, args.warmup))  # trace, allocate, warm caches
-    theirs.train(batches_for(prepared, w.batch, 0, args.warmup))
-    times: dict[str, list[float]] = {"textgen": [], "pytorch": []}
-    losses: dict[str, list[float]] = {"textgen": [], "pytorch": []}
+    for side in sides.values():  # trace, allocate, warm caches
+        side.train(batches_for(prepared, w.batch, 0, args.warmup))
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    losses: dict[str, list[float]] = {name: [] for name in sides}
     start = args.warmup
-    for _ in range(args.repeats):  # A B A B ...: both see the same batches in the same order
-        for name, side in (("textgen", ours), ("pytorch", theirs)):
+    for _ in range(args.repeats):  # A B A B ...: all see the same batches in the same order
+        for name, side in sides.items():
             secs, loss = side.train(batches_for(prepared, w.batch, start, args.steps))
             times[name].append(secs)
             losses[name].append(loss)
@@ -201,17 +226,23 @@ def run_workload(w: Workload, args, gflops: float) -> None:
         f"{args.steps} timed steps x {args.repeats} runs after {args.warmup} warm-up steps; ",
         end="",
     )
-    print(f"torch threads {torch.get_num_threads()}")
-    for name in ("textgen", "pytorch"):
+    print(f"torch threads {torch.get_num_threads()}" if torch else "PyTorch not installed")
+    for name in sides:
         spread = ", ".join(f"{tokens / s:,.0f}" for s in times[name])
         roof = rate[name] * fpt / (gflops * 1e9)
         print(
-            f"{name:8} {rate[name]:>9,.0f} tokens/s  (runs {spread})  roofline {roof:.0%}  ", end=""
+            f"{name:16} {rate[name]:>9,.0f} tokens/s  (runs {spread})  roofline {roof:.0%}  ",
+            end="",
         )
         print(f"loss {losses[name][-1]:.4f}")
-    gap = abs(losses["textgen"][-1] - losses["pytorch"][-1]) / losses["pytorch"][-1]
-    ratio = rate["textgen"] / rate["pytorch"]
-    print(f"textgen / pytorch  {ratio:.2f}x   loss gap after the same steps {gap:.1%}")
+    base = "textgen float32"
+    for name in sides:
+        if name != base and base in sides:
+            gap = abs(losses[name][-1] - losses[base][-1]) / losses[base][-1]
+            print(f"{name} / {base}  {rate[name] / rate[base]:.2f}x   loss gap {gap:.1%}")
+    if torch is None:
+        print("pytorch reference: not measured (torch is not installed)")
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
 
 
 FIRST_STEP = """
@@ -253,8 +284,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-first-step", action="store_true")
+    parser.add_argument(
+        "--precision", choices=["float32", "bfloat16", "both"], default="float32",
+        help="textgen's compute precision; both: float32 and bfloat16 side by side",
+    )  # fmt: skip
     args = parser.parse_args()
-    import torch
+    args.precisions = ["float32", "bfloat16"] if args.precision == "both" else [args.precision]
+    try:
+        import torch
+    except ImportError:
+        torch = None
 
     from textgen._tf import tensorflow
 
@@ -262,7 +301,8 @@ def main() -> None:
     gflops = sgemm_gflops()
     print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}, ", end="")
     print(f"sgemm {gflops:.0f} GFLOP/s (numpy, 1024^3)")
-    print(f"# tensorflow {tf.__version__}, torch {torch.__version__}, numpy {np.__version__}")
+    torch_version = torch.__version__ if torch else "not installed"
+    print(f"# tensorflow {tf.__version__}, torch {torch_version}, numpy {np.__version__}")
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     for name in names:
         run_workload(WORKLOADS[name], args, gflops)
