@@ -19,12 +19,21 @@ gru`` for a GRU) with one set of weights, in one process:
   and the classic tutorial's re-feed loop (``model.predict`` over the whole prefix per
   token) unless ``--skip-refeed``: it takes minutes.
 
+* jamo: the same 2x256 sizes over the jamo vocabulary of the Korean Constitution
+  (``../shared/data/ko/constitution.txt``, NFD), ``Generator.continue_ids`` with the
+  syllable mask (``textgen.text.hangul``) and without it, greedy and sampling at
+  temperature 2, interleaved in the same run (tokens per CPU-second of the process, the
+  best round of each, as other processes slow some rounds), and the mask's own work per
+  step timed against a model step: what
+  the mask costs. ``--jamo`` runs only this table (about a minute, no TensorFlow).
+
 LiteRT and textgen must agree (logits to 1e-4, and the greedy tokens of the step loop).
 The CPU, its flags, the BLAS numpy uses and the load average are printed with the table,
 since other processes on the machine slow every arm.
 
     .venv/bin/python bench/generate.py --skip-refeed           # the step table (~1 min)
     .venv/bin/python bench/generate.py --steps 200 --repeats 3 --skip-refeed   # quick look
+    .venv/bin/python bench/generate.py --jamo                  # the syllable mask's cost
 """
 
 from __future__ import annotations
@@ -180,6 +189,123 @@ def textgen_decode(lm, tokenizer, tokens: int, batch: int = 1):
     return out.ids[0], time.perf_counter() - start, np.diff([start, *stamps])
 
 
+KO_TEXT = ROOT.parent / "shared" / "data" / "ko" / "constitution.txt"
+JAMO_SEED = "대한민국은"
+
+
+def jamo_model(seed: int = 0, units: int = 256, layers: int = 2, embedding: int = 64):
+    """A random-weight 2x256 LSTM (numpy only) over the Constitution's jamo vocabulary."""
+    from textgen.decoding.numpy_lm import RNNWeights
+
+    text = KO_TEXT.read_text(encoding="utf-8") if KO_TEXT.is_file() else "대한민국 헌법 " * 9
+    tokenizer = fit_tokenizer([text], "char", eos=False, normalize="nfd")
+    rng = np.random.default_rng(seed)
+    vocab, stack, width = len(tokenizer.vocab), [], embedding
+    for _ in range(layers):
+        stack.append(
+            RNNWeights(
+                rng.normal(0, 0.3, (width, 4 * units)).astype(np.float32),
+                rng.normal(0, 0.1, (units, 4 * units)).astype(np.float32),
+                rng.normal(0, 0.1, 4 * units).astype(np.float32),
+            )
+        )
+        width = units
+    lm = NumpyLM(
+        "lstm",
+        rng.normal(0, 1.0, (vocab, embedding)).astype(np.float32),
+        stack,
+        rng.normal(0, 0.3, (units, vocab)).astype(np.float32),
+        np.zeros(vocab, np.float32),
+    )
+    return lm, tokenizer
+
+
+def jamo_decode(gen: Generator, tokens: int, batch: int, strategy, masked: bool) -> float:
+    """CPU seconds of one ``continue_ids`` run, the syllable mask on or off (the process's
+    CPU time: on a machine shared with other processes it varies less than wall time)."""
+    from textgen.text.hangul import syllable_mask
+
+    gen.syllables = syllable_mask(gen.tokenizer) if masked else None
+    start = time.process_time()
+    gen.continue_ids(JAMO_SEED, length=tokens, num=batch, strategy=strategy, rng_seed=0)
+    return time.process_time() - start
+
+
+def mask_step_costs(lm, tokenizer, batches: list[int]) -> tuple[dict, dict]:
+    """Per batch: the microseconds of one model step and of the mask's work per step (apply
+    to the logits, advance the states), each the best of 5 timings of 2,000 calls."""
+    import timeit
+
+    from textgen.text.hangul import syllable_mask
+
+    mask = syllable_mask(tokenizer)
+
+    def best(fn, *args) -> float:
+        return min(timeit.repeat(lambda: fn(*args), number=2000, repeat=5)) / 2000 * 1e6
+
+    def masked(logits: np.ndarray, states: np.ndarray) -> None:
+        mask.advance(states, np.argmax(mask.apply(logits, states), axis=-1))
+
+    def plain(logits: np.ndarray, _states: np.ndarray) -> None:
+        np.argmax(logits, axis=-1)
+
+    step_us, mask_us = {}, {}
+    for b in batches:
+        ids, states = np.zeros(b, np.int64), np.zeros(b, np.int64)
+        logits, state = lm.step(ids, lm.initial_state(b))
+        step_us[b] = best(lm.step, ids, state)
+        mask_us[b] = max(best(masked, logits, states) - best(plain, logits, states), 0.0)
+    return step_us, mask_us
+
+
+def jamo_table(tokens: int, repeats: int, batches: list[int]) -> None:
+    """Decoding tokens/s on a jamo model with and without the syllable mask, same run."""
+    from textgen.decoding.generate import Strategy
+    from textgen.text.hangul import loose_jamo
+
+    lm, tokenizer = jamo_model()
+    gen = Generator(lm, tokenizer, warn=lambda _m: None)
+    strategies = {"greedy": Strategy(), "sample t=2": Strategy("sample", temperature=2.0)}
+    secs = {(s, b, m): [] for s in strategies for b in batches for m in (False, True)}
+    load = [os.getloadavg()[0]]
+    for k in range(repeats):  # off, on, on, off, ...: neither always runs first
+        order = (False, True) if k % 2 == 0 else (True, False)
+        for name, strategy in strategies.items():
+            for b in batches:
+                for masked in order:
+                    secs[name, b, masked].append(jamo_decode(gen, tokens, b, strategy, masked))
+        load.append(os.getloadavg()[0])
+    step_us, mask_us = mask_step_costs(lm, tokenizer, batches)
+    loose = {}
+    for masked in (False, True):  # what each writes: loose jamo in 8 samples at t=2
+        jamo_decode(gen, 1, 1, strategies["sample t=2"], masked)  # sets gen.syllables
+        out = gen.generate(JAMO_SEED, length=300, num=8, strategy=strategies["sample t=2"])
+        loose[masked] = sum(len(loose_jamo(t)) for t in out)
+    print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}")
+    print(
+        f"# jamo: 2x256 lstm, vocabulary {len(tokenizer.vocab)} ({KO_TEXT.name}, NFD), "
+        f"random weights; {tokens} tokens per run, {repeats} rounds (off, on interleaved), "
+        f"best round; load average {', '.join(f'{x:.2f}' for x in load)}"
+    )
+    print(
+        "| strategy | batch | tokens per CPU-second without mask | with mask | mask's cost "
+        "| mask µs/step, of a step's µs |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in strategies:
+        for b in batches:
+            off = b * tokens / min(secs[name, b, False])  # best round: the least disturbed
+            on = b * tokens / min(secs[name, b, True])
+            print(
+                f"| {name} | {b} | {off:,.0f} | {on:,.0f} | {1 - on / off:+.1%} "
+                f"| {mask_us[b]:.1f} of {step_us[b]:.0f} ({mask_us[b] / step_us[b]:.1%}) |"
+            )
+    print(
+        f"# loose jamo in 8 samples of 300 tokens at t=2: {loose[False]:,} without the "
+        f"mask, {loose[True]:,} with it"
+    )
+
+
 def refeed_decode(model, tokenizer, tokens: int):
     """The tutorial's method: pad the whole prefix, ``model.predict``, argmax, repeat."""
     from textgen._tf import keras
@@ -298,8 +424,12 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,32")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT's threads")
     parser.add_argument("--skip-refeed", action="store_true")
+    parser.add_argument("--jamo", action="store_true", help="only the syllable mask's table")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    if args.jamo:
+        jamo_table(args.tokens, args.repeats, batches)
+        return
 
     model, tokenizer, lm = build(cell=args.cell)
     from bench.machine import sgemm_gflops
@@ -396,6 +526,8 @@ def main() -> None:
         row("re-feed batch 1 tokens/s", f"{n / rsecs:,.1f}", f"{rsecs:.1f} s")
         row("re-feed tokens equal to textgen's", f"{same}/{n}")
         row("textgen / re-feed", f"{rate / (n / rsecs):,.0f}x")
+    print()
+    jamo_table(args.tokens, args.repeats, batches)
 
 
 def row(label: str, value: str, detail: str = "") -> None:
