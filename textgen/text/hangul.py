@@ -21,10 +21,11 @@ whatever its model says:
   precomposed syllables, ``<unk>``, ``<eos>``) is an "other": untouched but after an L.
 
 The state of a row is what its previous token was, as far as syllables go (``OTHER``,
-``LEAD``, ``VOWEL``, ``TAIL``). Generated tokens move it by their class alone; a seed's
-ids, which may hold loose jamo a user typed, go through :data:`TRANSITION`, where a V
-not after an L and a T not after a V count as "other". The mask costs one gather of a
-(rows, vocab) block of an additive table (0 or ``-inf``) and one add per step.
+``LEAD``, ``VOWEL``, ``TAIL``). A token picked under the mask moves it by its class
+alone; a seed's ids, which may hold loose jamo a user typed, go through
+:data:`TRANSITION`, where a V not after an L and a T not after a V count as "other". The
+mask costs one gather of a (rows, vocab) block of an additive table (0 or ``-inf``), one
+add and one gather of the new states per step.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def is_jamo_level(tokenizer: Any) -> bool:
 
 class SyllableMask:
     """The allowed-next table of one vocabulary, as an additive (0 / ``-inf``) float32
-    table: rows ``state`` for any step, rows ``STATES + state`` for a text's last token."""
+    table: rows ``state`` for any step, rows ``STATES + state`` for a text's last token
+    (the graph of :mod:`textgen.export.graph` takes the same table as a constant)."""
 
     def __init__(self, tokens: Sequence[str]) -> None:
         classes = np.array([token_class(t) for t in tokens], dtype=np.int8)
@@ -115,6 +117,10 @@ class SyllableMask:
         both = np.concatenate([allowed, last])
         self.allowed = both
         self.additive = np.where(both, 0.0, -np.inf).astype(np.float32)
+        self._any, self._last = self.additive[:STATES], self.additive[STATES:]
+        # the state after a picked token: its class alone (a pick obeys the mask)
+        by_class = np.array([OTHER, LEAD, VOWEL, TAIL, OTHER], dtype=np.int64)
+        self.state_after = by_class[classes]
         self.vocab_size = len(tokens)
 
     @property
@@ -123,7 +129,7 @@ class SyllableMask:
         return bool((self.classes != C_OTHER).any())
 
     def start(self, ids: Sequence[int] | np.ndarray) -> int:
-        """The state after a seed's ids (its last three decide it)."""
+        """The state after a seed's ids, which may be anything (its last three decide)."""
         state = OTHER
         for i in np.asarray(ids, dtype=np.int64).reshape(-1)[-3:].tolist():
             state = int(TRANSITION[state, self.classes[i]])
@@ -134,23 +140,19 @@ class SyllableMask:
         return np.full(rows, self.start(ids), dtype=np.int64)
 
     def advance(self, states: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """The rows' states after the tokens ``ids`` (one per row)."""
-        return TRANSITION[states, self.classes[np.asarray(ids, dtype=np.int64)]].astype(np.int64)
+        """The rows' states after the tokens ``ids`` (one per row) that were picked under
+        the mask from ``states``: a token's class alone says it (one gather)."""
+        return self.state_after[ids]
 
-    def rows(self, states: np.ndarray, final: bool | np.ndarray = False) -> np.ndarray:
+    def rows(self, states: np.ndarray, final: bool = False) -> np.ndarray:
         """The additive (0 / ``-inf``) mask rows for ``states`` (rows, vocab); ``final``
-        (one flag, or one per row) marks a text's last token."""
-        index = np.asarray(states, dtype=np.int64)
-        if np.any(final):
-            index = index + STATES * np.asarray(final, dtype=np.int64)
-        return self.additive[index]
+        marks a text's last token."""
+        return (self._last if final else self._any)[states]
 
-    def apply(
-        self, logits: np.ndarray, states: np.ndarray, final: bool | np.ndarray = False
-    ) -> np.ndarray:
+    def apply(self, logits: np.ndarray, states: np.ndarray, final: bool = False) -> np.ndarray:
         """``logits`` (rows, vocab) with every token that may not come next at ``-inf``
         (a new array; ``logits`` is not written)."""
-        return logits + self.rows(states, final)
+        return logits + (self._last if final else self._any)[states]
 
 
 def syllable_mask(tokenizer: Any) -> SyllableMask | None:
