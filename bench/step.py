@@ -19,8 +19,8 @@ measured in every round. The first lines name the CPU, its SIMD flags, the load 
 before and after each round and the versions. LiteRT's logits must match textgen's to
 1e-4 and the greedy tokens of the loops must agree, or the bench stops.
 
-``--breakdown`` prints instead where one step's time goes at each batch size: every
-matrix product and every layer's gate arithmetic timed alone (best of 7 × 300 calls).
+``--breakdown`` prints instead where one step's time goes at each batch size: the gate
+products, the output layer and the gate arithmetic timed alone, in CPU time.
 
     .venv/bin/python bench/step.py                      # about 1-2 minutes on 2 cores
     .venv/bin/python bench/step.py --baseline /tmp/old.py
@@ -143,40 +143,48 @@ def litert_error(step: LiteRTStep, lm: NumpyLM) -> float:
     return float(np.abs(ours - theirs).max())
 
 
-def best_time(func: Callable[[], object], calls: int = 300, rounds: int = 7) -> float:
-    """Microseconds per call of ``func``, the best of ``rounds`` runs of ``calls``."""
+def best_time(func: Callable[[], object], calls: int = 20, rounds: int = 40) -> float:
+    """CPU microseconds per call of ``func`` (this thread's CPU time, so time spent
+    waiting for a core on a shared machine is left out), the best of ``rounds`` runs."""
     func()
     best = float("inf")
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = time.thread_time()
         for _ in range(calls):
             func()
-        best = min(best, (time.perf_counter() - start) / calls)
+        best = min(best, (time.thread_time() - start) / calls)
     return best * 1e6
 
 
 def breakdown(arrays: dict[str, np.ndarray], batches: list[int]) -> None:
-    """Where one step's time goes, each part timed alone (1 BLAS thread)."""
+    """Where one step's time goes, each part timed alone on 1 BLAS thread; the parts run
+    with their weights in cache, so "rest" is Python, numpy's call overhead and the
+    cache misses of a step whose weights (3.1 MB) exceed a core's L2."""
     rng = np.random.default_rng(2)
-    raw = NumpyLM.from_arrays(arrays)
-    print("| batch | step | layer 0: h·R | layer 1: x·K | layer 1: h·R | output x·W | "
-          "tanh (B×1024) | numpy calls' floor | products' share |")  # fmt: skip
+    lm = NumpyLM.from_arrays(arrays)
+    print("CPU µs per call (thread time, best of 40 × 20 calls), 1 BLAS thread:\n")
+    print("| batch | row groups | step | 3 gate products | output layer | gate arithmetic ×2 "
+          "| table lookup | rest | one (B, 1024) product, as before |")  # fmt: skip
     print("|---:" * 9 + "|")
     for b in batches:
+        split = lm.row_groups(b)
         h = rng.uniform(-0.9, 0.9, (b, UNITS)).astype(np.float32)
-        z = np.empty((b, 4 * UNITS), np.float32)
+        z = rng.uniform(-2, 2, (4, b, UNITS)).astype(np.float32)
         state = [tuple(h.copy() for _ in range(2)) for _ in range(LAYERS)]
         ids = rng.integers(0, VOCAB, b)
-        step = best_time(lambda ids=ids, state=state: raw.step(ids, state))
-        prods = [
-            best_time(lambda h=h, w=arrays[name]: h @ w)
-            for name in ("rnn_0_recurrent", "rnn_1_kernel", "rnn_1_recurrent", "out_kernel")
-        ]
-        tanh = best_time(lambda z=z: np.tanh(z, out=z))
-        tiny = best_time(lambda h=h: np.add(h[:1, :1], 1.0))
+        step = best_time(lambda ids=ids, state=state: lm.step(ids, state))
+        prods = sum(
+            best_time(lambda h=h, w=lm._gm[layer][name], s=split: lm._gate_product(h, w, s))
+            for layer, name in ((0, "recurrent"), (1, "kernel"), (1, "recurrent"))
+        )
+        out = best_time(lambda h=h: lm._logits(h))
+        gates = 2 * best_time(lambda z=z, c=h: lm._lstm_gates(z.copy(), c))
+        table = best_time(lambda ids=ids: np.take(lm._table, ids, axis=1))
+        before = best_time(lambda h=h, w=arrays["rnn_1_recurrent"]: h @ w)
+        rest = step - prods - out - gates - table
         print(
-            f"| {b} | {step:.1f} µs | {prods[0]:.1f} | {prods[1]:.1f} | {prods[2]:.1f} "
-            f"| {prods[3]:.1f} | {tanh:.1f} | {tiny:.2f} | {sum(prods) / step:.0%} |"
+            f"| {b} | {split[0]} × {split[1]} | {step:.0f} | {prods:.0f} | {out:.0f} | {gates:.0f} "
+            f"| {table:.0f} | {rest:.0f} | {before:.0f} |"
         )
 
 

@@ -144,6 +144,29 @@ def test_a_split_step_never_writes_into_its_state_and_returns_fresh_arrays(small
     assert all(p.flags.c_contiguous for p in fresh)  # the batcher indexes and stacks rows
 
 
+def test_the_order_of_a_steps_products_changes_nothing():
+    """Every other step does the top layer's recurrent product first (for the cache); the
+    same input gives bit-identical outputs either way."""
+    lm = random_lm("lstm", 16, 64, 3)
+    for batch in (1, 5):
+        state = random_state(lm, batch)
+        ids = np.arange(batch) % lm.vocab_size
+        first = lm._early
+        a, sa = lm.step(ids, state)
+        assert lm._early != first  # the two orders, one after the other
+        b, sb = lm.step(ids, state)
+        np.testing.assert_array_equal(a, b)
+        for x, y in zip(sa, sb, strict=True):
+            np.testing.assert_array_equal(x[0], y[0])
+            np.testing.assert_array_equal(x[1], y[1])
+
+
+def test_an_lstm_step_takes_one_id_per_sequence():
+    lm = random_lm("lstm", 4, 8, 1)
+    with pytest.raises(ValueError, match=r"shape \(batch,\), got \(2, 1\)"):
+        lm.step(np.array([[1], [2]]), lm.initial_state(2))
+
+
 def test_without_a_table_the_lstm_projects_its_embedding(monkeypatch):
     monkeypatch.setattr(numpy_lm, "TABLE_LIMIT", 0)
     monkeypatch.setattr(numpy_lm, "SMALL_PRODUCT", 24 * 24 * 6)

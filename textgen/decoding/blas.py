@@ -1,14 +1,19 @@
 """How many threads the BLAS under numpy's matrix products uses, read and set at run time.
 
 numpy's wheels run ``@`` on OpenBLAS (``numpy.show_config()`` names it: scipy-openblas,
-with its symbols prefixed ``scipy_``), which starts one thread per core. A decoding step
-is a few small products (batch x 256 by 256 x 1024 for a 2x256 LSTM), each handed to the
-other threads and waited for. On a quiet machine the second core makes a batched step
-up to about 1.5 times faster; on a machine whose cores are busy with other processes each
-hand-over waits for the scheduler, and a 2-thread step at batch 16 measured 15 times
-slower than a 1-thread one (BENCHMARKS.md). A server sharing its cores may therefore
-want ``set_blas_threads(1)``; ``OPENBLAS_NUM_THREADS=1`` in the environment does the
-same for a whole process from its start.
+with its symbols prefixed ``scipy_``), which starts one thread per core. A product big
+enough for OpenBLAS's threaded path is handed to the other threads and waited for; on a
+machine whose cores are busy with other processes each hand-over waits for the
+scheduler, and when the LSTM step still ran one (batch × 256) by (256 × 1024) product
+per layer, a 2-thread step at batch 16 measured 15 to 20 times slower than a 1-thread
+one (BENCHMARKS.md). The step now splits its products into pieces for OpenBLAS's
+small-matrix kernel (``numpy_lm``), which runs on the calling thread whatever this
+setting, so at batch 4-64 of a 2×256 LSTM the count no longer matters (at load 13 on 2
+cores: 17,626 tokens/s with 2 threads, 17,736 with 1, at batch 16). It still decides the
+matrix-vector products of batch 1-2 and the products of models too big for that kernel.
+A server sharing its cores may therefore want ``set_blas_threads(1)``;
+``OPENBLAS_NUM_THREADS=1`` in the environment does the same for a whole process from its
+start.
 
 Where numpy runs on another BLAS (MKL, Accelerate) these functions find no OpenBLAS and
 answer ``None``: nothing is changed.

@@ -58,7 +58,7 @@ GATE_BLOCKS = {"lstm": len(LSTM_GATES), "gru": 3, "rnn": 1}  # column blocks of 
 TABLE_LIMIT = 1 << 24  # float32 entries (64 MiB) for the first layer's projection table
 GATE_MAJOR = ("i", "f", "o", "c")  # the LSTM step's gate order: the sigmoid gates first
 SMALL_PRODUCT = 1_000_000  # rows · inner · columns that OpenBLAS's small kernel takes
-MIN_WIDTH = 64  # narrowest column block worth a call of its own
+MIN_WIDTH = 32  # narrowest column block worth a call of its own
 MAX_BLOCKS = 16  # most column blocks a product is split into
 
 
@@ -312,6 +312,8 @@ class NumpyLM:
         self._check(state)
         ids = np.asarray(ids)
         if self.cell == "lstm":
+            if ids.ndim != 1:
+                raise ValueError(f"step takes one id per sequence, shape (batch,), got {ids.shape}")
             return self._lstm_step(ids, state)
         new_state: State = []
         x = self._inputs(ids)

@@ -3,9 +3,13 @@
 The server's process already runs two busy threads (the event loop and a decoding loop
 per model), and on a small or shared machine OpenBLAS's own threads then fight them for
 the cores: measured on 2 cores with other work running, the 2x256 LSTM step at batch 8
-fell from 7,242 tokens/s with one BLAS thread to 177 with two. numpy is imported before
-``textgen serve`` can set ``OPENBLAS_NUM_THREADS``, so the loaded library is told
-directly through its ``*_set_num_threads`` function, found in the process's mapped files.
+fell from 7,242 tokens/s with one BLAS thread to 177 with two. The LSTM step's products
+are now sized for OpenBLAS's single-threaded small-matrix kernel at batch 4-64
+(``textgen.decoding.numpy_lm``), where the setting no longer matters; it still does for
+batch 1-2 and for models too big for that kernel, so one thread stays the default.
+numpy is imported before ``textgen serve`` can set ``OPENBLAS_NUM_THREADS``, so the loaded
+library is told directly through its ``*_set_num_threads`` function, found in the
+process's mapped files.
 """
 
 from __future__ import annotations
