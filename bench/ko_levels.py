@@ -1,9 +1,12 @@
 """Korean tokenization levels compared on the same held-out text (BENCHMARKS.md table).
 
-For each ``configs/ko-constitution-LEVEL.toml`` (same model, same training-time budget):
-train it with ``textgen train``, score the held-out 10% with ``textgen eval --valid``
-(bits per character of the NFC text, the yardstick every level shares), and sample three
-continuations of "대한민국은". Prints a Markdown table and the samples.
+For each ``configs/ko-constitution-LEVEL.toml``: train it with ``textgen train``, score
+the Constitution's held-out 10% and Korean text of another kind (``data/ko-reviews``: Naver
+movie reviews, CC0) in bits per character of the NFC text (``textgen eval``'s yardstick),
+each next to a unigram model fitted to the same training text and scored on the same
+tokens (add-one smoothing, ``<unk>`` charged what each model gives it:
+:func:`textgen.evaluate.evaluate_unigram`), with the share of the bits spent on ``<unk>``;
+and sample three continuations of "대한민국은". Prints a Markdown table and the samples.
 
     python bench/ko_levels.py                 # all levels, runs under runs/bench-ko/
     python bench/ko_levels.py jamo char       # some of them
@@ -22,6 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_line  # noqa: E402
+from textgen.corpus.examples import held_out_text, training_text  # noqa: E402
+from textgen.corpus.read import read_corpus  # noqa: E402
+from textgen.evaluate import evaluate_text, evaluate_unigram  # noqa: E402
+from textgen.rundir import load_bundle  # noqa: E402
+
+OTHER = ROOT / "data" / "ko-reviews" / "reviews.txt"  # Korean of another kind (CC0 1.0)
 
 LEVELS = ("word", "char", "jamo", "bpe", "unigram", "morpheme")
 SEED = "대한민국은"
@@ -47,8 +56,14 @@ def run_level(level: str, runs: Path) -> dict[str, object]:
     wall = time.perf_counter() - t0
     with open(run_dir / "history.csv", encoding="utf-8") as fh:
         history = list(csv.DictReader(fh))
-    scores = json.loads(textgen("eval", "--model", str(run_dir), "--valid", "--format", "json"))
-    valid = scores["validation"]
+    bundle = load_bundle(run_dir)
+    train_text = training_text(bundle.config.data)
+    texts = {"held": held_out_text(bundle.config.data), "other": read_corpus(OTHER)[0]}
+    scores = {}
+    for name, text in texts.items():
+        scores[name] = evaluate_text(bundle, text)
+        scores[f"{name} unigram"] = evaluate_unigram(bundle, train_text, text)
+    valid = scores["held"]
     vocab = len(json.loads((run_dir / "tokenizer.json").read_text(encoding="utf-8"))["vocab"])
     samples = textgen(
         "generate", "--model", str(run_dir), "--seed", SEED, "--length", "60",
@@ -60,9 +75,10 @@ def run_level(level: str, runs: Path) -> dict[str, object]:
         "epochs": len(history),
         "train_minutes": float(history[-1]["elapsed"]) / 60,
         "wall_minutes": wall / 60,
-        "tokens": valid["tokens"],
-        "bits_per_char": valid["bits_per_char"],
-        "oov_rate": valid["oov_rate"],
+        "tokens": valid.tokens,
+        "bits_per_char": valid.bits_per_char,
+        "oov_rate": valid.oov_rate,
+        "scores": scores,
         "samples": samples,
         "loose_jamo": sum(loose_jamo(s) for s in samples),
     }
@@ -77,12 +93,24 @@ def main() -> None:
         row = run_level(level, runs)
         rows.append(row)
         print(f"{level}: {row['bits_per_char']:.3f} bits/char", file=sys.stderr, flush=True)
-    print("| level | vocabulary | epochs | training min | held-out tokens | bits/char | OOV |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| level | vocabulary | epochs | training min | held-out bits/char | unigram | "
+        "reviews bits/char | unigram | beats it | reviews <unk> bits/char (model, unigram) "
+        "| reviews OOV |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
+        sc = r["scores"]
+        held, held_u, other, other_u = (
+            sc[k] for k in ("held", "held unigram", "other", "other unigram")
+        )
         print(
             f"| {r['level']} | {r['vocab']:,} | {r['epochs']} | {r['train_minutes']:.2f} | "
-            f"{r['tokens']:,} | {r['bits_per_char']:.3f} | {r['oov_rate']:.1%} |"
+            f"{held.bits_per_char:.3f} | {held_u.bits_per_char:.3f} | "
+            f"{other.bits_per_char:.3f} | {other_u.bits_per_char:.3f} | "
+            f"{'yes' if other.bits_per_char < other_u.bits_per_char else '**no**'} | "
+            f"{other.unknown_bits_per_char:.3f}, {other_u.unknown_bits_per_char:.3f} | "
+            f"{other.oov_rate:.1%} |"
         )
     print()
     for r in rows:
