@@ -10,7 +10,8 @@ argmax fed back. The arms:
   ``numpy_lm.py`` (e.g. ``git show HEAD~3:textgen/decoding/numpy_lm.py > /tmp/old.py``)
   on 1 thread, so a change is measured against what it replaced in the same run;
 * ``LiteRT``  : the same step exported by ``textgen.export.litert.convert_step`` and run
-  by ``ai_edge_litert``'s interpreter (XNNPACK, ``--litert-threads``, default 2).
+  by ``ai_edge_litert``'s interpreter (XNNPACK) with 2 threads, the target's reference,
+  and with ``--litert-one-thread`` also with 1 (the same single core as textgen's).
 
 The arms take turns in each of ``--repeats`` rounds, and the figures are medians. The
 roofline is the forward FLOPs of a token (every layer's input and recurrent products and
@@ -193,7 +194,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="steps per timed loop")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of all arms")
     parser.add_argument("--batches", default="1,16,32")
-    parser.add_argument("--litert-threads", type=int, default=2)
+    parser.add_argument("--litert-one-thread", action="store_true", help="a 1-thread arm too")
     parser.add_argument("--baseline", type=Path, help="another numpy_lm.py, timed on 1 thread")
     parser.add_argument("--breakdown", action="store_true", help="time a step's parts")
     args = parser.parse_args()
@@ -215,8 +216,9 @@ def main() -> None:
 
     lm = NumpyLM.from_arrays(arrays)
     model = convert_step(arrays)
-    litert = {b: LiteRTStep(model, b, args.litert_threads) for b in batches}
-    worst = max(litert_error(step, lm) for step in litert.values())
+    litert = {b: LiteRTStep(model, b, 2) for b in batches}
+    single = {b: LiteRTStep(model, b, 1) for b in batches} if args.litert_one_thread else {}
+    worst = max(litert_error(step, lm) for step in [*litert.values(), *single.values()])
     assert worst < 1e-4, f"LiteRT and textgen disagree: logits differ by {worst}"
     arms: dict[str, tuple[Callable[[int], tuple[float, list[int]]], int | None]] = {}
     threads = [1, 2] if default is not None else [None]
@@ -226,6 +228,8 @@ def main() -> None:
         old = load_baseline(args.baseline, arrays)
         arms["before, BLAS 1"] = (lambda b: numpy_loop(old, b, args.steps), 1)
     arms["LiteRT"] = (lambda b: litert[b].loop(args.steps), default)
+    if single:
+        arms["LiteRT, 1 thread"] = (lambda b: single[b].loop(args.steps), default)
     times: dict[tuple[str, int], list[float]] = {(a, b): [] for a in arms for b in batches}
     gflops, load = [], [os.getloadavg()[0]]
     for _ in range(args.repeats):
@@ -248,7 +252,7 @@ def main() -> None:
         load.append(os.getloadavg()[0])
     roof = statistics.median(gflops) * 1e9 / forward_flops(arrays)
     print(
-        f"# ai-edge-litert {litert_version} ({args.litert_threads} threads, XNNPACK); "
+        f"# ai-edge-litert {litert_version} (2 threads, XNNPACK); "
         f"load average {', '.join(f'{x:.1f}' for x in load)} (before, after each round); "
         f"sgemm {statistics.median(gflops):.0f} GFLOP/s (rounds "
         f"{', '.join(f'{g:.0f}' for g in gflops)}); {forward_flops(arrays) / 1e6:.2f} "

@@ -249,3 +249,29 @@ def test_gru_and_rnn_steps_in_column_blocks_match_one_product(monkeypatch, cell)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for x, y in zip(sa, sb, strict=True):
         np.testing.assert_allclose(x[0], y[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bench_step_arms_run_the_same_model(tmp_path):
+    """bench/step.py's arms: its 2×256 weights give 1.74 MFLOP a token, the LiteRT step
+    matches textgen's logits, and the greedy loops of textgen, a baseline copy of
+    numpy_lm.py and LiteRT pick the same ids."""
+    pytest.importorskip("ai_edge_litert")
+    from pathlib import Path
+
+    from textgen.export.litert import convert_step
+
+    from .test_bench import load_bench
+
+    bench = load_bench("step")
+    arrays = bench.weights()
+    assert bench.forward_flops(arrays) == 2 * (64 * 1024 + 3 * 256 * 1024 + 256 * 65)
+    lm = NumpyLM.from_arrays(arrays)
+    copy = tmp_path / "old_numpy_lm.py"
+    copy.write_text(Path(numpy_lm.__file__).read_text(encoding="utf-8"), encoding="utf-8")
+    old = bench.load_baseline(copy, arrays)
+    step = bench.LiteRTStep(convert_step(arrays), 3, threads=1)
+    assert bench.litert_error(step, lm) < 1e-4
+    _, ours = bench.numpy_loop(lm, 3, 30)
+    _, before = bench.numpy_loop(old, 3, 30)
+    _, theirs = step.loop(30)
+    assert ours == before == theirs and len(set(ours)) > 3
