@@ -28,6 +28,7 @@ NORMALIZATIONS = ("nfc", "nfd")
 SUBWORD_MODELS = ("bpe", "unigram")
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("float32", "bfloat16")
+ANNEALS = ("none", "budget")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ class TrainConfig:
     # NT-ASGD: > 0 averages the SGD iterates once validation has not improved for this
     # many checks; validation, best.keras, eval and generate then use the averaged weights
     asgd_nonmono: int = 0
+    # "budget": the learning rate follows a cosine from its value to 0 over max_minutes of
+    # training time, so the schedule spends the whole budget whatever the machine's speed
+    anneal: str = "none"
 
 
 DISTRIBUTE = ("none", "mirrored", "multiworker")
@@ -149,6 +153,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "cell"): CELLS,
     ("train", "optimizer"): OPTIMIZERS,
     ("train", "precision"): PRECISIONS,
+    ("train", "anneal"): ANNEALS,
 }
 
 
@@ -287,6 +292,10 @@ def _check_ranges(config: Config) -> None:
             t.momentum == TrainConfig.momentum or t.optimizer == "sgd",
             f'train.momentum applies to train.optimizer = "sgd" only (got {t.optimizer!r}: '
             "it would be ignored); remove it",
+        ),
+        (
+            t.anneal == "none" or t.max_minutes > 0,
+            'train.anneal = "budget" needs train.max_minutes > 0 (the budget it anneals to)',
         ),
         (
             t.asgd_nonmono == 0 or t.optimizer == "sgd",

@@ -1,10 +1,12 @@
 """What a training run writes into its run directory and reads back to resume.
 
 One save is one commit (:class:`textgen.rundir.Commit`): the resumable state
-``last.npz`` (every model and optimizer variable, the carried recurrent state and the
-:class:`~textgen.training.state.TrainState`), history.csv, and, when the epoch improved,
-the bundle of the current weights. The state and the best model it names therefore
-reach the disk together, whenever the process dies.
+``last.npz`` (every model and optimizer variable and every field of the
+:class:`~textgen.training.state.TrainState`, walked: the position, the config in force,
+the carried recurrent state, the NT-ASGD average, ...), history.csv, and, when the epoch
+improved, the bundle of the current weights (the averaged ones once NT-ASGD averages).
+The state and the best model it names therefore reach the disk together, whenever the
+process dies.
 
 Resuming reads the same files back: :func:`resume_config` is the config in force at the
 last save (plus the ``--set`` overrides :data:`RESUME_KEYS` allows), and
@@ -13,6 +15,7 @@ last save (plus the ``--set`` overrides :data:`RESUME_KEYS` allows), and
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -46,7 +49,7 @@ RESUME_KEYS = frozenset(
     for key in (
         "epochs", "max_minutes", "patience", "learning_rate", "lr_decay", "lr_decay_after",
         "plateau_factor", "clipnorm", "save_every_steps", "log_every_steps", "jit_compile",
-        "distribute", "peer_timeout", "batch_size",
+        "distribute", "peer_timeout", "batch_size", "anneal",
     )
 )  # fmt: skip
 
@@ -62,29 +65,22 @@ class Checkpoint:
     params: int  # the model's parameter count, recorded in metadata.json
 
     def save(
-        self, model: Any, optimizer: Any, state: TrainState, carry: np.ndarray, *, best: bool
+        self, model: Any, optimizer: Any, state: TrainState, *, best: bool, averaged: Any = None
     ) -> None:
-        """Commit one snapshot: ``last.npz``, history.csv and, when ``best``, the bundle."""
-        toml = self.config.to_toml()
-        info = state.to_info() | {
-            "config": toml,  # resume continues with the config in force
-            "global_batch": self.global_batch,
-            "corpus_sha256": self.prepared.corpus_sha256,
-            "valid_sha256": self.valid_sha256,
-        }
-        del info["history"]  # history.csv holds it: last.npz stays the same size
+        """Commit one snapshot: ``last.npz`` (the variables as they are and every field of
+        ``state``), history.csv and, when ``best``, the bundle. ``averaged`` (a context
+        manager factory, NT-ASGD) swaps the averaged weights in while the bundle is written."""
+        info, arrays = state.saved()
+        model_vars = variable_arrays(model)  # the weights training goes on from
         with rundir.Commit(self.run_dir) as commit:
             if best:
-                rundir.write_bundle(commit, model, toml, self._bundle_metadata(state))
+                with averaged() if averaged is not None else contextlib.nullcontext():
+                    rundir.write_bundle(commit, model, state.config, self._bundle_metadata(state))
             else:  # config.toml shows the config in force (a --resume --set, say)
-                rundir.write_config(commit, toml)
+                rundir.write_config(commit, state.config)
             commit.write_text(rundir.HISTORY, history_csv(state.history))
             rundir.write_state(
-                commit,
-                variable_arrays(model),
-                [np.asarray(v) for v in optimizer.variables],
-                info,
-                {"carry": np.asarray(carry)},
+                commit, model_vars, [np.asarray(v) for v in optimizer.variables], info, arrays
             )
 
     @cached_property
@@ -98,11 +94,14 @@ class Checkpoint:
             return ""
         return scan(data.valid_corpus, data.encoding, count_chars=False)[0]
 
-    def restore(self, model: Any, optimizer: Any) -> tuple[TrainState, np.ndarray | None]:
-        """Load ``last.npz`` into ``model`` and ``optimizer``: (the position, the carried
-        recurrent state or None)."""
+    def restore(self, model: Any, optimizer: Any) -> TrainState:
+        """Load ``last.npz`` into ``model`` and ``optimizer`` and return the state it holds,
+        every field as saved (:meth:`identified` gives it this run's config and sums)."""
         model_vars, opt_vars, info = rundir.load_state(self.run_dir)
-        saved_sha = info.get("corpus_sha256") or (rundir.load_metadata(self.run_dir) or {}).get(
+        arrays = info.pop("arrays", {})
+        history = None if "history" in info else history_rows(info.pop("history_csv", ""))
+        state = TrainState.restored(info, arrays, history)
+        saved_sha = state.corpus_sha256 or (rundir.load_metadata(self.run_dir) or {}).get(
             "corpus_sha256"
         )
         if saved_sha and saved_sha != self.prepared.corpus_sha256:
@@ -118,16 +117,24 @@ class Checkpoint:
                 raise DataError(f"{self.run_dir / rundir.STATE} does not match this {name}")
             for variable, value in zip(mine, theirs, strict=True):
                 variable.assign(value)
-        if "history" not in info:  # written since history.csv holds the history
-            info["history"] = history_rows(info.pop("history_csv", ""))
-        state = TrainState.from_info(info)
-        saved_batch = info.get("global_batch", self.config.train.batch_size)
+        saved_batch = state.global_batch or self.config.train.batch_size
         if state.step and saved_batch != self.global_batch:
             raise DataError(
                 f"{self.run_dir} stopped mid-epoch with a global batch of {saved_batch} rows; "
                 f"resume it with the same batch_size x replicas (now {self.global_batch})"
             )
-        return state, info.get("arrays", {}).get("carry")
+        return state
+
+    def identified(self, state: TrainState) -> TrainState:
+        """``state`` with what identifies this run now: the config in force, the global
+        batch, the sha256 of the corpus and of the validation file."""
+        return replace(
+            state,
+            config=self.config.to_toml(),
+            global_batch=self.global_batch,
+            corpus_sha256=self.prepared.corpus_sha256,
+            valid_sha256=self.valid_sha256,
+        )
 
     def _bundle_metadata(self, state: TrainState) -> dict[str, Any]:
         data, prepared = self.config.data, self.prepared

@@ -42,12 +42,14 @@ from textgen.model.network import (
     set_weight_arrays,
     training_forward,
 )
+from textgen.model.precision import precision_notice, step_jit
 from textgen.text.base import Tokenizer
 from textgen.training import distribute
+from textgen.training.averaging import Averager, nonmono_triggered
 from textgen.training.batches import prefetched, run_batches, steps_per_epoch
 from textgen.training.checkpoint import Checkpoint, saved_tokenizer
 from textgen.training.finetune import Start
-from textgen.training.optimizer import make_optimizer, scheduled_learning_rate
+from textgen.training.optimizer import budget_factor, make_optimizer, scheduled_learning_rate
 from textgen.training.progress import ByteBar, Reporter
 from textgen.training.scalars import Scalars
 from textgen.training.signals import Signals, interrupted
@@ -126,22 +128,32 @@ class Trainer:
             if start is not None:  # fine-tuning: the parent's (possibly grown) weights
                 set_weight_arrays(self.model, start.arrays)
             self.optimizer = make_optimizer(cfg, self.model.trainable_variables)
-        forward = training_forward(self.model, config.model, mask_padding=mask)
+        forward = training_forward(
+            self.model, config.model, mask_padding=mask, precision=cfg.precision
+        )
         state_shape = (config.model.layers, config.model.units) if cfg.carry_state else None
-        jit = cfg.jit_compile and strategy is None
+        jit = step_jit(cfg.precision, cfg.jit_compile) and strategy is None
+        notice = precision_notice(cfg.precision)
+        if notice:
+            log(notice)
         self.steps = Steps(
-            self.model, self.optimizer, forward, jit, state_shape, strategy, cfg.clipnorm
-        )
+            self.model, self.optimizer, forward, jit, state_shape, strategy, cfg.clipnorm,
+            cfg.ar, cfg.tar,
+        )  # fmt: skip
+        self.averager = Averager(self.model.trainable_variables, jit)  # NT-ASGD
         self.carry_rows = min(cfg.batch_size, len(prepared.train))  # parallel streams
-        self.carry = self.steps.zero_state(self.carry_rows)
-        self.state = TrainState(
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            run_id=uuid.uuid4().hex,
-            parent=dict(start.parent) if start is not None else {},
-        )
         self.segment_t0: float | None = None  # when the running epoch segment started
+        self.epoch_lr = self.assigned_lr = cfg.learning_rate  # train.anneal's starting point
         params = count_params(self.model)
         self.checkpoint = Checkpoint(run_dir, config, prepared, self.global_batch, params)
+        self.state = self.checkpoint.identified(
+            TrainState(
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                run_id=uuid.uuid4().hex,
+                parent=dict(start.parent) if start is not None else {},
+                carry=self.steps.zero_state(self.carry_rows),
+            )
+        )
         self.scalars = Scalars(run_dir / rundir.LOGS, enabled=self.chief)
         self.result = TrainResult(
             run_dir,
@@ -150,6 +162,15 @@ class Trainer:
         )
 
     # -- state ---------------------------------------------------------------------------
+    @property
+    def carry(self) -> np.ndarray:
+        """The recurrent state the next step starts from (a placeholder without carry)."""
+        return self.state.carry
+
+    @carry.setter
+    def carry(self, value: np.ndarray) -> None:
+        self.state.carry = value
+
     def learning_rate(self) -> float:
         return scheduled_learning_rate(self.config.train, self.state.epoch, self.state.lr_scale)
 
@@ -157,8 +178,14 @@ class Trainer:
         """Commit one snapshot (chief only): the state, the history and, when ``best``,
         the bundle of the current weights."""
         if self.chief:
-            state = replace(self.state, elapsed=self.elapsed_now())  # the running epoch too
-            self.checkpoint.save(self.model, self.optimizer, state, self.carry, best=best)
+            state = replace(
+                self.state,
+                elapsed=self.elapsed_now(),  # the running epoch too
+                asgd_average=self.averager.arrays(),
+            )
+            self.checkpoint.save(
+                self.model, self.optimizer, state, best=best, averaged=self.averager.swapped
+            )
             self.record_logs()
 
     def record_logs(self) -> None:
@@ -169,9 +196,12 @@ class Trainer:
 
     def restore_state(self) -> None:
         """Load ``last.npz`` into the model, the optimizer and the loop's position."""
-        self.state, carry = self.checkpoint.restore(self.model, self.optimizer)
-        if carry is not None and carry.shape == np.shape(self.carry):
-            self.carry = carry
+        zero = self.steps.zero_state(self.carry_rows)
+        self.state = self.checkpoint.identified(self.checkpoint.restore(self.model, self.optimizer))
+        if self.state.carry is None or np.shape(self.state.carry) != zero.shape:
+            self.carry = zero  # a state saved without it, or with other streams
+        if self.state.averaging:
+            self.averager.start(self.state.asgd_average)
         # a --set on resume may change the learning rate; the config wins over the saved one
         self.optimizer.learning_rate.assign(self.learning_rate())
 
@@ -186,6 +216,15 @@ class Trainer:
         """Training seconds so far, the running epoch included (validation excluded)."""
         running = time.perf_counter() - self.segment_t0 if self.segment_t0 is not None else 0.0
         return self.state.elapsed + running
+
+    def _anneal(self) -> None:
+        """``train.anneal = "budget"``: the epoch's learning rate times the cosine of the
+        time budget spent (assigned when it moved by more than 0.1%)."""
+        limit = self.config.train.max_minutes * 60.0
+        lr = self.epoch_lr * budget_factor(self.elapsed_now(), limit)
+        if abs(lr - self.assigned_lr) > 1e-3 * self.epoch_lr:
+            self.optimizer.learning_rate.assign(lr)
+            self.assigned_lr = lr
 
     def _out_of_time(self) -> bool:
         limit = self.config.train.max_minutes * 60.0
@@ -209,7 +248,11 @@ class Trainer:
             reporter.epoch_start(state.epoch, state.step)
             lr = self.learning_rate()
             self.optimizer.learning_rate.assign(lr)
+            self.assigned_lr = lr
             first_step = state.step
+            self.epoch_lr = lr
+            if cfg.anneal == "budget":
+                self._anneal()
             out_of_time = self._train_steps(stream, steps, reporter, signals)
             row = self._end_epoch(lr, first_step, steps)
             reporter.epoch_end(state.epoch, row)
@@ -218,7 +261,9 @@ class Trainer:
                  "epoch/learning_rate": lr},
                 state.epoch,
             )  # fmt: skip
-            improved = state.record(row["val_loss"] if self.prepared.val else row["check_loss"])
+            score = row["val_loss"] if self.prepared.val else row["check_loss"]
+            improved = state.record(score)
+            self._maybe_average(score, out_of_time and state.step < steps)
             if not improved and cfg.plateau_factor < 1.0:
                 state.lr_scale *= cfg.plateau_factor
                 self.log(f"no improvement: learning rate x{cfg.plateau_factor:g}")
@@ -236,6 +281,22 @@ class Trainer:
         self.record_logs()
         self.result.state = state
         return self.result
+
+    def _maybe_average(self, score: float, cut: bool) -> None:
+        """NT-ASGD: switch to averaging when this check is worse than the best of those
+        before the last ``train.asgd_nonmono`` ones (not at an epoch a time budget cut)."""
+        cfg, state = self.config.train, self.state
+        if not cfg.asgd_nonmono or state.averaging or cut:
+            return
+        key = "val_loss" if self.prepared.val else "check_loss"
+        previous = [row[key] for row in state.history[:-1]]
+        if nonmono_triggered(previous, score, cfg.asgd_nonmono):
+            state.asgd_start = state.global_step
+            self.averager.start()
+            self.log(
+                f"NT-ASGD: no improvement on the best before the last {cfg.asgd_nonmono} "
+                f"checks; averaging the weights from step {state.global_step + 1} on"
+            )
 
     def _train_steps(
         self, stream: Iterator, steps: int, reporter: Reporter, signals: Signals
@@ -262,6 +323,10 @@ class Trainer:
                 )
             self.carry = carry.numpy() if cfg.carry_state else self.carry
             state.step, state.global_step = step, state.global_step + 1
+            if state.averaging:
+                self.averager.update(state.global_step - state.asgd_start)
+            if cfg.anneal == "budget":
+                self._anneal()
             state.total, state.count = state.total + loss_sum, state.count + tokens
             reporter.step(step, state.total / max(state.count, 1.0))
             if cfg.log_every_steps and state.global_step % cfg.log_every_steps == 0:
@@ -282,10 +347,12 @@ class Trainer:
         seconds = time.perf_counter() - (self.segment_t0 or 0.0)
         state.elapsed, self.segment_t0 = state.elapsed + seconds, None
         loss = state.total / state.count if state.count else math.nan
-        val = self.steps.evaluate(prepared.val, batch_size) if prepared.val else math.nan
-        # The running loss was measured before each update, so it cannot judge the weights
-        # as they are now. Without validation, a fixed sample of the training set does.
-        score = val if prepared.val else self.steps.evaluate(self.check_sample(), batch_size)
+        with self.averager.swapped():  # NT-ASGD: the averaged weights are the model's
+            val = self.steps.evaluate(prepared.val, batch_size) if prepared.val else math.nan
+            # The running loss was measured before each update, so it cannot judge the
+            # weights as they are now. Without validation, a fixed sample of the training
+            # set does.
+            score = val if prepared.val else self.steps.evaluate(self.check_sample(), batch_size)
         if not math.isfinite(score):
             raise Diverged(
                 f"loss became {score} at the end of epoch {state.epoch}; stopped. The "

@@ -1,6 +1,13 @@
 """Where a run stands between two steps: the one list of what ``last.npz`` keeps besides
-the model and optimizer variables. It is saved and restored by walking its fields, so a
-new field cannot be saved and forgotten on resume (or the other way round)."""
+the model and optimizer variables. It is saved and restored by walking its fields
+(:meth:`TrainState.saved`, :meth:`TrainState.restored`), so a new resumable field is one
+line here and cannot be saved and forgotten on resume (or the other way round).
+
+A field's ``metadata["kept"]`` says where it goes: ``"info"`` (the default) into the
+JSON record of ``last.npz``, ``"array"`` (an array or None) and ``"arrays"`` (a list of
+arrays) into arrays of ``last.npz`` named after the field, ``"history"`` into history.csv
+(written and read by the checkpoint, so that ``last.npz`` stays the same size).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,12 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+ARRAY = {"kept": "array"}  # one array (or None) in last.npz
+ARRAYS = {"kept": "arrays"}  # a list of arrays in last.npz, FIELD.0, FIELD.1, ...
+HISTORY = {"kept": "history"}  # the rows of history.csv
 
 
 @dataclass
@@ -23,7 +36,7 @@ class TrainState:
     global_step: int = 0
     total: float = 0.0  # loss sum of the running epoch so far ...
     count: float = 0.0  # ... and its token count
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list, metadata=HISTORY)
     best_epoch: int = 0
     best_loss: float = math.inf
     created: str = ""
@@ -35,6 +48,16 @@ class TrainState:
     # Kept here so that a resume records it again in every later metadata.json.
     parent: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""  # chosen when the run starts, kept over resumes
+    config: str = ""  # the config in force (TOML): a resume continues with it
+    global_batch: int = 0  # rows per step over all replicas (0: a state from before it)
+    corpus_sha256: str = ""  # the text trained on, checked on resume
+    valid_sha256: str = ""  # the separate validation file's ("" without one)
+    # the recurrent state carried from batch to batch (train.carry_state), else None
+    carry: np.ndarray | None = field(default=None, metadata=ARRAY)
+    # NT-ASGD (train.asgd_nonmono): the global step after which averaging began (-1: not
+    # yet) and the running average of the trainable variables since then
+    asgd_start: int = -1
+    asgd_average: list[np.ndarray] = field(default_factory=list, metadata=ARRAYS)
 
     def record(self, score: float) -> bool:
         """Judge the epoch that just ended by ``score`` (lower is better): whether it is
@@ -44,6 +67,11 @@ class TrainState:
             return True
         self.epochs_since_best += 1
         return False
+
+    @property
+    def averaging(self) -> bool:
+        """Whether NT-ASGD has switched to averaging."""
+        return self.asgd_start >= 0
 
     def add_epoch_row(
         self, row: dict[str, float], tokens_per_epoch: int, steps_done: int, steps: int
@@ -63,24 +91,64 @@ class TrainState:
         self.history.append(row)
         return row
 
+    def saved(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Every field but the history, walked: (the JSON record, the named arrays).
+        An infinite best loss is ``None`` in the record."""
+        info: dict[str, Any] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for f in dataclasses.fields(self):
+            value, kept = getattr(self, f.name), f.metadata.get("kept", "info")
+            if kept == "info":
+                info[f.name] = value
+            elif kept == "array" and value is not None:
+                arrays[f.name] = np.asarray(value)
+            elif kept == "arrays":
+                arrays |= {f"{f.name}.{i}": np.asarray(v) for i, v in enumerate(value)}
+        if not math.isfinite(self.best_loss):
+            info["best_loss"] = None
+        return info, arrays
+
+    @classmethod
+    def restored(
+        cls,
+        info: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        history: list[dict[str, float]] | None = None,
+    ) -> TrainState:
+        """The state :meth:`saved` wrote (``history`` from history.csv, or the record's own
+        in states of older versions). Fields an older textgen did not save keep their
+        defaults; the names of earlier versions are read (``wait``; a history's ``loss``)."""
+        renamed = {"wait": "epochs_since_best"}
+        info = {renamed.get(k, k): v for k, v in info.items()}
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            kept = f.metadata.get("kept", "info")
+            if kept == "array" and f.name in arrays:
+                values[f.name] = arrays[f.name]
+            elif kept == "arrays":
+                count = sum(1 for name in arrays if name.startswith(f"{f.name}."))
+                if count:
+                    values[f.name] = [arrays[f"{f.name}.{i}"] for i in range(count)]
+            elif kept == "history":
+                rows = history if history is not None else info.get(f.name)
+                if rows is not None:
+                    values[f.name] = [_renamed(row) for row in rows]
+            elif kept == "info" and f.name in info:
+                values[f.name] = info[f.name]
+        state = cls(**values)
+        if state.best_loss is None:
+            state.best_loss = math.inf
+        return state
+
     def to_info(self) -> dict[str, Any]:
-        """The fields as JSON-ready values (an infinite best loss is ``None``)."""
-        info = dataclasses.asdict(self)
-        info["best_loss"] = self.best_loss if math.isfinite(self.best_loss) else None
-        return info
+        """The record's fields and the history as JSON-ready values (no arrays)."""
+        info, _ = self.saved()
+        return info | {"history": [dict(row) for row in self.history]}
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> TrainState:
-        """The state :meth:`to_info` wrote; fields an older textgen did not save keep
-        their defaults, and its history rows are renamed (``loss`` → ``train_loss``)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        renamed = {"wait": "epochs_since_best"}  # the names of earlier versions
-        info = {renamed.get(k, k): v for k, v in info.items()}
-        state = cls(**{k: v for k, v in info.items() if k in known})
-        if state.best_loss is None:
-            state.best_loss = math.inf
-        state.history = [_renamed(row) for row in state.history]
-        return state
+        """The state :meth:`to_info` wrote (the arrays at their defaults)."""
+        return cls.restored(info, {})
 
 
 def _renamed(row: dict[str, float]) -> dict[str, float]:

@@ -1,5 +1,9 @@
 """The compiled steps: one optimizer step (for one replica or for many, through a
-``tf.distribute`` strategy), the evaluation step, and gradient clipping."""
+``tf.distribute`` strategy), the evaluation step, and gradient clipping.
+
+The step minimises the mean cross-entropy per token plus, when ``train.ar`` / ``train.tar``
+are set, AWD-LSTM's activation regularizers (:func:`activation_penalties`); the loss it
+reports (and the history records) is the cross-entropy alone."""
 
 from __future__ import annotations
 
@@ -28,6 +32,25 @@ def clip_by_global_norm(grads: list[Any], clipnorm: float) -> list[Any]:
     return clipped
 
 
+def activation_penalties(raw: Any, dropped: Any, mask: Any) -> tuple[Any, Any, Any, Any]:
+    """The sums AR and TAR (Merity et al. 2017) are made of, padding masked out.
+
+    ``raw`` and ``dropped`` are the last recurrent layer's outputs before and after the
+    output dropout, (batch, time, units); ``mask`` (batch, time) is 1 where a token is
+    real. Returns (sum of ``dropped``², the number of its real entries, sum of
+    ``(raw[t] - raw[t-1])``² over pairs of real neighbours, the number of those entries):
+    AR is ``ar * first / second`` and TAR ``tar * third / fourth``, means over every unit
+    of every real position. Sums rather than means, so that replicas can add theirs up.
+    """
+    tf = tensorflow()
+    units = tf.cast(tf.shape(raw)[-1], tf.float32)
+    mask = tf.cast(mask, tf.float32)
+    ar_sum = tf.reduce_sum(tf.square(dropped) * mask[:, :, None])
+    pairs = mask[:, 1:] * mask[:, :-1]  # both neighbours real
+    tar_sum = tf.reduce_sum(tf.square(raw[:, 1:] - raw[:, :-1]) * pairs[:, :, None])
+    return ar_sum, tf.reduce_sum(mask) * units, tar_sum, tf.reduce_sum(pairs) * units
+
+
 class Steps:
     """The compiled training and evaluation steps for one model and optimizer.
 
@@ -44,6 +67,8 @@ class Steps:
         state_shape: tuple | None,
         strategy: Any = None,
         clipnorm: float = 0.0,
+        ar: float = 0.0,
+        tar: float = 0.0,
     ) -> None:
         tf = tensorflow()
         spec = tf.TensorSpec([None, None], tf.int32)
@@ -51,11 +76,22 @@ class Steps:
         carry = state_shape is not None
         state_spec = tf.TensorSpec([state_shape[0], 2, None, state_shape[1]] if carry else [])
 
-        def token_loss(x: Any, y: Any, state: Any, training: bool) -> tuple[Any, Any, Any]:
+        regularized = bool(ar or tar)
+
+        def token_loss(
+            x: Any, y: Any, state: Any, training: bool, penalties: list | None = None
+        ) -> tuple[Any, Any, Any]:
+            """The summed cross-entropy, its token count and the state after the batch;
+            with ``penalties`` (a list) also AR/TAR's sums, appended to it."""
             layers = [(state[i, 0], state[i, 1]) for i in range(state_shape[0])] if carry else None
-            logits, new = forward(x, training, layers)
+            if penalties is None:
+                logits, new = forward(x, training, layers)
+            else:
+                logits, new, (raw, dropped) = forward(x, training, layers, hidden=True)
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
             mask = tf.cast(tf.not_equal(x, 0), ce.dtype)  # padding predicts nothing
+            if penalties is not None:
+                penalties.extend(activation_penalties(raw, dropped, mask))
             new_state = tf.stack([tf.stack(pair) for pair in new]) if carry else state
             return tf.reduce_sum(ce * mask), tf.reduce_sum(mask), new_state
 
@@ -71,10 +107,20 @@ class Steps:
             because the optimizer sums it once more across replicas.
             """
             variables = model.trainable_variables
+
+            def all_(value: Any) -> Any:  # summed over the replicas
+                return value if ctx is None else ctx.all_reduce(sum_, value)
+
             with tf.GradientTape() as tape:
-                total, count, new_state = token_loss(x, y, state, True)
-                all_count = count if ctx is None else ctx.all_reduce(sum_, count)
-                loss = total / tf.maximum(all_count, 1.0)
+                penalties: list | None = [] if regularized else None
+                total, count, new_state = token_loss(x, y, state, True, penalties)
+                loss = total / tf.maximum(all_(count), 1.0)
+                if penalties:  # training only: the reported loss stays the cross-entropy
+                    ar_sum, ar_n, tar_sum, tar_n = penalties
+                    if ar:
+                        loss += ar * ar_sum / tf.maximum(all_(ar_n), 1.0)
+                    if tar:
+                        loss += tar * tar_sum / tf.maximum(all_(tar_n), 1.0)
             grads = tape.gradient(loss, variables)
             if ctx is not None:
                 grads = ctx.all_reduce(sum_, [tf.convert_to_tensor(g) for g in grads])
