@@ -13,7 +13,8 @@ argmax fed back. The arms:
   by ``ai_edge_litert``'s interpreter (XNNPACK) with 2 threads, the target's reference,
   and with ``--litert-one-thread`` also with 1 (the same single core as textgen's).
 
-The arms take turns in each of ``--repeats`` rounds, and the figures are medians. The
+The arms take turns in each of ``--repeats`` rounds, each round starting with the next
+arm (the first one after the round's sgemm ran slower), and the figures are medians. The
 roofline is the forward FLOPs of a token (every layer's input and recurrent products and
 the output layer: 1.74 MFLOP) times tokens/s over numpy's sgemm GFLOP/s (1024³),
 measured in every round. The first lines name the CPU, its SIMD flags, the load average
@@ -232,11 +233,15 @@ def main() -> None:
         arms["LiteRT, 1 thread"] = (lambda b: single[b].loop(args.steps), default)
     times: dict[tuple[str, int], list[float]] = {(a, b): [] for a in arms for b in batches}
     gflops, load = [], [os.getloadavg()[0]]
-    for _ in range(args.repeats):
+    for round_ in range(args.repeats):
         gflops.append(sgemm_gflops(reps=10))
+        time.sleep(0.5)  # OpenBLAS's threads spin a while after the sgemm: let them sleep
+        names = list(arms)
+        names = names[round_ % len(names) :] + names[: round_ % len(names)]  # each arm first
         for b in batches:
             tokens = {}
-            for name, (run, t) in arms.items():
+            for name in names:
+                run, t = arms[name]
                 if t is not None:
                     set_blas_threads(t)
                 secs, tokens[name] = run(b)
