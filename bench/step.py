@@ -17,9 +17,10 @@ The arms take turns in each of ``--repeats`` rounds, each round starting with th
 arm (the first one after the round's sgemm ran slower), and the figures are medians. The
 roofline is the forward FLOPs of a token (every layer's input and recurrent products and
 the output layer: 1.74 MFLOP) times tokens/s over numpy's sgemm GFLOP/s (1024³, the
-better of 1 and 2 BLAS threads), measured in every round. The first lines name the CPU, its SIMD flags, the load average
-before and after each round and the versions. LiteRT's logits must match textgen's to
-1e-4 and the greedy tokens of the loops must agree, or the bench stops.
+better of 1 and 2 BLAS threads), measured in every round. The first lines name the CPU,
+its SIMD flags, the load average before and after each round and the versions. LiteRT's
+logits must match textgen's to 1e-4 and the greedy tokens of the loops must agree, or
+the bench stops.
 
 ``--breakdown`` prints instead where one step's time goes at each batch size: the gate
 products, the output layer and the gate arithmetic timed alone, in CPU time.
