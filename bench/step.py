@@ -1,8 +1,8 @@
 """The numpy decoder's step against LiteRT's, in the same run, at batch 1, 16 and 32.
 
-A 2×256 char LSTM (embedding 64, vocabulary 65, random weights: speed does not depend on
-what they say). Each arm runs the same loop, ``--steps`` times: one step, an argmax, the
-argmax fed back. The arms:
+A 2×256 char LSTM, or with ``--cell gru`` a GRU (embedding 64, vocabulary 65, random
+weights: speed does not depend on what they say). Each arm runs the same loop,
+``--steps`` times: one step, an argmax, the argmax fed back. The arms:
 
 * ``textgen`` : :meth:`textgen.decoding.numpy_lm.NumpyLM.step`, with numpy's OpenBLAS on
   1 thread and on 2 (switched at run time with ``set_blas_threads``);
@@ -16,11 +16,11 @@ argmax fed back. The arms:
 The arms take turns in each of ``--repeats`` rounds, each round starting with the next
 arm (the first one after the round's sgemm ran slower), and the figures are medians. The
 roofline is the forward FLOPs of a token (every layer's input and recurrent products and
-the output layer: 1.74 MFLOP) times tokens/s over numpy's sgemm GFLOP/s (1024³, the
-better of 1 and 2 BLAS threads), measured in every round. The first lines name the CPU,
-its SIMD flags, the load average before and after each round and the versions. LiteRT's
-logits must match textgen's to 1e-4 and the greedy tokens of the loops must agree, or
-the bench stops.
+the output layer: 1.74 MFLOP for the LSTM, 1.31 for the GRU) times tokens/s over numpy's
+sgemm GFLOP/s (1024³, the better of 1 and 2 BLAS threads), measured in every round. The
+first lines name the CPU, its SIMD flags, the load average before and after each round
+and the versions. LiteRT's logits must match textgen's to 1e-4 and the greedy tokens of
+the loops must agree, or the bench stops.
 
 ``--breakdown`` prints instead where one step's time goes at each batch size: the gate
 products, the output layer and the gate arithmetic timed alone, in CPU time.
@@ -54,19 +54,21 @@ from textgen.decoding.numpy_lm import NumpyLM  # noqa: E402
 EMBED, UNITS, VOCAB, LAYERS = 64, 256, 65, 2
 
 
-def weights(seed: int = 0) -> dict[str, np.ndarray]:
-    """The arrays of a 2×256 char LSTM (``weights.npz``'s names), random but spread enough
-    that greedy decoding does not settle on one character."""
+def weights(seed: int = 0, cell: str = "lstm") -> dict[str, np.ndarray]:
+    """The arrays of a 2×256 char LSTM or GRU (``weights.npz``'s names), random but spread
+    enough that greedy decoding does not settle on one character."""
     rng = np.random.default_rng(seed)
 
     def rand(*shape: int, scale: float = 0.15) -> np.ndarray:
         return (scale * rng.standard_normal(shape)).astype(np.float32)
 
-    arrays = {"cell": np.array("lstm"), "embedding": rand(VOCAB, EMBED, scale=1.0)}
+    gates = {"lstm": 4, "gru": 3}[cell]
+    arrays = {"cell": np.array(cell), "embedding": rand(VOCAB, EMBED, scale=1.0)}
     for i in range(LAYERS):
-        arrays[f"rnn_{i}_kernel"] = rand(EMBED if i == 0 else UNITS, 4 * UNITS)
-        arrays[f"rnn_{i}_recurrent"] = rand(UNITS, 4 * UNITS)
-        arrays[f"rnn_{i}_bias"] = rand(4 * UNITS)
+        arrays[f"rnn_{i}_kernel"] = rand(EMBED if i == 0 else UNITS, gates * UNITS)
+        arrays[f"rnn_{i}_recurrent"] = rand(UNITS, gates * UNITS)
+        bias_shape = (2, gates * UNITS) if cell == "gru" else (gates * UNITS,)
+        arrays[f"rnn_{i}_bias"] = rand(*bias_shape)
     arrays["out_kernel"] = rand(UNITS, VOCAB, scale=1.0)
     arrays["out_bias"] = rand(VOCAB)
     return arrays
@@ -162,18 +164,20 @@ def best_time(func: Callable[[], object], calls: int = 20, rounds: int = 40) -> 
 def breakdown(arrays: dict[str, np.ndarray], batches: list[int]) -> None:
     """Where one step's time goes, each part timed alone on 1 BLAS thread; the parts run
     with their weights in cache, so "rest" is Python, numpy's call overhead and the
-    cache misses of a step whose weights (3.1 MB) exceed a core's L2."""
+    cache misses of a step whose weights (3.1 MB for the LSTM) exceed a core's L2."""
     rng = np.random.default_rng(2)
     lm = NumpyLM.from_arrays(arrays)
+    gates_count = lm._gm[0]["kernel"].shape[0]
+    parts = 2 if lm.cell == "lstm" else 1
     print("CPU µs per call (thread time, best of 40 × 20 calls), 1 BLAS thread:\n")
     print("| batch | row groups | step | 3 gate products | output layer | gate arithmetic ×2 "
-          "| table lookup | rest | one (B, 1024) product, as before |")  # fmt: skip
+          "| table lookup | rest | one (B, gates·256) product, as before |")  # fmt: skip
     print("|---:" * 9 + "|")
     for b in batches:
         split = lm.row_groups(b)
         h = rng.uniform(-0.9, 0.9, (b, UNITS)).astype(np.float32)
-        z = rng.uniform(-2, 2, (4, b, UNITS)).astype(np.float32)
-        state = [tuple(h.copy() for _ in range(2)) for _ in range(LAYERS)]
+        z = rng.uniform(-2, 2, (gates_count, b, UNITS)).astype(np.float32)
+        state = [tuple(h.copy() for _ in range(parts)) for _ in range(LAYERS)]
         ids = rng.integers(0, VOCAB, b)
         step = best_time(lambda ids=ids, state=state: lm.step(ids, state))
         prods = sum(
@@ -181,7 +185,7 @@ def breakdown(arrays: dict[str, np.ndarray], batches: list[int]) -> None:
             for layer, name in ((0, "recurrent"), (1, "kernel"), (1, "recurrent"))
         )
         out = best_time(lambda h=h: lm._logits(h))
-        gates = 2 * best_time(lambda z=z, c=h: lm._lstm_gates(z.copy(), c))
+        gates = 2 * best_time(lambda z=z, s=state[1]: lm._gated_layer(z.copy(), z.copy(), 1, s))
         table = best_time(lambda ids=ids: np.take(lm._table, ids, axis=1))
         before = best_time(lambda h=h, w=arrays["rnn_1_recurrent"]: h @ w)
         rest = step - prods - out - gates - table
@@ -199,9 +203,10 @@ def main() -> None:
     parser.add_argument("--litert-one-thread", action="store_true", help="a 1-thread arm too")
     parser.add_argument("--baseline", type=Path, help="another numpy_lm.py, timed on 1 thread")
     parser.add_argument("--breakdown", action="store_true", help="time a step's parts")
+    parser.add_argument("--cell", choices=("lstm", "gru"), default="lstm")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    arrays = weights()
+    arrays = weights(cell=args.cell)
     default = blas_threads()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}  {machine_line()}")
     print(f"# python {platform.python_version()}, numpy {np.__version__}, "

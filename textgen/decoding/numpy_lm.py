@@ -21,9 +21,10 @@ as beam search and the server do) and returns new arrays each call. Every elemen
 operation is the one the straightforward formulas perform, in the same order, so the
 results are those of the textbook cell to the last bit of the matrix products.
 
-**The LSTM runs gate-major.** Its weights are kept as ``(4, inner, units)`` stacks, one
-matrix per gate in the order :data:`GATE_MAJOR` (the three sigmoid gates first), and its
-pre-activations are ``(4, batch, units)`` arrays, so every gate is contiguous memory:
+**The LSTM and the GRU run gate-major.** Their weights are kept as ``(gates, inner,
+units)`` stacks, one matrix per gate (the LSTM's in the order :data:`GATE_MAJOR`, the
+three sigmoid gates first; the GRU's ``z, r, h``), and their pre-activations are
+``(gates, batch, units)`` arrays, so every gate is contiguous memory:
 numpy's elementwise loops over the column views of a ``(batch, 4·units)`` array (the
 textbook layout) ran 2-6 times slower than over contiguous arrays at batch 16.
 
@@ -32,10 +33,10 @@ textbook layout) ran 2-6 times slower than over contiguous arrays at batch 16.
 enough for its small-matrix kernel, which reads the weights in place: about ``rows ·
 inner · columns <= 10⁶`` (:data:`SMALL_PRODUCT`, a threshold of that build, found by
 measuring). A 2×256 LSTM's products at batch 4-32 are 1-8 million multiply-adds, so each
-paid a 1 MB copy per step. The gate-major LSTM multiplies each gate's matrix by groups of
+paid a 1 MB copy per step. A gate-major step multiplies each gate's matrix by groups of
 rows (:meth:`NumpyLM.row_groups`: batch 16 as 2 × 8 rows, 32 as 4 × 8, 31 as 2 × 11 and
-9), the groups in one stacked ``matmul`` call; the GRU, the RNN and the output layer
-split a product into column blocks instead (:func:`column_width`). Each output element
+9), the groups in one stacked ``matmul`` call; the SimpleRNN and the output layer split
+a product into column blocks instead (:func:`column_width`). Each output element
 is still one dot product over the same inner dimension, so results agree with the
 one-product form to float32 rounding (in the measurements, to the bit); only which BLAS
 kernel computes it changes. That kernel runs on the calling thread, so the BLAS thread
@@ -75,6 +76,12 @@ def gate_major(a: np.ndarray, units: int) -> np.ndarray:
     """The gate blocks of ``a`` (..., 4·units) stacked in :data:`GATE_MAJOR` order: a new
     contiguous (4, ..., units) array of the same numbers."""
     return np.stack([a[..., gate_block(g, units)] for g in GATE_MAJOR])
+
+
+def gru_gate_major(a: np.ndarray) -> np.ndarray:
+    """The three gate blocks ``z, r, h`` of a GRU array (..., 3·units) stacked: a new
+    contiguous (3, ..., units) array of the same numbers."""
+    return np.stack(np.split(a, 3, axis=-1))
 
 
 def column_width(rows: int, inner: int, columns: int) -> int | None:
@@ -148,6 +155,9 @@ class NumpyLM:
         if self.cell == "lstm":
             self._prepare_lstm()
             return
+        if self.cell == "gru":
+            self._prepare_gru()
+            return
         self._fast: list[RNNWeights] = list(self.layers)
         # column blocks of each product's weights by width, made on first use (matmul)
         for index in range(len(self._fast)):
@@ -176,6 +186,30 @@ class NumpyLM:
             table = self.embedding @ (first.kernel * scale)  # one product, as it always was
             table += first.bias * scale
             self._table = gate_major(table, first.units)
+        self._prepare_groups()
+
+    def _prepare_gru(self) -> None:
+        """The GRU's weights gate-major (gates ``z, r, h``, as Keras lays them out):
+        kernels and recurrent kernels ``(3, inner, units)``, the input and recurrent
+        biases ``(3, 1, units)``, the projection table ``(3, vocab, units)``."""
+        self._gm = []
+        for layer in self.layers:
+            self._gm.append(
+                {
+                    "kernel": gru_gate_major(layer.kernel),
+                    "recurrent": gru_gate_major(layer.recurrent),
+                    "bias": gru_gate_major(layer.bias[0])[:, None],
+                    "bias_rec": gru_gate_major(layer.bias[1])[:, None],
+                }
+            )
+        first = self.layers[0]
+        if self.embedding.shape[0] * first.kernel.shape[1] <= TABLE_LIMIT:
+            table = self.embedding @ first.kernel  # one product, as it always was
+            table += first.bias[0]
+            self._table = gru_gate_major(table)
+        self._prepare_groups()
+
+    def _prepare_groups(self) -> None:
         inner = max(
             w[k].shape[-2] * w[k].shape[-1] for w in self._gm for k in ("kernel", "recurrent")
         )
@@ -242,36 +276,16 @@ class NumpyLM:
     def _cell(
         self, z: np.ndarray, index: int, state: tuple[np.ndarray, ...]
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """One GRU or RNN step of layer ``index``: ``z`` is the input projection (bias
-        included for the RNN), a fresh array that this step overwrites."""
+        """One SimpleRNN step of layer ``index``: ``z`` is the input projection (bias
+        included), a fresh array that this step overwrites."""
         layer, h = self._fast[index], state[0]
-        if self.cell == "gru":
-            n = layer.units
-            inner = matmul(h, layer.recurrent, self._parts[index, "rec"])
-            inner += layer.bias[1]
-            zr = z[..., : 2 * n]  # update and reset gates together
-            zr += inner[..., : 2 * n]
-            zr *= 0.5  # sigmoid(x) = 0.5 * (tanh(0.5 * x) + 1), overflow-free
-            np.tanh(zr, out=zr)
-            zr += 1.0
-            zr *= 0.5
-            update, reset = zr[..., :n], zr[..., n:]
-            cand = inner[..., 2 * n :]
-            cand *= reset
-            cand += z[..., 2 * n :]
-            np.tanh(cand, out=cand)
-            new = update * h
-            np.subtract(1.0, update, out=reset)  # the reset gate is spent
-            reset *= cand
-            new += reset  # z·h + (1 - z)·candidate
-            return new, (new,)
         z += matmul(h, layer.recurrent, self._parts[index, "rec"])
         np.tanh(z, out=z)
         return z, (z,)
 
     def _project(self, x: np.ndarray, layer: RNNWeights, index: int | None) -> np.ndarray:
-        """``x @ kernel + bias`` of a GRU or RNN layer (``index`` None: one product)."""
-        bias = layer.bias[0] if self.cell == "gru" else layer.bias
+        """``x @ kernel + bias`` of a SimpleRNN layer (``index`` None: one product)."""
+        bias = layer.bias
         out = (
             x @ layer.kernel if index is None else matmul(x, layer.kernel, self._parts[index, "in"])
         )
@@ -293,8 +307,8 @@ class NumpyLM:
         if state is None:
             state = self.initial_state(ids.shape[0])
         self._check(state)
-        if self.cell == "lstm":
-            return self._lstm_run(ids, state)
+        if self.cell != "rnn":
+            return self._gated_run(ids, state)
         new_state: State = []
         x = None
         for index, layer_state in enumerate(state):
@@ -310,7 +324,7 @@ class NumpyLM:
         return self._logits(x), new_state
 
     def _inputs(self, ids: np.ndarray) -> np.ndarray:
-        """A GRU or RNN's first input projection of ``ids`` (any shape): a fresh array."""
+        """A SimpleRNN's first input projection of ``ids`` (any shape): a fresh array."""
         if self._table is not None:
             return self._table[ids]
         return self._project(self.embedding[ids], self._fast[0], 0)
@@ -319,10 +333,10 @@ class NumpyLM:
         """One token per sequence: ``ids`` (batch,) → logits (batch, vocab) and the new state."""
         self._check(state)
         ids = np.asarray(ids)
-        if self.cell == "lstm":
+        if self.cell != "rnn":
             if ids.ndim != 1:
                 raise ValueError(f"step takes one id per sequence, shape (batch,), got {ids.shape}")
-            return self._lstm_step(ids, state)
+            return self._gated_step(ids, state)
         new_state: State = []
         x = self._inputs(ids)
         for index, layer_state in enumerate(state):
@@ -332,9 +346,9 @@ class NumpyLM:
             new_state.append(layer_state)
         return self._logits(x), new_state
 
-    # -- the LSTM, gate-major ------------------------------------------------------------
+    # -- the LSTM and the GRU, gate-major ----------------------------------------------
     def row_groups(self, batch: int) -> tuple[int, int]:
-        """``(groups, rows)``: an LSTM step multiplies each gate's matrix by ``groups``
+        """``(groups, rows)``: a gate-major step multiplies each gate's matrix by ``groups``
         groups of ``rows`` rows and, when ``groups · rows < batch``, the remaining rows
         (fewer than ``rows``) as one more product; each is small enough for OpenBLAS's
         copy-free kernel. An exact split is preferred when one is near."""
@@ -382,8 +396,42 @@ class NumpyLM:
         h *= o
         return h, c
 
-    def _lstm_step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """:meth:`step` for an LSTM (module docstring: gate-major, row groups)."""
+    @staticmethod
+    def _gru_gates(z: np.ndarray, inner: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """The GRU cell (``reset_after``) from its input projection ``z`` and recurrent
+        product ``inner`` (3, n, units), bias included, which it overwrites: the new h."""
+        zr = z[:2]  # update and reset gates together
+        zr += inner[:2]
+        zr *= 0.5  # sigmoid(x) = 0.5 * (tanh(0.5 * x) + 1), overflow-free
+        np.tanh(zr, out=zr)
+        zr += 1.0
+        zr *= 0.5
+        update, reset = zr
+        cand = inner[2]
+        cand *= reset
+        cand += z[2]
+        np.tanh(cand, out=cand)
+        new = update * h
+        np.subtract(1.0, update, out=reset)  # the reset gate is spent
+        reset *= cand
+        new += reset  # z·h + (1 - z)·candidate
+        return new
+
+    def _gated_layer(
+        self, z: np.ndarray, rec: np.ndarray, index: int, state: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """One LSTM or GRU layer from its input projection ``z`` (bias included) and its
+        recurrent product ``rec``, both gate-major and fresh: the output and new state."""
+        if self.cell == "lstm":
+            z += rec
+            h, c = self._lstm_gates(z, state[1])
+            return h, (h, c)
+        rec += self._gm[index]["bias_rec"]
+        h = self._gru_gates(z, rec, state[0])
+        return h, (h,)
+
+    def _gated_step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """:meth:`step` for an LSTM or a GRU (module docstring: gate-major, row groups)."""
         split = self.row_groups(ids.shape[0])
         last = len(state) - 1
         # Every other step, the top layer's recurrent product (it needs only the old
@@ -391,47 +439,44 @@ class NumpyLM:
         # on, which are still in the core's cache when all of them are not (three 1 MB
         # matrices through a 2 MB L2: 101 against 88 µs at batch 1). Same results.
         self._early = early = not self._early and last > 0
-        top = (
-            self._gate_product(state[last][0], self._gm[last]["recurrent"], split)
-            if early
-            else None
-        )
+        top = None
+        if early:
+            top = self._gate_product(state[last][0], self._gm[last]["recurrent"], split)
         new_state: State = []
         x = self.embedding[ids] if self._table is None else None
-        for index, (h, c) in enumerate(state):
+        for index, layer_state in enumerate(state):
             weights = self._gm[index]
             if index == 0 and self._table is not None:
-                z = np.take(self._table, ids, axis=1)  # (4, batch, units), bias included
+                z = np.take(self._table, ids, axis=1)  # (gates, batch, units), bias included
             else:
                 z = self._gate_product(x, weights["kernel"], split)
                 z += weights["bias"]
             if index == last and top is not None:
-                z += top
+                rec = top
             else:
-                z += self._gate_product(h, weights["recurrent"], split)
-            x, c = self._lstm_gates(z, c)
-            new_state.append((x, c))
+                rec = self._gate_product(layer_state[0], weights["recurrent"], split)
+            x, layer_state = self._gated_layer(z, rec, index, layer_state)
+            new_state.append(layer_state)
         return self._logits(x), new_state
 
-    def _lstm_run(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """:meth:`run` for an LSTM: each layer's input projections of all time steps in
-        one product ``(4, batch, time, units)``, then one gate-major step per token."""
+    def _gated_run(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """:meth:`run` for an LSTM or a GRU: each layer's input projections of all time
+        steps in one product ``(gates, batch, time, units)``, then one step per token."""
         steps, split = ids.shape[1], self.row_groups(ids.shape[0])
         new_state: State = []
         x = self.embedding[ids] if self._table is None else None  # (batch, time, inner)
-        for index, (h, c) in enumerate(state):
+        for index, layer_state in enumerate(state):
             weights = self._gm[index]
             if index == 0 and self._table is not None:
-                xw = np.take(self._table, ids, axis=1)  # (4, batch, time, units)
+                xw = np.take(self._table, ids, axis=1)  # (gates, batch, time, units)
             else:
                 xw = np.matmul(x, weights["kernel"][:, None])
                 xw += weights["bias"][:, None]
             outs = []
             for t in range(steps):
-                z = self._gate_product(h, weights["recurrent"], split)
-                z += xw[:, :, t]  # the same sum as projection + product, in either order
-                h, c = self._lstm_gates(z, c)
+                rec = self._gate_product(layer_state[0], weights["recurrent"], split)
+                h, layer_state = self._gated_layer(xw[:, :, t].copy(), rec, index, layer_state)
                 outs.append(h)
             x = np.stack(outs, axis=1)
-            new_state.append((h, c))
+            new_state.append(layer_state)
         return self._logits(x), new_state
