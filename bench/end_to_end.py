@@ -207,6 +207,43 @@ def time_to_first_step(corpus: Path, batch: int) -> tuple[float, list[tuple[str,
     return seconds, stages
 
 
+TORCH_FIRST_STEP = r"""
+import time
+start = time.perf_counter()
+import numpy as np
+import torch
+text = open({corpus!r}, encoding="utf-8").read()
+vocab = sorted(set(text))
+index = {{c: i for i, c in enumerate(vocab)}}
+ids = np.array([index[c] for c in text[: int(len(text) * 0.9)]], dtype=np.int64)
+emb = torch.nn.Embedding(len(vocab), 64)
+rnn = torch.nn.LSTM(64, 256, num_layers=2, batch_first=True)
+out = torch.nn.Linear(256, len(vocab))
+params = [*emb.parameters(), *rnn.parameters(), *out.parameters()]
+opt = torch.optim.Adam(params, lr=0.004)
+windows = torch.from_numpy(ids[: {batch} * 101].reshape({batch}, 101))
+h, _ = rnn(emb(windows[:, :-1]))
+logits = out(h)
+loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(vocab)), windows[:, 1:].reshape(-1))
+loss.backward()
+torch.nn.utils.clip_grad_norm_(params, 5.0)
+opt.step()
+float(loss)
+print(time.perf_counter() - start)
+"""
+
+
+def torch_first_step(corpus: Path, batch: int) -> float | None:
+    """The same for twenty lines of PyTorch (read, tokenize, build, one Adam step), or
+    None without PyTorch."""
+    code = TORCH_FIRST_STEP.format(corpus=str(corpus), batch=batch)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=DATA)
@@ -243,6 +280,7 @@ def main() -> None:
         after = harness_rate(cfg, prepared, args.steps, args.warmup)
         harness = statistics.mean([before, after])
         first = None if args.no_first_step else time_to_first_step(corpus, args.batch)
+        torch_first = None if args.no_first_step else torch_first_step(corpus, args.batch)
         # a cold tokenizer cache above; the corpus' ids are cached for the next command
     spread = f"before {before:,.0f}, after {after:,.0f}"
     print(f"harness step rate     {harness:>9,.0f} tokens/s ({spread})")
@@ -262,6 +300,8 @@ def main() -> None:
         print(f"command to first step {seconds:.1f} s (a fresh process; stages end at:)")
         for name, at in stages:
             print(f"  {at:6.2f} s  {name}")
+        if torch_first is not None:
+            print(f"PyTorch, the same model, command to first step {torch_first:.1f} s")
     if profile is not None:
         total = e2e["epoch_seconds"]
         print(f"where the {total:.1f} s of the epochs went (history.csv's seconds):")

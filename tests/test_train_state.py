@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from textgen import rundir
 from textgen.training import checkpoint as checkpoint_mod
@@ -60,17 +62,26 @@ def _equal(a: object, b: object) -> bool:
     return a == b
 
 
-def _trainer(tmp_path: Path) -> loop_mod.Trainer:
-    """A trainer of a tiny run that exists on disk (one epoch trained), not restored."""
-    cfg = small_config(_corpus(tmp_path), train={"epochs": 1})
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    """A tiny run trained once (one epoch) for the module: its config and folder."""
+    tmp_path = tmp_path_factory.mktemp("state")
+    cfg = small_config(_corpus(tmp_path), train={"epochs": 1, "jit_compile": False})
+    loop_mod.train(cfg, tmp_path / "run", **QUIET)
+    return cfg, tmp_path / "run"
+
+
+def _trainer(trained: tuple[object, Path], tmp_path: Path) -> loop_mod.Trainer:
+    """A trainer over a copy of the trained run (not restored)."""
+    cfg, source = trained
     run_dir = tmp_path / "run"
-    loop_mod.train(cfg, run_dir, **QUIET)
+    shutil.copytree(source, run_dir, symlinks=True)
     config, prepared = loop_mod._prepare_data(cfg, rundir.run_tokenizer(run_dir), False, print)
     return loop_mod.Trainer(config, prepared, run_dir, lambda _m: None)
 
 
-def _round_trip(tmp_path: Path) -> tuple[TrainState, TrainState]:
-    trainer = _trainer(tmp_path)
+def _round_trip(trained: tuple[object, Path], tmp_path: Path) -> tuple[TrainState, TrainState]:
+    trainer = _trainer(trained, tmp_path)
     values = {}
     shapes = [tuple(v.shape) for v in trainer.model.trainable_variables]
     for index, f in enumerate(dataclasses.fields(trainer.state)):
@@ -83,16 +94,18 @@ def _round_trip(tmp_path: Path) -> tuple[TrainState, TrainState]:
     return trainer.state, again.checkpoint.restore(again.model, again.optimizer)
 
 
-def test_every_field_of_the_state_is_saved_and_restored(tmp_path, monkeypatch):
+def test_every_field_of_the_state_is_saved_and_restored(trained, tmp_path, monkeypatch):
     # the corpus check compares the saved sha256 with the corpus': let the values pass
     monkeypatch.setattr(checkpoint_mod.Checkpoint, "restore", _restore_without_checks)
-    saved, restored = _round_trip(tmp_path)
+    saved, restored = _round_trip(trained, tmp_path)
     assert type(restored) is TrainState
     for f in dataclasses.fields(TrainState):
         assert _equal(getattr(saved, f.name), getattr(restored, f.name)), f.name
 
 
-def test_a_field_added_to_the_list_is_saved_and_restored_with_no_other_edit(tmp_path, monkeypatch):
+def test_a_field_added_to_the_list_is_saved_and_restored_with_no_other_edit(
+    trained, tmp_path, monkeypatch
+):
     wider = dataclasses.make_dataclass(
         "WiderState",
         [
@@ -105,7 +118,7 @@ def test_a_field_added_to_the_list_is_saved_and_restored_with_no_other_edit(tmp_
     monkeypatch.setattr(loop_mod, "TrainState", wider)
     monkeypatch.setattr(checkpoint_mod, "TrainState", wider)
     monkeypatch.setattr(checkpoint_mod.Checkpoint, "restore", _restore_without_checks)
-    saved, restored = _round_trip(tmp_path)
+    saved, restored = _round_trip(trained, tmp_path)
     assert type(restored) is wider
     assert restored.new_count == saved.new_count != 0
     assert np.array_equal(restored.new_array, saved.new_array)
