@@ -364,9 +364,10 @@ class NumpyLM:
 
     @staticmethod
     def _gate_product(x: np.ndarray, weights: np.ndarray, split: tuple[int, int]) -> np.ndarray:
-        """``x`` (n, inner) times each gate's matrix of ``weights`` (4, inner, units): a
-        fresh (4, n, units) array, in the row groups of ``split`` (:meth:`row_groups`),
-        all groups in one ``matmul`` and the remaining rows in another."""
+        """``x`` (n, inner) times each gate's matrix of ``weights`` (gates, inner, units):
+        a fresh (gates, n, units) array, in the row groups of ``split``
+        (:meth:`row_groups`), all groups in one ``matmul`` and the remaining rows in
+        another."""
         groups, rows = split
         if groups == 1 and rows == x.shape[0]:
             return np.matmul(x, weights)
