@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -86,13 +88,19 @@ def run_level(level: str, runs: Path) -> dict[str, object]:
 
 def main() -> None:
     levels = sys.argv[1:] or list(LEVELS)
-    print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}")
+    print(f"# {time.strftime('%Y-%m-%d')}  {machine_line()}  load {os.getloadavg()}")
     runs = ROOT / "runs" / "bench-ko"
+    # a fresh id cache: one kept from older code would hand back its tokenizer (the cache
+    # key is the corpus and the settings, not the code that fitted the tokenizer)
+    cache = runs / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["TEXTGEN_CACHE"] = str(cache)
     rows = []
     for level in levels:
         row = run_level(level, runs)
         rows.append(row)
         print(f"{level}: {row['bits_per_char']:.3f} bits/char", file=sys.stderr, flush=True)
+    print(f"# load average at the end: {os.getloadavg()}")
     print(
         "| level | vocabulary | epochs | training min | held-out bits/char | unigram | "
         "reviews bits/char | unigram | beats it | reviews <unk> bits/char (model, unigram) "

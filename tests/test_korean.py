@@ -91,6 +91,56 @@ def test_subword_vocab_too_small_is_a_clear_error():
         fit_tokenizer([KO_TEXT], "subword", eos=True, vocab_size=100)
 
 
+# every character of KO_TEXT but these three is there twice or more
+SINGLETONS = "郡縣邑"
+KO_RARE = KO_TEXT * 2 + "국민은 {}, {}, {}에 있다.\n".format(*SINGLETONS)
+
+
+@pytest.mark.parametrize("model", ["bpe", "unigram"])
+def test_subword_spells_characters_seen_once_in_byte_pieces(model):
+    """The training ids hold byte pieces (the characters seen once), so the model learns
+    what bytes cost; every character seen twice or more keeps a piece of its own."""
+    from collections import Counter
+
+    counts = Counter(ch for line in KO_RARE.splitlines() for ch in line)
+    assert sorted(ch for ch, n in counts.items() if n == 1) == sorted(SINGLETONS)
+    tok = fit_tokenizer([KO_RARE], "subword", eos=True, subword_model=model, vocab_size=300)
+    pieces = set(tok.vocab.tokens)
+    assert not pieces & set(SINGLETONS)
+    assert {ch.replace(" ", "\u2581") for ch, n in counts.items() if n > 1} <= pieces
+    for ch in SINGLETONS:  # three UTF-8 bytes, each its own byte piece
+        spelled = tok.split(ch)
+        assert spelled == [f"<0x{b:02X}>" for b in ch.encode("utf-8")]
+    ids = np.concatenate([tok.encode(line, eos=True) for line in KO_RARE.splitlines()])
+    byte_ids = [i for i in ids if tok.vocab.tokens[i].startswith("<0x")]
+    assert len(byte_ids) == 3 * len(SINGLETONS)
+    assert tok.decode(ids) == KO_RARE.replace("\n", "")
+    assert tok.decode(tok.encode("郡과 縣")) == "郡과 縣"
+
+
+@given(st.lists(st.sampled_from(list("가나다라마바사 .郡\u00e9😀")), min_size=1, max_size=80))
+def test_character_coverage_leaves_out_exactly_the_singletons(chars):
+    """sentencepiece keeps characters, most frequent first, while the kept ones cover less
+    than character_coverage of the text: the value given sits between the share of the
+    characters seen twice or more and that share less their rarest one."""
+    from collections import Counter
+
+    from textgen.text.subword import MIN_COVERAGE, character_coverage
+
+    text = "".join(chars)
+    counts = Counter(text)
+    total, once = len(text), sum(n == 1 for n in counts.values())
+    coverage = character_coverage([text[: len(text) // 2], text[len(text) // 2 :]])
+    if not once:
+        assert coverage == 1.0
+        return
+    kept = total - once
+    assert coverage == max(MIN_COVERAGE, coverage)
+    if coverage > MIN_COVERAGE:
+        rarest_kept = min((n for n in counts.values() if n > 1), default=0)
+        assert (kept - rarest_kept) / total < coverage <= kept / total
+
+
 def test_subword_tokenizer_with_a_tampered_vocabulary_is_refused(subword):
     data = json.loads(subword["bpe"].to_json())
     data["vocab"][5] = "tampered"

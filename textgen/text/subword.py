@@ -2,8 +2,11 @@
 
 sentencepiece is configured so that its ids *are* textgen's ids (``<pad>`` = 0, ``<unk>`` =
 1, ``<eos>`` = 2, no ``<s>``) and so that decoding is lossless: no normalization rule, no
-whitespace folding, no dummy prefix, every character covered and byte fallback for
-characters never seen in training. sentencepiece writes spaces as the piece marker ``▁``
+whitespace folding, no dummy prefix, and byte fallback: a character without a piece is
+spelled in UTF-8 byte pieces. The characters the training text holds only once get no piece
+of their own (:func:`character_coverage`), so the training ids hold byte pieces and the model
+learns what they cost; a character never seen in training then costs what bytes cost rather
+than an id the model was never trained on. sentencepiece writes spaces as the piece marker ``▁``
 (U+2581), so a literal U+2581 in the text is escaped first (as ``ESC`` + ``s``, and ``ESC``
 itself as ``ESC`` + ``e``, with ``ESC`` a private-use character) and unescaped after
 decoding: ``decode(encode(x)) == x`` for every NFC string.
@@ -30,6 +33,8 @@ MAX_SENTENCE_BYTES = 1 << 16  # longer lines are cut for training the pieces onl
 # characters of training lines held to learn the pieces: a larger corpus is sampled
 # (reservoir sampling of whole lines), so fitting memory is bounded whatever its size
 MAX_SAMPLE_CHARS = 100_000_000
+# sentencepiece refuses a character_coverage below this (trainer_interface.cc)
+MIN_COVERAGE = 0.98
 ESC = "\U0010fffd"  # private use: escapes U+2581 (sentencepiece's space mark) and itself
 _ESCAPES = {ESC + "e": ESC, ESC + "s": "\u2581"}
 
@@ -71,6 +76,30 @@ def _sample_lines(lines: Iterator[str], budget: int | None = None) -> list[str]:
         if slot < size:
             kept[slot] = line
     return kept
+
+
+def character_coverage(lines: Iterable[str]) -> float:
+    """sentencepiece's ``character_coverage`` that leaves out exactly the characters seen
+    once in ``lines`` (so byte fallback spells them), or 1.0 when there are none.
+
+    sentencepiece (``--byte_fallback``: "you need to set --character_coverage less than
+    1.0, otherwise byte-fall-backed token may not appear in the training data") keeps the
+    most frequent characters until the kept ones cover ``character_coverage`` of the
+    character occurrences and spells the rest in byte pieces. The share of the characters
+    seen at least twice is that boundary; half an occurrence below it keeps float rounding
+    from dropping the last of them (exact up to some 10 million characters, one character
+    off beyond). Never below :data:`MIN_COVERAGE`, sentencepiece's floor: a text where
+    singletons are over 2% of the characters keeps its more frequent singletons.
+    """
+    counts: dict[str, int] = {}
+    for line in lines:
+        for ch in line:
+            counts[ch] = counts.get(ch, 0) + 1
+    total = sum(counts.values())
+    once = sum(1 for n in counts.values() if n == 1)
+    if not once or not total:
+        return 1.0
+    return max(MIN_COVERAGE, (total - once - 0.5) / total)
 
 
 def _spm() -> Any:
@@ -158,7 +187,7 @@ class SubwordTokenizer(Tokenizer):
                 model_type=subword_model,
                 vocab_size=vocab_size,
                 hard_vocab_limit=False,  # a small corpus may not fill vocab_size
-                character_coverage=1.0,
+                character_coverage=character_coverage(lines),
                 byte_fallback=True,
                 normalization_rule_name="identity",
                 remove_extra_whitespaces=False,
