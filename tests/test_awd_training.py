@@ -258,6 +258,10 @@ def test_the_learning_rate_follows_the_time_spent(tmp_path):
         ("ar = -1.0", "train.ar must be >= 0"),
         ("tar = -0.5", "train.tar must be >= 0"),
         ("asgd_nonmono = 2", 'train.asgd_nonmono applies to train.optimizer = "sgd" only'),
+        (
+            'optimizer = "sgd"\nasgd_nonmono = 2\ndistribute = "mirrored"',
+            'train.asgd_nonmono works with train.distribute = "none" only',
+        ),
     ],
 )
 def test_bad_training_settings_are_one_line(tmp_path, toml, message):

@@ -294,6 +294,11 @@ def _check_ranges(config: Config) -> None:
             "it would be ignored); remove it",
         ),
         (
+            t.asgd_nonmono == 0 or t.distribute == "none",
+            'train.asgd_nonmono works with train.distribute = "none" only (its average is '
+            "kept on one replica); remove one of them",
+        ),
+        (
             t.anneal == "none" or t.max_minutes > 0,
             'train.anneal = "budget" needs train.max_minutes > 0 (the budget it anneals to)',
         ),
