@@ -120,10 +120,18 @@ KERAS_EPSILON = 1e-7
 
 
 class TorchSide:
-    """The same model in PyTorch: Embedding → nn.LSTM(2 layers) → Linear, Adam, clipping."""
+    """The same model in PyTorch: Embedding → nn.LSTM(2 layers) → Linear, Adam, clipping.
 
-    def __init__(self, weights: dict[str, np.ndarray], lr: float, clipnorm: float) -> None:
+    ``autocast``: the forward (and so the backward) under ``torch.autocast("cpu",
+    torch.bfloat16)``, PyTorch's bf16 mixed precision: bf16 products (oneDNN's bf16 LSTM and
+    linear layers) over float32 parameters, the loss in float32."""
+
+    def __init__(
+        self, weights: dict[str, np.ndarray], lr: float, clipnorm: float, autocast: bool = False
+    ) -> None:
         import torch
+
+        self.autocast = autocast
 
         vocab, emb = weights["embedding"].shape
         units = weights["rnn_0_recurrent"].shape[0]
@@ -169,10 +177,11 @@ class TorchSide:
             xt = torch.from_numpy(x.astype(np.int64))
             yt = torch.from_numpy(y.astype(np.int64))
             self.opt.zero_grad(set_to_none=True)
-            h, _ = self.rnn(self.emb(xt))
-            logits = self.out(h)
+            with torch.autocast("cpu", torch.bfloat16, enabled=self.autocast):
+                h, _ = self.rnn(self.emb(xt))
+                logits = self.out(h)
             loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), yt.reshape(-1)
+                logits.float().reshape(-1, logits.shape[-1]), yt.reshape(-1)
             )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, self.clipnorm)
@@ -205,7 +214,10 @@ def run_workload(w: Workload, args, gflops: float) -> None:
     first = next(iter(sides.values()))
     if torch is not None:
         weights = first.initial_weights()
-        sides["pytorch float32"] = TorchSide(weights, cfg.train.learning_rate, cfg.train.clipnorm)
+        lr, clip = cfg.train.learning_rate, cfg.train.clipnorm
+        sides["pytorch float32"] = TorchSide(weights, lr, clip)
+        if "bfloat16" in args.precisions:
+            sides["pytorch autocast"] = TorchSide(weights, lr, clip, autocast=True)
     tokens = args.steps * w.batch * w.seq_len
     for side in sides.values():  # trace, allocate, warm caches
         side.train(batches_for(prepared, w.batch, 0, args.warmup))
@@ -240,6 +252,10 @@ def run_workload(w: Workload, args, gflops: float) -> None:
         if name != base and base in sides:
             gap = abs(losses[name][-1] - losses[base][-1]) / losses[base][-1]
             print(f"{name} / {base}  {rate[name] / rate[base]:.2f}x   loss gap {gap:.1%}")
+    pairs = [("textgen float32", "pytorch float32"), ("textgen bfloat16", "pytorch autocast")]
+    for ours, theirs in pairs:
+        if ours in sides and theirs in sides:
+            print(f"{ours} / {theirs}  {rate[ours] / rate[theirs]:.2f}x")
     if torch is None:
         print("pytorch reference: not measured (torch is not installed)")
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
