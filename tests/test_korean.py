@@ -118,6 +118,23 @@ def test_subword_spells_characters_seen_once_in_byte_pieces(model):
     assert tok.decode(tok.encode("郡과 縣")) == "郡과 縣"
 
 
+def test_a_subword_runs_training_ids_hold_the_byte_pieces(tmp_path):
+    """What training reads (the id cache of a stream corpus) spells the characters seen once
+    in byte pieces, so the model is trained on them."""
+    from textgen.config import DataConfig
+    from textgen.corpus.cache import prepare_ids
+
+    corpus = tmp_path / "ko.txt"
+    corpus.write_text(KO_RARE, encoding="utf-8")
+    cfg = DataConfig(corpus=str(corpus), level="subword", subword_model="bpe", vocab_size=300,
+                     mode="stream", val_split=0.0)  # fmt: skip
+    entry = prepare_ids(cfg)
+    ids = entry.train.read(0, len(entry.train))
+    pieces = [entry.tokenizer.vocab.tokens[i] for i in ids]
+    spelled = [f"<0x{b:02X}>" for b in "".join(SINGLETONS).encode("utf-8")]
+    assert [p for p in pieces if p.startswith("<0x")] == spelled
+
+
 @given(st.lists(st.sampled_from(list("가나다라마바사 .郡\u00e9😀")), min_size=1, max_size=80))
 def test_character_coverage_leaves_out_exactly_the_singletons(chars):
     """sentencepiece keeps characters, most frequent first, while the kept ones cover less
