@@ -92,14 +92,16 @@ def main() -> None:
     runs = ROOT / "runs" / "bench-ko"
     # a fresh id cache: one kept from older code would hand back its tokenizer (the cache
     # key is the corpus and the settings, not the code that fitted the tokenizer)
-    cache = runs / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
+    cache = runs / f"cache-{os.getpid()}"  # one per run of the bench, removed at its end
     os.environ["TEXTGEN_CACHE"] = str(cache)
     rows = []
-    for level in levels:
-        row = run_level(level, runs)
-        rows.append(row)
-        print(f"{level}: {row['bits_per_char']:.3f} bits/char", file=sys.stderr, flush=True)
+    try:
+        for level in levels:
+            row = run_level(level, runs)
+            rows.append(row)
+            print(f"{level}: {row['bits_per_char']:.3f} bits/char", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     print(f"# load average at the end: {os.getloadavg()}")
     print(
         "| level | vocabulary | epochs | training min | held-out bits/char | unigram | "
