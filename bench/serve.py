@@ -14,17 +14,23 @@ reported, for the same model in this process: the bare decoding step's rate at e
 batch size (``NumpyLM.step`` plus an argmax), the ceiling the server's loop works under.
 
 ``--profile`` runs the batcher alone (no HTTP) with 32 jobs and prints where a step
-spends its time.
+spends its time. ``--profile-server`` serves the model from a child process whose
+decoding thread and event-loop thread each run under their own cProfile, drives 32
+streaming clients from this process, and prints each thread's CPU time per token (also
+measured once without the profiler, whose own cost inflates the Python parts) and the
+functions that spend it.
 
     .venv/bin/python bench/serve.py                      # 1, 8, 32, 64 clients x 200 tokens
     .venv/bin/python bench/serve.py --clients 1 8 --tokens 50
     .venv/bin/python bench/serve.py --profile
+    .venv/bin/python bench/serve.py --profile-server
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -174,20 +180,26 @@ def start_server(
          "--blas-threads", str(blas_threads)],
         stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
+    return proc, _wait_ready(proc)
+
+
+def _wait_ready(proc: subprocess.Popen) -> int:
+    """The port a server child printed on stderr, once its /health answers 200."""
+    import urllib.request
+
     line = proc.stderr.readline()
     found = re.search(r"127\.0\.0\.1:(\d+)", line)
     if not found:
         proc.kill()
         raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
     port = int(found.group(1))
-    import urllib.request
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as r:
                 if r.status == 200:
-                    return proc, port
+                    return port
         except OSError:
             time.sleep(0.02)
     proc.kill()
@@ -233,11 +245,107 @@ def profile(jobs: int = 32, steps: int = 300) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 
 
+def profiled_server(run: Path, out: Path, use_profiler: bool) -> None:
+    """The child of ``--profile-server``: ``textgen serve``'s app under uvicorn on a free
+    port (printed on stderr); with ``use_profiler``, a cProfile of the decoding thread and
+    one of the event loop, written to ``out`` on SIGTERM."""
+    import cProfile
+
+    from textgen.serve import blas
+    from textgen.serve.app import create_app, load_run
+    from textgen.serve.batcher import Batcher
+    from textgen.serve.server import bind, make_server
+
+    blas.set_threads(1)
+    profiles = {}
+    original = Batcher._loop
+
+    def loop(self: Batcher) -> None:
+        prof = cProfile.Profile() if use_profiler else None
+        profiles["decoding thread"] = prof
+        if prof is not None:
+            prof.enable()
+        try:
+            original(self)
+        finally:
+            if prof is not None:
+                prof.disable()
+
+    Batcher._loop = loop  # type: ignore[method-assign]
+    app = create_app({"char-2x256": lambda: load_run(run)})
+    sock = bind("127.0.0.1", 0)
+    server = make_server(app, shutdown_timeout=5)
+    print(f"listening on 127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
+    main_prof = cProfile.Profile() if use_profiler else None
+    if main_prof is not None:
+        main_prof.enable()
+    server.run(sockets=[sock])
+    if main_prof is not None:
+        main_prof.disable()
+    profiles["event loop"] = main_prof
+    out.mkdir(exist_ok=True)
+    for name, prof in profiles.items():
+        if prof is not None:
+            prof.dump_stats(str(out / f"{name.replace(' ', '_')}.prof"))
+
+
+def thread_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each thread of a process so far (from /proc)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def profile_server(clients: int = 32, tokens: int = 200, rounds: int = 3) -> None:
+    """Where the server's CPU goes per token at ``clients`` streams (see the module doc):
+    the event loop is the process's main thread, the decoding thread the other thread
+    that spent the most, both measured from /proc over the timed rounds only."""
+    import pstats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = write_run(Path(tmp))
+        for use in (False, True):
+            out = Path(tmp) / ("prof" if use else "plain")
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--_child", str(run), str(out), str(int(use))],
+                stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            )  # fmt: skip
+            port = _wait_ready(proc)
+            asyncio.run(level(port, 2, 10))  # warm up
+            before = thread_seconds(proc.pid)
+            for _ in range(rounds):
+                asyncio.run(asyncio.wait_for(level(port, clients, tokens), 300))
+            after = thread_seconds(proc.pid)
+            proc.terminate()
+            proc.wait(60)
+            made = clients * tokens * rounds
+            spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+            loop_s = spent.pop(proc.pid)
+            decode_s = max(spent.values(), default=0.0)
+            label = "with cProfile" if use else "no profiler"
+            print(f"\n{clients} clients x {tokens} tokens x {rounds}, {label}: CPU µs/token: "
+                  f"decoding thread {decode_s / made * 1e6:.1f}, event loop "
+                  f"{loop_s / made * 1e6:.1f}, other threads "
+                  f"{(sum(spent.values()) - decode_s) / made * 1e6:.1f}")  # fmt: skip
+            if use:
+                for name in ("decoding_thread", "event_loop"):
+                    print(f"\n--- {name} (tottime: wall seconds, the warm-up's 20 tokens too)")
+                    stats = pstats.Stats(str(out / f"{name}.prof"))
+                    stats.sort_stats("tottime").print_stats(18)
+
+
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--_child":
+        profiled_server(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1")
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-server", action="store_true")
     parser.add_argument(
         "--blas-threads", type=int, default=1, help="OpenBLAS threads, here and in the server"
     )
@@ -250,6 +358,9 @@ def main() -> None:
           f"python {platform.python_version()}, numpy {np.__version__}")  # fmt: skip
     if args.profile:
         profile()
+        return
+    if args.profile_server:
+        profile_server()
         return
     from textgen.serve import blas
 

@@ -373,7 +373,14 @@ class Batcher:
 
     def _leave(self) -> None:
         """Drop the jobs that are done, cancelled or at ``max_tokens`` from the batch, and
-        park those too far ahead of their clients (their rows' state kept aside)."""
+        park those too far ahead of their clients (their rows' state kept aside).
+
+        Most steps nobody leaves: that is found by one pass over the jobs, and the rows'
+        index is built only on a step where some job does leave or park."""
+        if not any(_leaving(job) for job in self._running) and not any(
+            job.cancelled for job in self._parked
+        ):
+            return
         keep_rows: list[np.ndarray] = []
         kept: list[Job] = []
         ended: list[tuple[Job, Any]] = []
@@ -395,8 +402,6 @@ class Batcher:
         for job in self._parked:
             if job.cancelled:
                 ended.append((job, End("cancelled")))
-        if not ended and not parked:
-            return
         self._parked = [job for job in self._parked if not job.cancelled]
         for job, rows in parked:
             job._state = [tuple(part[rows] for part in layer) for layer in self._state]
@@ -413,3 +418,13 @@ class Batcher:
                 self._state = self._logits = None
             self._counts()
             self._cond.notify_all()
+
+
+def _leaving(job: Job) -> bool:
+    """Whether a running job leaves the batch (or is parked) after this step."""
+    return (
+        job.cancelled
+        or job.produced >= job.max_tokens
+        or job.backlog > MAX_BACKLOG
+        or all(job.done)
+    )
