@@ -113,19 +113,48 @@ def _recurrence(
         gate = by_gate(tf.split(gate_tanh * scale + offset, len(LSTM_GATES), axis=-1))
         return gate["i"], gate["f"], gate["c"], gate["o"]
 
+    one = tf.constant(1.0, dtype)
+
+    def cell(xz: Any, hr: Any, h: Any, c: Any, m: Any) -> tuple[Any, Any, Any]:
+        """One step's elementwise work: (tanh of the gates, new h, new c)."""
+        gate_tanh = tf.tanh(xz + hr)
+        i, f, g, o = gates(gate_tanh)
+        c_new = f * c + i * g
+        h_new = o * tf.tanh(c_new)
+        if masked:  # a masked step keeps the previous state
+            c_new = c + m * (c_new - c)
+            h_new = h + m * (h_new - h)
+        return gate_tanh, h_new, c_new
+
+    def cell_grad(
+        gate_tanh: Any, c: Any, c_prev: Any, dh: Any, dc_next: Any, m: Any
+    ) -> tuple[Any, Any, Any]:
+        """One backward step's elementwise work: (dz, dc_prev, the part of dh that a
+        masked step passes straight through)."""
+        i, f, g, o = gates(gate_tanh)
+        tc = tf.tanh(c)
+        dc = dc_next + m * dh * o * (1.0 - tc * tc)  # h = o * tanh(c)
+        dgates = tf.concat(
+            in_gate_order({"i": dc * g, "f": dc * c_prev, "c": dc * i, "o": dh * tc}), axis=-1
+        )
+        dz = dgates * (scale * (1.0 - gate_tanh * gate_tanh))
+        if not masked:
+            return dz, dc * f, dh
+        return dz * m, dc * (m * f + (1.0 - m)), (1.0 - m) * dh
+
+    if low != dtype:
+        # a reduced-precision step is not XLA-compiled as a whole (model/precision.py), so
+        # each step's elementwise work would be a dozen small kernels: XLA fuses it into one
+        cell = tf.function(cell, jit_compile=True)
+        cell_grad = tf.function(cell_grad, jit_compile=True)
+
     @tf.custom_gradient
     def run(xs: Any, rec: Any) -> Any:
         steps = tf.shape(xs)[0]
 
         def step(t: Any, h: Any, c: Any, ts: Any, hs: Any, cs: Any) -> tuple[Any, ...]:
-            gate_tanh = tf.tanh(ts.read(t) + product(h, rec))
-            i, f, g, o = gates(gate_tanh)
-            c_new = f * c + i * g
-            h_new = o * tf.tanh(c_new)
-            if masked:  # a masked step keeps the previous state
-                m = mask[t]
-                c_new = c + m * (c_new - c)
-                h_new = h + m * (h_new - h)
+            m = mask[t] if masked else one
+            gate_tanh, h_new, c_new = cell(ts.read(t), product(h, rec), h, c, m)
             return (
                 t + 1, h_new, c_new,
                 ts.write(t, gate_tanh), hs.write(t + 1, h_new), cs.write(t + 1, c_new),
@@ -146,24 +175,14 @@ def _recurrence(
 
             def back(s: Any, dh_next: Any, dc_next: Any, dzs: Any) -> tuple[Any, ...]:
                 t = steps - 1 - s
-                gate_tanh = ts.read(t)
-                i, f, g, o = gates(gate_tanh)
-                c, c_prev = cs.read(t + 1), cs.read(t)
-                tc = tf.tanh(c)
+                m = mask[t] if masked else one
                 dh = dhs[t] + dh_next
-                m = mask[t] if masked else 1.0
-                dc = dc_next + m * dh * o * (1.0 - tc * tc)  # h = o * tanh(c)
-                dgates = tf.concat(
-                    in_gate_order({"i": dc * g, "f": dc * c_prev, "c": dc * i, "o": dh * tc}),
-                    axis=-1,
+                dz, dc_prev, dh_kept = cell_grad(
+                    ts.read(t), cs.read(t + 1), cs.read(t), dh, dc_next, m
                 )
-                dz = dgates * (scale * (1.0 - gate_tanh * gate_tanh))
+                dh_prev = product(dz, rec_t)
                 if masked:  # a masked step passes its gradients straight through
-                    dz = dz * m
-                    dh_prev = product(dz, rec_t) + (1.0 - m) * dh
-                    dc_prev = dc * (m * f + (1.0 - m))
-                else:
-                    dh_prev, dc_prev = product(dz, rec_t), dc * f
+                    dh_prev = dh_prev + dh_kept
                 return s + 1, dh_prev, dc_prev, dzs.write(t, dz)
 
             start = (0, zeros, zeros, slots(steps, len(LSTM_GATES) * units))
