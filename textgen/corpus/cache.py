@@ -41,7 +41,10 @@ from textgen.text.base import Tokenizer
 from textgen.text.stream import counter_for, final_vocab
 from textgen.text.vocab import PAD, UNK, Vocab
 
-CACHE_FORMAT = 1
+# bumped whenever the code that fits a tokenizer or writes ids changes its output for the
+# same corpus and settings, so an entry made by older code is rebuilt, never reused:
+# 2 = subword tokenizers spell the characters seen once in byte pieces
+CACHE_FORMAT = 2
 CACHE_ENV = "TEXTGEN_CACHE"
 TRAIN, VALID, META, TOKENIZER = "train.ids", "valid.ids", "meta.json", "tokenizer.json"
 OWNER = ".owner"  # in a temporary folder: locked by the process that writes it
