@@ -41,3 +41,35 @@ def test_tensorflow_loads_with_the_pooling_allocator_unless_told_otherwise(prese
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected
+
+
+def _compile_once(env: dict[str, str]) -> subprocess.CompletedProcess:
+    code = (
+        "import os\nfrom textgen._tf import tensorflow\ntf = tensorflow()\n"
+        "f = tf.function(lambda x: tf.tanh(x @ x), jit_compile=True)\n"
+        "f(tf.ones([4, 4]))\nprint(os.environ.get('TF_XLA_FLAGS', ''))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+
+
+def test_xla_keeps_what_it_compiles_under_the_textgen_cache(tmp_path):
+    """The second run of a model finds its compiled step in $TEXTGEN_CACHE/xla."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_XLA_FLAGS"}
+    env["TEXTGEN_CACHE"] = str(tmp_path / "cache")
+    proc = _compile_once(env)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "cache" / "xla"
+    assert proc.stdout.strip() == f"--tf_xla_persistent_cache_directory={folder}"
+    assert any(p.name.startswith("xla_compile_cache") for p in folder.iterdir())
+
+
+def test_a_user_named_xla_cache_is_left_alone(tmp_path):
+    mine = tmp_path / "mine"
+    env = dict(os.environ, TEXTGEN_CACHE=str(tmp_path / "cache"))
+    env["TF_XLA_FLAGS"] = f"--tf_xla_persistent_cache_directory={mine}"
+    proc = _compile_once(env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == env["TF_XLA_FLAGS"]
+    assert not (tmp_path / "cache" / "xla").exists()
