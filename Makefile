@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TEXTGEN := $(BIN)/textgen
 SHAKESPEARE ?= ../shared/data/tinyshakespeare/input.txt
 
-.PHONY: install demo test test-slow lint fmt toy-sentences shakespeare ptb-small ptb-best soak soak-kill soak-fuzz bench-generate bench-train bench-ko bench-prepare bench-reg bench-export bench-serve bench-finetune clean
+.PHONY: install demo test test-slow lint fmt toy-sentences shakespeare ptb-small ptb-best soak soak-kill soak-fuzz bench-generate bench-train bench-ko bench-prepare bench-reg bench-export bench-serve bench-finetune bench-step bench-end-to-end clean
 
 $(BIN)/textgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,13 @@ bench-reg: install  ## each regularization / schedule key against the ptb-small 
 
 bench-export: install  ## SavedModel and LiteRT exports: sizes, times, greedy equality, LiteRT step vs numpy (~2 min)
 	$(BIN)/python bench/export.py
+
+bench-step: install  ## the numpy decoding step against LiteRT's on 1 and 2 threads, batch 1/16/32 (~4 min)
+	$(BIN)/python bench/step.py --litert-one-thread --repeats 6
+
+bench-end-to-end: install  ## textgen train's tokens/s against its own step, where an epoch's time goes, command to first step vs PyTorch (~10 min)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/end_to_end.py --epochs 2 --profile
 
 bench-serve: install  ## textgen serve with 1, 8, 32, 64 streaming clients: tokens/s, TTFT, TBT, roofline (~1 min)
 	$(BIN)/python bench/serve.py
