@@ -11,6 +11,12 @@ ratio, the mean loss over the timed steps of each, and the fraction of the GEMM 
     .venv/bin/python bench/train_throughput.py                    # all workloads
     .venv/bin/python bench/train_throughput.py --workload char --steps 20
     .venv/bin/python bench/train_throughput.py --precision both   # float32 and bf16, one run
+
+With bf16 in ``--precision`` PyTorch also trains under ``torch.autocast("cpu",
+torch.bfloat16)``, and the output gives textgen bf16 / PyTorch autocast beside textgen
+float32 / PyTorch float32. PyTorch's OpenMP threads spin at their barriers: on a machine
+whose cores are oversubscribed (load average above the core count) its rate collapses by
+10x or more from one run to the next, so read its median with its runs.
 """
 
 from __future__ import annotations
