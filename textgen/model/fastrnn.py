@@ -102,9 +102,6 @@ def _recurrence(
     units = rec.shape[0]
     dtype, low = xs.dtype, rec.dtype
 
-    def product(a: Any, b: Any, **kwargs: Any) -> Any:
-        return _cast(tf.matmul(_cast(a, low), b, **kwargs), dtype)
-
     def slots(size: Any, width: int) -> Any:
         return tf.TensorArray(dtype, size=size, element_shape=[None, width], clear_after_read=False)
 
@@ -115,22 +112,23 @@ def _recurrence(
 
     one = tf.constant(1.0, dtype)
 
-    def cell(xz: Any, hr: Any, h: Any, c: Any, m: Any) -> tuple[Any, Any, Any]:
-        """One step's elementwise work: (tanh of the gates, new h, new c)."""
-        gate_tanh = tf.tanh(xz + hr)
+    def cell(xz: Any, hr: Any, h: Any, c: Any, m: Any) -> tuple[Any, Any, Any, Any]:
+        """One step's elementwise work: (tanh of the gates, new h, new c, new h in the
+        compute dtype for the next product); ``hr`` is the product, in the compute dtype."""
+        gate_tanh = tf.tanh(xz + _cast(hr, dtype))
         i, f, g, o = gates(gate_tanh)
         c_new = f * c + i * g
         h_new = o * tf.tanh(c_new)
         if masked:  # a masked step keeps the previous state
             c_new = c + m * (c_new - c)
             h_new = h + m * (h_new - h)
-        return gate_tanh, h_new, c_new
+        return gate_tanh, h_new, c_new, _cast(h_new, low)
 
     def cell_grad(
         gate_tanh: Any, c: Any, c_prev: Any, dh: Any, dc_next: Any, m: Any
-    ) -> tuple[Any, Any, Any]:
-        """One backward step's elementwise work: (dz, dc_prev, the part of dh that a
-        masked step passes straight through)."""
+    ) -> tuple[Any, Any, Any, Any]:
+        """One backward step's elementwise work: (dz, dz in the compute dtype for the next
+        product, dc_prev, the part of dh that a masked step passes straight through)."""
         i, f, g, o = gates(gate_tanh)
         tc = tf.tanh(c)
         dc = dc_next + m * dh * o * (1.0 - tc * tc)  # h = o * tanh(c)
@@ -139,8 +137,9 @@ def _recurrence(
         )
         dz = dgates * (scale * (1.0 - gate_tanh * gate_tanh))
         if not masked:
-            return dz, dc * f, dh
-        return dz * m, dc * (m * f + (1.0 - m)), (1.0 - m) * dh
+            return dz, _cast(dz, low), dc * f, dh
+        dz = dz * m
+        return dz, _cast(dz, low), dc * (m * f + (1.0 - m)), (1.0 - m) * dh
 
     if low != dtype:
         # a reduced-precision step is not XLA-compiled as a whole (model/precision.py), so
@@ -152,21 +151,21 @@ def _recurrence(
     def run(xs: Any, rec: Any) -> Any:
         steps = tf.shape(xs)[0]
 
-        def step(t: Any, h: Any, c: Any, ts: Any, hs: Any, cs: Any) -> tuple[Any, ...]:
+        def step(t: Any, h: Any, h_low: Any, c: Any, ts: Any, hs: Any, cs: Any) -> tuple[Any, ...]:
             m = mask[t] if masked else one
-            gate_tanh, h_new, c_new = cell(ts.read(t), product(h, rec), h, c, m)
+            gate_tanh, h_new, c_new, h_low = cell(ts.read(t), tf.matmul(h_low, rec), h, c, m)
             return (
-                t + 1, h_new, c_new,
+                t + 1, h_new, h_low, c_new,
                 ts.write(t, gate_tanh), hs.write(t + 1, h_new), cs.write(t + 1, c_new),
             )  # fmt: skip
 
         start = (
-            0, h0, c0,
+            0, h0, _cast(h0, low), c0,
             slots(steps, len(LSTM_GATES) * units).unstack(xs),  # then each step's tanh(z)
             slots(steps + 1, units).write(0, h0),
             slots(steps + 1, units).write(0, c0),
         )  # fmt: skip
-        _, _, c_last, ts, hs, cs = tf.while_loop(lambda t, *_: t < steps, step, start)
+        _, _, _, c_last, ts, hs, cs = tf.while_loop(lambda t, *_: t < steps, step, start)
         h_all = hs.stack()  # (time + 1, batch, H): the initial state, then every step's
 
         def grad(dhs: Any, _dc_last: Any) -> tuple[Any, Any]:
@@ -177,10 +176,10 @@ def _recurrence(
                 t = steps - 1 - s
                 m = mask[t] if masked else one
                 dh = dhs[t] + dh_next
-                dz, dc_prev, dh_kept = cell_grad(
+                dz, dz_low, dc_prev, dh_kept = cell_grad(
                     ts.read(t), cs.read(t + 1), cs.read(t), dh, dc_next, m
                 )
-                dh_prev = product(dz, rec_t)
+                dh_prev = _cast(tf.matmul(dz_low, rec_t), dtype)
                 if masked:  # a masked step passes its gradients straight through
                     dh_prev = dh_prev + dh_kept
                 return s + 1, dh_prev, dc_prev, dzs.write(t, dz)
