@@ -289,7 +289,9 @@ def test_a_jamo_stop_of_two_syllables_stops_decoding(monkeypatch):
     record = json.loads(result.stdout)
     assert record["text"] == "아가나다"
     assert record["tokens"] == 6  # 가 나 다, two jamo each
-    assert lm.steps == 9  # decoding stopped at the 10th jamo, which completed 라마
+    # decoding stopped at the 11th jamo: the 10th completed 라마, but 마 could still take a
+    # final consonant until the next jamo (ᄇ of 바) showed it did not
+    assert lm.steps == 10
 
 
 def test_a_stop_that_begins_in_the_seed_does_not_count(monkeypatch):

@@ -159,7 +159,8 @@ class Generator:
 
         The seed runs through the network once; then each token is one recurrent step.
         Each sample ends at ``<eos>``, at the ``stop`` string (its ids then run to the
-        token that completed it; :meth:`finish` cuts the text), or after ``length``
+        token that completed it, at the jamo level to the token after which its last
+        syllable can no longer change; :meth:`finish` cuts the text), or after ``length``
         tokens. Beam search returns the ``num`` best beams of a single search.
         """
         strategy = strategy or Strategy()
@@ -248,12 +249,26 @@ class Generator:
     def _stop_test(self, stop: str | None) -> tuple[Callable[[int, list[int]], bool] | None, int]:
         """The test that ends a sequence whose new text holds ``stop``, and how many of its
         last ids it needs: enough for ``len(stop) + 1`` characters, a character being at
-        most 4 tokens (3 jamo for a Hangul syllable, 4 byte pieces for a subword)."""
+        most 4 tokens (3 jamo for a Hangul syllable, 4 byte pieces for a subword), plus
+        the syllable held back at the jamo level.
+
+        At the jamo level the last syllable may still take a final consonant (가 + ᆨ is
+        각), so a stop is only found in the text before it (:func:`stable_text`): stop
+        "가" must not end a text that goes on as 각하. A sequence whose stop lies in that
+        syllable when it ends (``length``, ``<eos>``) is still cut there by :meth:`finish`,
+        which reads the final text."""
         stop = self._stop(stop)
         if not stop:
             return None, 0
-        continuation = self.tokenizer.continuation
-        return (lambda _row, ids: stop in continuation("", ids)), 4 * (len(stop) + 1)
+        tok = self.tokenizer
+        continuation = tok.continuation
+        if not holds_syllable(tok):
+            return (lambda _row, ids: stop in continuation("", ids)), 4 * (len(stop) + 1)
+
+        def found(_row: int, ids: list[int]) -> bool:
+            return stop in stable_text(tok, continuation("", ids))
+
+        return found, 4 * (len(stop) + 2)
 
     def _cut(self, text: str, stop: str) -> str | None:
         """The new ``text`` up to the first occurrence of ``stop`` (without the spaces
@@ -326,6 +341,21 @@ class Generator:
         """Generate ``num`` texts, each the seed followed by up to ``length`` new tokens."""
         decoded = self.continue_ids(seed, length=length, num=num, **kwargs)
         return [self.join(seed, ids, kwargs.get("stop")) for ids in decoded.ids]
+
+
+def holds_syllable(tokenizer: Tokenizer) -> bool:
+    """Whether the end of a continuation may still change where a stop string is looked
+    for: the jamo level (char, NFD), whose last syllable may take a final consonant. Other
+    levels look for a stop in the whole text, as before."""
+    return tokenizer.level == "char" and getattr(tokenizer, "normalize", "nfc") == "nfd"
+
+
+def stable_text(tokenizer: Tokenizer, text: str) -> str:
+    """``text`` without the characters the next token may still change, where a stop string
+    found would be final (:func:`holds_syllable`; the whole text elsewhere)."""
+    if not holds_syllable(tokenizer):
+        return text
+    return text[: len(text) - tokenizer.unstable_tail(text)]
 
 
 class _Lengths:

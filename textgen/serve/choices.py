@@ -5,6 +5,11 @@ of its ids after the seed as the model reads it, exactly as ``textgen generate``
 it. A stream never takes back what it sent, so a delta holds back the characters a later
 token may still change (a jamo syllable that may take a final consonant) and an end that
 may be the start of a stop string; :meth:`ChoiceText.flush` sends the rest at the end.
+
+A stop string is looked for as ``textgen generate --stop`` does: at the jamo level not in
+a last syllable that may still take a final consonant (stop "가" does not end 각하), and
+once more in the final text when the choice ends (setting :attr:`ChoiceText.finish`), so
+a stop completed by the last token still cuts it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from textgen.decoding.generate import stable_text
 from textgen.text.base import Tokenizer
 
 WINDOW = 8  # ids decoded again per token where texts do not simply add up
@@ -30,13 +36,31 @@ class ChoiceText:
     ids: list[int] = field(default_factory=list)
     sent: str = ""  # new text already sent
     text: str = ""  # new text so far (cut at a stop string once one is found)
-    finish: str | None = None
     offsets: list[int] = field(default_factory=list)  # where each token's text starts
     logprobs: list[Any] = field(default_factory=list)  # (token, logprob, top) per token
 
     def __post_init__(self) -> None:
         self._whole = ""  # the new text of all ids, uncut
         self._recent: deque[str] = deque(maxlen=WINDOW)  # whole texts of the last ids
+        self._finish: str | None = None
+        self._checked = 0  # the length of the whole text already searched for a stop
+        self._stopped = False  # a stop string was found (text is cut there)
+
+    @property
+    def finish(self) -> str | None:
+        """Why the choice ended ("stop", "length"), None while it goes on."""
+        return self._finish
+
+    @finish.setter
+    def finish(self, reason: str | None) -> None:
+        """End the choice: its text is now final, so a stop string in the part that was
+        held back (a jamo syllable that could still change) cuts it, and the choice then
+        ended at a stop (its reason becomes "stop")."""
+        if reason is not None and self._finish is None and not self._stopped:
+            cut = _cut(self._whole, self.stops, self.tokenizer.level, self._checked)
+            if cut is not None:
+                self.text, self._stopped, reason = cut, True, "stop"
+        self._finish = reason
 
     def push(self, token: int) -> bool:
         """Add a token; True when a stop string has now appeared (the text is cut there).
@@ -52,9 +76,12 @@ class ChoiceText:
         else:
             self._whole = self._tail()
             self._recent.append(self._whole)
-        cut = _cut(self._whole, self.stops, self.tokenizer.level, len(self.text))
+        stable = stable_text(self.tokenizer, self._whole)
+        cut = _cut(stable, self.stops, self.tokenizer.level, self._checked)
+        self._checked = len(stable)
         self.text = self._whole if cut is None else cut
-        return cut is not None
+        self._stopped = cut is not None
+        return self._stopped
 
     def _tail(self) -> str:
         """The continuation of all ids, decoding only a window of the last ones.
