@@ -201,10 +201,12 @@ def _choices(server, stream: bool = False, **body):
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
         events = [json.loads(e) for e in sse_events(r) if e != "[DONE]"]
     texts: dict[int, str] = {}
+    finish: dict[int, str | None] = {}
     for event in events:
         for c in event["choices"]:
             texts[c["index"]] = texts.get(c["index"], "") + c["text"]
-    return [(texts[i], None) for i in sorted(texts)]
+            finish[c["index"]] = c.get("finish_reason") or finish.get(c["index"])
+    return [(texts[i], finish[i]) for i in sorted(texts)]
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
@@ -223,4 +225,4 @@ def _choices(server, stream: bool = False, **body):
 def test_the_server_finds_a_stop_in_the_final_text(served, strategy, model, stop, max_tokens, want):
     body = dict(model=model, stop=stop, max_tokens=max_tokens, strategy=strategy)
     assert _choices(served, **body) == [want]
-    assert _choices(served, stream=True, **body) == [(want[0], None)]
+    assert _choices(served, stream=True, **body) == [want]  # the stream's finish_reason too

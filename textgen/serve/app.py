@@ -611,8 +611,8 @@ class Feed:
                 return
             for row, choice in enumerate(choices):
                 if choice.finish is None:
-                    choice.finish = "length"
-                    news.append((k * n + row, choice.flush(), None, "length"))
+                    choice.finish = "length"  # a stop the last token completed makes it "stop"
+                    news.append((k * n + row, choice.flush(), None, choice.finish))
         elif isinstance(event, Failed):
             self.live -= 1
             self.error = event.message
