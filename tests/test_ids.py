@@ -93,6 +93,23 @@ def test_cache_is_reused_keyed_by_settings_and_repaired_when_damaged(tmp_path, m
     assert not repaired.cached and repaired.train.intact()
 
 
+def test_entries_of_an_older_cache_format_are_removed_and_newer_ones_kept(tmp_path, monkeypatch):
+    """An entry keyed by an older format is never found again: the next write sweeps it
+    rather than leave it on disk forever; a newer installation's entry stays."""
+    monkeypatch.setenv("TEXTGEN_CACHE", str(tmp_path / "cache"))
+    cfg = DataConfig(corpus=str(TOY_CORPUS), level="char", mode="stream", val_split=0.0)
+    entry = ids_mod.prepare_ids(cfg).folder
+    root = entry.parent
+    for name, made_by in (("older", ids_mod.CACHE_FORMAT - 1), ("newer", ids_mod.CACHE_FORMAT + 1)):
+        (root / name).mkdir()
+        (root / name / ids_mod.META).write_text(json.dumps({"format": made_by}), encoding="utf-8")
+        (root / name / ids_mod.TRAIN).write_bytes(b"\0" * 64)
+    ids_mod.prepare_ids(replace(cfg, level="word"))  # a new entry is written: the sweep runs
+    assert not (root / "older").exists()
+    assert (root / "newer" / ids_mod.TRAIN).exists() and entry.is_dir()
+    assert ids_mod.prepare_ids(cfg).cached  # the current entry is still found
+
+
 def test_resumed_tokenizer_is_used_as_given(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("x y z\nx y\n", encoding="utf-8")

@@ -199,11 +199,24 @@ def _hold(path: Path) -> int:
 
 
 def _sweep_abandoned(root: Path) -> None:
-    """Remove the temporary folders of prepares that died (SIGKILL, power loss)."""
+    """Remove the temporary folders of prepares that died (SIGKILL, power loss), and the
+    entries an older textgen wrote in an older :data:`CACHE_FORMAT`: their key holds the
+    format, so they are never found again (an entry of a newer format is another
+    installation's and is kept)."""
     import fcntl
 
     if not root.is_dir():
         return
+    for meta_file in root.glob(f"*/{META}"):
+        folder = meta_file.parent
+        if ".tmp-" in folder.name:
+            continue
+        try:
+            made_by = json.loads(meta_file.read_text(encoding="utf-8")).get("format")
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable: _load_entry rebuilds it when its key comes up
+        if isinstance(made_by, int) and made_by < CACHE_FORMAT:
+            shutil.rmtree(folder, ignore_errors=True)
     for tmp in root.glob("*.tmp-*"):
         try:
             fd = os.open(tmp / OWNER, os.O_RDWR)
