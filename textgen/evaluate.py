@@ -113,7 +113,7 @@ def _pieces(bundle: Bundle, text: str) -> tuple[list[np.ndarray], int]:
     tok = bundle.tokenizer
     if "\r" not in tok.vocab:  # a model that never saw \r reads \r\n as the \n it knows
         text = text.replace("\r\n", "\n")
-    elif tok.level == "char" and "\r" not in text and "\n" in tok.vocab:
+    elif tok.keeps_whitespace and "\r" not in text and "\n" in tok.vocab:
         text = text.replace("\n", "\r\n")  # trained on CRLF text: its spelling of a break
     if not text.endswith("\n"):
         text += "\n"

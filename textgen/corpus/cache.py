@@ -269,7 +269,7 @@ def _tokenize(
     progress: Progress | None,
 ) -> dict[str, Any]:
     """The tokenizing pass into ``out``; returns what meta.json records about the ids."""
-    eos = cfg.level != "char"
+    eos = level_class(cfg.level).eos_in_stream  # the id cache holds stream-mode ids
     if cfg.level in ("subword", "morpheme") and tokenizer is None:
         tokenizer = _fit_streamed(cfg, cut)
     splitter = tokenizer or level_class(cfg.level)(

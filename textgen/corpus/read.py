@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from textgen.errors import DataError
+from textgen.text import level_class
 
 BLOCK = 4 << 20  # bytes read at a time
 MAX_LINE_BYTES = 256 << 20  # a longer line is refused: it would be held whole in memory
@@ -166,7 +167,8 @@ def split_blocks(blocks: Iterator[str], cut: int | None, level: str) -> Iterator
     """``(training part, validation part)`` of each block: the held-out tail starts at
     character ``cut`` moved forward to the start of the next line, so every level (word
     to jamo) holds out the same text; a text with no later line break is cut at the next
-    whitespace (at the char level exactly at ``cut``). ``cut=None``: all is training text.
+    whitespace (exactly at ``cut`` where every token is a character: ``tokens_are_chars``,
+    the char level). ``cut=None``: all is training text.
 
     This is the one split rule: training, ``textgen eval --valid`` and the benchmarks
     all go through it."""
@@ -183,8 +185,8 @@ def split_blocks(blocks: Iterator[str], cut: int | None, level: str) -> Iterator
         newline = text.find("\n", local)
         if newline >= 0:
             local = newline + 1
-        else:
-            while level != "char" and local < len(text) and not text[local].isspace():
+        elif not level_class(level).tokens_are_chars:
+            while local < len(text) and not text[local].isspace():
                 local += 1
         seen += len(text)
         cut = -1  # everything after this block is validation text

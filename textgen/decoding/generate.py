@@ -272,11 +272,11 @@ class Generator:
 
     def _cut(self, text: str, stop: str) -> str | None:
         """The new ``text`` up to the first occurrence of ``stop`` (without the spaces
-        before it, but at the char level), or None when it has none."""
+        before it, unless the level ``keeps_whitespace``), or None when it has none."""
         if not stop or stop not in text:
             return None
         text = text[: text.index(stop)]
-        return text if self.tokenizer.level == "char" else text.rstrip()
+        return text if self.tokenizer.keeps_whitespace else text.rstrip()
 
     def finish(self, seed: str, ids: list[int], stop: str | None = None) -> tuple[str, int]:
         """The text of one generated sequence and the number of its tokens kept.
@@ -327,7 +327,7 @@ class Generator:
                 if new.endswith(stop[:k]):
                     new = new[:-k]
                     break
-            return new if tok.level == "char" else new.rstrip()
+            return new if tok.keeps_whitespace else new.rstrip()
 
         def on_token(_row: int, token: int) -> None:
             ids.append(token)
@@ -347,7 +347,7 @@ def holds_syllable(tokenizer: Tokenizer) -> bool:
     """Whether the end of a continuation may still change where a stop string is looked
     for: the jamo level (char, NFD), whose last syllable may take a final consonant. Other
     levels look for a stop in the whole text, as before."""
-    return tokenizer.level == "char" and getattr(tokenizer, "normalize", "nfc") == "nfd"
+    return tokenizer.is_jamo
 
 
 def stable_text(tokenizer: Tokenizer, text: str) -> str:

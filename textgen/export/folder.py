@@ -125,7 +125,7 @@ SYLLABLES = (
 
 
 def _level_name(tokenizer: Any) -> str:
-    if tokenizer.level == "char" and tokenizer.normalize == "nfd":
+    if tokenizer.is_jamo:
         return "jamo"
     return tokenizer.level
 

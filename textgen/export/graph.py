@@ -222,7 +222,7 @@ class GenerateGraph:
         tf = tensorflow()
         self.weights = weights
         self.level = tokenizer.level
-        self.jamo = tokenizer.level == "char" and tokenizer.normalize == "nfd"
+        self.jamo = tokenizer.is_jamo
         tokens = list(tokenizer.vocab.tokens)
         self.eos_id = tokenizer.eos_id
         mask = syllable_mask(tokenizer)  # the jamo level's syllable rules (None elsewhere)

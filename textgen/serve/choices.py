@@ -57,7 +57,7 @@ class ChoiceText:
         held back (a jamo syllable that could still change) cuts it, and the choice then
         ended at a stop (its reason becomes "stop")."""
         if reason is not None and self._finish is None and not self._stopped:
-            cut = _cut(self._whole, self.stops, self.tokenizer.level, self._checked)
+            cut = _cut(self._whole, self.stops, self.tokenizer.keeps_whitespace, self._checked)
             if cut is not None:
                 self.text, self._stopped, reason = cut, True, "stop"
         self._finish = reason
@@ -77,7 +77,7 @@ class ChoiceText:
             self._whole = self._tail()
             self._recent.append(self._whole)
         stable = stable_text(self.tokenizer, self._whole)
-        cut = _cut(stable, self.stops, self.tokenizer.level, self._checked)
+        cut = _cut(stable, self.stops, self.tokenizer.keeps_whitespace, self._checked)
         self._checked = len(stable)
         self.text = self._whole if cut is None else cut
         self._stopped = cut is not None
@@ -129,8 +129,8 @@ class ChoiceText:
                 if text.endswith(stop[:k]):
                     text = text[:-k]
                     break
-        if self.stops and self.tokenizer.level != "char":
-            # above the char level a stop's cut drops the spaces before it (see _cut):
+        if self.stops and not self.tokenizer.keeps_whitespace:
+            # where whitespace is not tokens a stop's cut drops the spaces before it (_cut):
             # spaces at the end are held back until what follows them is known
             text = text.rstrip()
         return text
@@ -139,10 +139,10 @@ class ChoiceText:
         return self.tokenizer.vocab.token(int(token))
 
 
-def _cut(text: str, stops: list[str], level: str, start: int = 0) -> str | None:
-    """``text`` up to the earliest of ``stops`` (without the spaces before it above the char
-    level, as ``textgen generate --stop`` cuts), or None when none occurs. Only an
-    occurrence ending after ``start`` is new (the text before it had none)."""
+def _cut(text: str, stops: list[str], keeps_whitespace: bool, start: int = 0) -> str | None:
+    """``text`` up to the earliest of ``stops`` (without the spaces before it unless the
+    level ``keeps_whitespace``, as ``textgen generate --stop`` cuts), or None when none
+    occurs. Only an occurrence ending after ``start`` is new (the text before it had none)."""
     found = []
     for stop in stops:
         at = text.find(stop, max(0, start - len(stop) + 1))
@@ -151,4 +151,4 @@ def _cut(text: str, stops: list[str], level: str, start: int = 0) -> str | None:
     if not found:
         return None
     head = text[: min(found)]
-    return head if level == "char" else head.rstrip()
+    return head if keeps_whitespace else head.rstrip()

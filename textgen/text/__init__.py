@@ -5,6 +5,9 @@ where ``normalize = "nfd"`` is the jamo level), ``subword`` (:mod:`textgen.text.
 sentencepiece) and ``morpheme`` (:mod:`textgen.text.morpheme`, kiwipiepy). This module
 is the registry: it maps a level to its class, fits a tokenizer and rebuilds a saved one.
 The optional levels are imported only when used, so their libraries stay optional.
+What a level is (whether it keeps whitespace, puts ``<eos>`` in a stream, is jamo) is
+declared by its class (:mod:`textgen.text.base`); code that has only a config asks
+``level_class(cfg.level)``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def tokenizer_options(cfg: DataConfig) -> dict[str, Any]:
     takes, and what the id cache's key holds (one list, so neither can miss one)."""
     every = dict(
         level=cfg.level,
-        eos=cfg.mode == "lines" or cfg.level != "char",
+        eos=cfg.mode == "lines" or level_class(cfg.level).eos_in_stream,
         max_vocab=cfg.max_vocab,
         min_freq=cfg.min_freq,
         lowercase=cfg.lowercase,

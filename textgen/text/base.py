@@ -7,6 +7,32 @@ One class per level overrides what is its own: :mod:`textgen.text.word`,
 class from the level. Generated text is assembled by :meth:`Tokenizer.continuation` and
 :meth:`Tokenizer.attach`, which each level overrides where its tokens are not simply
 joined.
+
+What a level is, as far as the code around it is concerned, is declared by every level
+class (:data:`LEVEL_TRAITS`; a subclass that leaves one out is refused when it is defined,
+so a new level cannot silently get another level's behaviour):
+
+``keeps_whitespace``
+    The text's whitespace is tokens of its own (spaces and line breaks are generated as
+    they are): generated text is never whitespace-trimmed (a stop string's cut keeps the
+    spaces before it) and a line break the vocabulary holds is generated and scored as one.
+    True at the char level; the other levels put words or pieces back together and drop
+    the spaces around the text's end.
+``eos_in_stream``
+    Stream mode encodes the text line by line with ``<eos>`` after each non-blank line
+    (:meth:`Tokenizer.encode_stream`), so the stream-mode vocabulary holds ``<eos>``. False
+    at the char level, whose stream is the whole text with its line breaks as tokens (its
+    vocabulary has ``<eos>`` only in line mode). Code that has only a config asks the
+    class: ``textgen.text.level_class(cfg.level).eos_in_stream``.
+``tokens_are_chars``
+    Each token is one character of the normalized text, so a text cut between any two
+    characters keeps both sides' tokens (the validation split cuts exactly where it
+    falls, and the id cache counts code points). True at the char level only.
+``is_jamo``
+    Hangul is fed as conjoining jamo and decoded text recomposed to NFC (the char level
+    with ``normalize = "nfd"``): the syllable mask applies, the last syllable is held back
+    while streaming, and exports call the level ``jamo``. A property of the instance at the
+    char level, False at the others.
 """
 
 from __future__ import annotations
@@ -43,8 +69,27 @@ def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
 
 
+# what every level class declares itself (the module docstring says what each means)
+LEVEL_TRAITS = ("keeps_whitespace", "eos_in_stream", "tokens_are_chars", "is_jamo")
+
+
 class Tokenizer:
-    """Splits text into tokens and maps them to ids through a :class:`Vocab`."""
+    """Splits text into tokens and maps them to ids through a :class:`Vocab`.
+
+    A subclass declares each of :data:`LEVEL_TRAITS` (a class attribute or a property);
+    one that inherits any of them from this class alone is a ``TypeError`` when defined."""
+
+    keeps_whitespace: ClassVar[bool]
+    eos_in_stream: ClassVar[bool]
+    tokens_are_chars: ClassVar[bool]
+    is_jamo: bool  # a property at the char level (it depends on ``normalize``)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        below = [c for c in cls.__mro__ if c is not Tokenizer]
+        missing = [t for t in LEVEL_TRAITS if not any(t in vars(c) for c in below)]
+        if missing:
+            raise TypeError(f"{cls.__name__} must declare {', '.join(missing)}")
 
     def __init__(
         self,
@@ -116,8 +161,9 @@ class Tokenizer:
     def encode_stream(self, text: str) -> np.ndarray:
         """A text as the stream of ids that stream mode trains on: the whole text at the
         char level (line breaks are tokens), each non-blank line with ``<eos>`` at the
-        others. The id cache and ``textgen eval`` both encode through it."""
-        if self.level == "char":
+        others (``eos_in_stream``). The id cache and ``textgen eval`` both encode
+        through it."""
+        if not self.eos_in_stream:
             return self.encode(text)
         parts = [self.encode(line, eos=True) for line in text.splitlines() if line.strip()]
         return np.concatenate(parts) if parts else np.zeros(0, np.int32)

@@ -29,9 +29,18 @@ def _is_hangul(ch: str) -> bool:
 class CharTokenizer(Tokenizer):
     """One token per code point; ids through a table over all of Unicode (vectorized)."""
 
+    keeps_whitespace = True  # spaces and line breaks are tokens, generated as they are
+    eos_in_stream = False  # the stream is the whole text: its line breaks end the lines
+    tokens_are_chars = True
+
+    @property
+    def is_jamo(self) -> bool:
+        """Whether Hangul is fed as conjoining jamo (``normalize = "nfd"``)."""
+        return self.normalize == "nfd"
+
     @property
     def continuation_adds_up(self) -> bool:
-        return self.normalize != "nfd"  # jamo may complete the syllable before them
+        return not self.is_jamo  # jamo may complete the syllable before them
 
     def split(self, text: str) -> list[str]:
         return list(self.normalize_text(text))
@@ -53,6 +62,6 @@ class CharTokenizer(Tokenizer):
 
     def unstable_tail(self, text: str) -> int:
         """A jamo-level syllable that can still take a final consonant."""
-        if self.normalize == "nfd" and text and _is_hangul(text[-1]):
+        if self.is_jamo and text and _is_hangul(text[-1]):
             return 1
         return 0

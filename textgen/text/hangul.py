@@ -95,13 +95,6 @@ def token_class(token: str) -> int:
     return C_NEVER if is_conjoining(token) else C_OTHER
 
 
-def is_jamo_level(tokenizer: Any) -> bool:
-    """Whether ``tokenizer`` feeds Hangul as conjoining jamo (the char level with NFD),
-    read from its public ``level`` and ``normalize``."""
-    level, normalize = getattr(tokenizer, "level", None), getattr(tokenizer, "normalize", "")
-    return level == "char" and normalize == "nfd"
-
-
 class SyllableMask:
     """The allowed-next table of one vocabulary, as an additive (0 / ``-inf``) float32
     table: rows ``state`` for any step, rows ``STATES + state`` for a text's last token
@@ -156,9 +149,9 @@ class SyllableMask:
 
 
 def syllable_mask(tokenizer: Any) -> SyllableMask | None:
-    """The mask of a jamo-level tokenizer whose vocabulary holds conjoining jamo; None for
-    every other tokenizer (their decoding is unchanged)."""
-    if not is_jamo_level(tokenizer):
+    """The mask of a jamo-level tokenizer (``is_jamo``) whose vocabulary holds conjoining
+    jamo; None for every other tokenizer (their decoding is unchanged)."""
+    if not tokenizer.is_jamo:
         return None
     mask = SyllableMask(list(tokenizer.vocab.tokens))
     return mask if mask.active else None

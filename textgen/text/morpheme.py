@@ -38,6 +38,11 @@ def _parse(token: str) -> tuple[str, str, bool]:
 class MorphemeTokenizer(Tokenizer):
     """A :class:`Tokenizer` whose tokens are ``form/TAG`` morphemes."""
 
+    keeps_whitespace = False  # Kiwi's join puts the spacing back, line breaks are <eos>
+    eos_in_stream = True
+    tokens_are_chars = False
+    is_jamo = False
+
     cannot_grow = (
         "--extend-vocab cannot grow a morpheme vocabulary: its tokens are Kiwi's analyses "
         "(form/TAG), which Kiwi's own dictionary fixes and the run's <unk> row already "

@@ -22,8 +22,14 @@ MAX_DISTINCT = 5_000_000  # distinct tokens counted before the vocabulary is cut
 
 
 def counter_for(splitter: Tokenizer) -> CharCounter | WordCounter:
-    """The counting encoder of ``splitter``'s level (word or char)."""
-    return CharCounter(splitter) if splitter.level == "char" else WordCounter(splitter)
+    """The counting encoder of ``splitter``'s level: code points where each token is a
+    character (the char level, whose stream has no ``<eos>``), words with ``<eos>`` after
+    each line at the word level. The other levels fit their tokenizer first."""
+    if splitter.tokens_are_chars and not splitter.eos_in_stream:
+        return CharCounter(splitter)
+    if splitter.level == "word":
+        return WordCounter(splitter)
+    raise ValueError(f"the {splitter.level} level has no counting encoder; fit its tokenizer")
 
 
 class CharCounter:

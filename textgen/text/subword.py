@@ -115,6 +115,11 @@ def _spm() -> Any:
 class SubwordTokenizer(Tokenizer):
     """A :class:`Tokenizer` whose tokens are sentencepiece pieces."""
 
+    keeps_whitespace = False  # a stream is its non-blank lines, each ended by <eos>
+    eos_in_stream = True
+    tokens_are_chars = False
+    is_jamo = False
+
     cannot_grow = (
         "--extend-vocab cannot grow a subword vocabulary: the sentencepiece model that "
         "segments the text is fixed (new pieces would never be produced), and its 256 byte "

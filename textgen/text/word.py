@@ -34,6 +34,11 @@ _PUNCT = _PunctuationTable()
 class WordTokenizer(Tokenizer):
     """Whitespace-separated words."""
 
+    keeps_whitespace = False  # words are joined by single spaces
+    eos_in_stream = True
+    tokens_are_chars = False
+    is_jamo = False
+
     @property
     def continuation_adds_up(self) -> bool:
         return True  # each word's text is its separating space and its spelling
