@@ -165,3 +165,41 @@ def test_the_compiled_pieces_of_the_bf16_step_compute_what_tensorflow_does(trans
         out.append([logits.numpy(), ce.numpy(), d_low.numpy().astype(np.float32), d_bias.numpy()])
     for a, b in zip(*out, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_bf16_steps_compiled_loss_and_update_keep_its_losses():
+    """The bf16 step's cross-entropy and update (clipping and Adam) as their own XLA
+    computations give the losses the bf16 step without them gives, step after step, and
+    only the bf16 step is built with them."""
+    import numpy as np
+
+    from textgen._tf import keras
+    from textgen.model.network import training_forward
+    from textgen.training.steps import Steps
+
+    k = keras()
+    rng = np.random.default_rng(4)
+    batches = [
+        (rng.integers(1, 20, (4, 12)).astype(np.int32), rng.integers(1, 20, (4, 12)))
+        for _ in range(5)
+    ]
+
+    def xla_functions(steps):
+        graph = steps.train_step.get_concrete_function().graph.as_graph_def()
+        return sum(f.attr["_XlaMustCompile"].b for f in graph.library.function)
+
+    losses, compiled = {}, {}
+    for name in ("float32", "bfloat16"):  # what Steps is told; the forward is bf16 in both
+        cfg, model = _tiny_model()
+        forward = training_forward(model, cfg, mask_padding=False, precision="bfloat16")
+        optimizer = k.optimizers.Adam(0.01)
+        optimizer.build(model.trainable_variables)
+        steps = Steps(model, optimizer, forward, False, None, clipnorm=0.05, precision=name)
+        zero = steps.zero_state(0)
+        runs = [steps.train_step(x, y.astype(np.int32), zero) for x, y in batches]
+        assert all(bool(finite) for _, _, finite, _ in runs)
+        losses[name] = [float(total) / float(count) for total, count, _, _ in runs]
+        compiled[name] = xla_functions(steps)
+    assert compiled["bfloat16"] >= compiled["float32"] + 2  # the loss and the update, at least
+    assert losses["float32"][-1] < losses["float32"][0]  # the updates took effect
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=1e-6, atol=0)
