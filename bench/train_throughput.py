@@ -99,7 +99,10 @@ class TextgenSide:
         run = self.run
         forward = training_forward(run.model, cfg.model, mask_padding=False, precision=precision)
         jit = step_jit(precision, cfg.train.jit_compile)
-        steps = Steps(run.model, run.optimizer, forward, jit, None, None, cfg.train.clipnorm)
+        steps = Steps(
+            run.model, run.optimizer, forward, jit, None, None, cfg.train.clipnorm,
+            precision=precision,
+        )  # fmt: skip
         zero = np.zeros((), np.float32)
         return lambda x, y: steps.train_step(x, y, zero)
 

@@ -38,7 +38,7 @@ def run_summary(bundle: Bundle) -> list[str]:
     meta, cfg, tok = bundle.metadata, bundle.config, bundle.tokenizer
     model, train = cfg.model, cfg.train
     level = tok.level
-    if tok.normalize == "nfd":
+    if tok.is_jamo:
         level += " (jamo: NFD)"
     if tok.level == "subword":
         level += f" ({cfg.data.subword_model})"
