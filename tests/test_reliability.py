@@ -65,8 +65,8 @@ def interrupt_after(steps: int, monkeypatch):
     original = steps_mod.Steps.__init__
     counter = {"n": 0}
 
-    def init(self, *args):
-        original(self, *args)
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
         step = self.train_step
 
         def counted(*args):
