@@ -121,9 +121,10 @@ def numpy_steps(lm, batch: int, steps: int) -> tuple[float, list[int]]:
 
 
 class LiteRTStep:
-    """The exported LiteRT step of ``lm`` at one batch size (XNNPACK, ``threads``)."""
+    """An exported LiteRT step (``model``, the .tflite bytes) at one batch size, run by
+    LiteRT's interpreter (XNNPACK, ``threads``)."""
 
-    def __init__(self, model: bytes, lm, batch: int, threads: int = 2) -> None:
+    def __init__(self, model: bytes, batch: int, threads: int = 2) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_content=model, num_threads=threads)
@@ -435,7 +436,7 @@ def main() -> None:
     from bench.machine import sgemm_gflops
 
     tflite = litert_model(lm)
-    litert = {b: LiteRTStep(tflite, lm, b, args.threads) for b in batches}
+    litert = {b: LiteRTStep(tflite, b, args.threads) for b in batches}
     worst = max(check_litert(step, lm) for step in litert.values())
     assert worst < 1e-4, f"LiteRT and textgen disagree: logits differ by {worst}"
     threads = [1, 2] if blas_threads() is not None else [None]  # None: as numpy found it

@@ -47,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.generate import LiteRTStep, check_litert, numpy_steps  # noqa: E402
 from bench.machine import machine_line, sgemm_gflops  # noqa: E402
 from textgen.decoding.blas import blas_threads, set_blas_threads  # noqa: E402
 from textgen.decoding.numpy_lm import NumpyLM  # noqa: E402
@@ -85,67 +86,6 @@ def load_baseline(path: Path, arrays: dict[str, np.ndarray]):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.NumpyLM.from_arrays(arrays)
-
-
-def numpy_loop(lm, batch: int, steps: int) -> tuple[float, list[int]]:
-    """``steps`` greedy steps of ``lm.step`` at ``batch``: seconds, row 0's ids."""
-    ids = np.zeros(batch, np.int64)
-    state = lm.initial_state(batch)
-    out = []
-    start = time.perf_counter()
-    for _ in range(steps):
-        logits, state = lm.step(ids, state)
-        ids = np.argmax(logits, axis=-1)
-        out.append(int(ids[0]))
-    return time.perf_counter() - start, out
-
-
-class LiteRTStep:
-    """The exported step at one batch size, run by the LiteRT interpreter (XNNPACK)."""
-
-    def __init__(self, model: bytes, batch: int, threads: int) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.interpreter = Interpreter(model_content=model, num_threads=threads)
-        runner = self.interpreter.get_signature_runner("step")
-        details = {k: v["index"] for k, v in runner.get_input_details().items()}
-        self.state_size = int(runner.get_input_details()["state"]["shape"][-1])
-        del runner  # it holds the tensors that resizing replaces
-        self.interpreter.resize_tensor_input(details["ids"], [batch])
-        self.interpreter.resize_tensor_input(details["state"], [batch, self.state_size])
-        self.interpreter.allocate_tensors()
-        self.runner = self.interpreter.get_signature_runner("step")
-        self.batch = batch
-
-    def __call__(self, ids: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.runner(ids=ids, state=state)
-        return out["logits"], out["state"]
-
-    def loop(self, steps: int) -> tuple[float, list[int]]:
-        """The loop of :func:`numpy_loop` on LiteRT: seconds, row 0's ids."""
-        ids = np.zeros(self.batch, np.int32)
-        state = np.zeros((self.batch, self.state_size), np.float32)
-        out = []
-        start = time.perf_counter()
-        for _ in range(steps):
-            logits, state = self(ids, state)
-            ids = np.argmax(logits, axis=-1).astype(np.int32)
-            out.append(int(ids[0]))
-        return time.perf_counter() - start, out
-
-
-def litert_error(step: LiteRTStep, lm: NumpyLM) -> float:
-    """The largest logit difference of one step from a random state, LiteRT against us."""
-    rng = np.random.default_rng(1)
-    ids = rng.integers(0, lm.vocab_size, step.batch)
-    state = [
-        tuple(rng.uniform(-0.9, 0.9, p.shape).astype(np.float32) for p in layer)
-        for layer in lm.initial_state(step.batch)
-    ]
-    ours, _ = lm.step(ids, state)
-    flat = np.concatenate([p for layer in state for p in layer], axis=-1)
-    theirs, _ = step(ids.astype(np.int32), flat)
-    return float(np.abs(ours - theirs).max())
 
 
 def best_time(func: Callable[[], object], calls: int = 20, rounds: int = 40) -> float:
@@ -225,18 +165,18 @@ def main() -> None:
     model = convert_step(arrays)
     litert = {b: LiteRTStep(model, b, 2) for b in batches}
     single = {b: LiteRTStep(model, b, 1) for b in batches} if args.litert_one_thread else {}
-    worst = max(litert_error(step, lm) for step in [*litert.values(), *single.values()])
+    worst = max(check_litert(step, lm) for step in [*litert.values(), *single.values()])
     assert worst < 1e-4, f"LiteRT and textgen disagree: logits differ by {worst}"
     arms: dict[str, tuple[Callable[[int], tuple[float, list[int]]], int | None]] = {}
     threads = [1, 2] if default is not None else [None]
     for t in threads:
-        arms[f"textgen, BLAS {t or 'default'}"] = (lambda b: numpy_loop(lm, b, args.steps), t)
+        arms[f"textgen, BLAS {t or 'default'}"] = (lambda b: numpy_steps(lm, b, args.steps), t)
     if args.baseline is not None:
         old = load_baseline(args.baseline, arrays)
-        arms["before, BLAS 1"] = (lambda b: numpy_loop(old, b, args.steps), 1)
-    arms["LiteRT"] = (lambda b: litert[b].loop(args.steps), default)
+        arms["before, BLAS 1"] = (lambda b: numpy_steps(old, b, args.steps), 1)
+    arms["LiteRT"] = (lambda b: litert[b].steps(args.steps), default)
     if single:
-        arms["LiteRT, 1 thread"] = (lambda b: single[b].loop(args.steps), default)
+        arms["LiteRT, 1 thread"] = (lambda b: single[b].steps(args.steps), default)
     times: dict[tuple[str, int], list[float]] = {(a, b): [] for a in arms for b in batches}
     gflops, load = [], [os.getloadavg()[0]]
     for round_ in range(args.repeats):

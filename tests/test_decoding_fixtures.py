@@ -218,7 +218,7 @@ def test_bench_generate_steps_litert_and_numpy_alike(tmp_path):
     lm = random_lm("lstm", 16, 48, 2)
     model = bench.litert_model(lm)
     for batch in (1, 3):
-        step = bench.LiteRTStep(model, lm, batch, threads=1)
+        step = bench.LiteRTStep(model, batch, threads=1)
         assert bench.check_litert(step, lm) < 1e-4
         _, ours = bench.numpy_steps(lm, batch, 40)
         _, theirs = step.steps(40)

@@ -303,16 +303,16 @@ def test_random_logits_never_make_a_loose_jamo(seed, scale, length, rows, start,
 @pytest.fixture(scope="module")
 def served():
     """A live server of an untrained jamo model and of a model that loves L."""
-    from tests.test_serve_support import LiveServer
-    from textgen.serve.app import Loaded, Settings, describe
+    from tests.test_serve_support import LiveServer, loader_of
+    from textgen.serve.app import Settings
 
     tok = jamo_tokenizer()
     lm = random_lm(len(tok.vocab), seed=2)
     leads = lead_loving(tok, seed=3)
     server = LiveServer(
         {
-            "jamo": lambda: Loaded(lm, tok, describe(lm, tok)),
-            "leads": lambda: Loaded(leads, tok, describe(leads, tok)),
+            "jamo": loader_of(lm, tok),
+            "leads": loader_of(leads, tok),
         },
         Settings(max_batch=64),
     )

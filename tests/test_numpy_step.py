@@ -319,8 +319,8 @@ def test_bench_step_arms_run_the_same_model(tmp_path):
     copy.write_text(Path(numpy_lm.__file__).read_text(encoding="utf-8"), encoding="utf-8")
     old = bench.load_baseline(copy, arrays)
     step = bench.LiteRTStep(convert_step(arrays), 3, threads=1)
-    assert bench.litert_error(step, lm) < 1e-4
-    _, ours = bench.numpy_loop(lm, 3, 30)
-    _, before = bench.numpy_loop(old, 3, 30)
-    _, theirs = step.loop(30)
+    assert bench.check_litert(step, lm) < 1e-4
+    _, ours = bench.numpy_steps(lm, 3, 30)
+    _, before = bench.numpy_steps(old, 3, 30)
+    _, theirs = step.steps(30)
     assert ours == before == theirs and len(set(ours)) > 3

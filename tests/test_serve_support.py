@@ -51,6 +51,11 @@ def char_model(
     return lm, tok
 
 
+def loader_of(lm: Any, tok: Any):
+    """A model loader for ``LiveServer`` that serves the given decoder and tokenizer."""
+    return lambda: Loaded(lm, tok, describe(lm, tok))
+
+
 def char_loader(**kwargs: Any):
     def load() -> Loaded:
         lm, tok = char_model(**kwargs)

@@ -166,8 +166,8 @@ def bigram(tok, follows: dict[str, str]) -> NumpyLM:
 def served():
     """Two models after a seed ending in a space: one writes 각 각 각 …, one writes 가 and
     then <eos>."""
-    from tests.test_serve_support import LiveServer
-    from textgen.serve.app import Loaded, Settings, describe
+    from tests.test_serve_support import LiveServer, loader_of
+    from textgen.serve.app import Settings
 
     tok = jamo_tokenizer()
     gak = bigram(tok, {" ": "\u1100", "\u1100": "\u1161", "\u1161": "\u11a8", "\u11a8": " "})
@@ -176,8 +176,8 @@ def served():
     assert Generator(ga, tok).generate(SEED, length=8)[0] == "대통령 가"
     server = LiveServer(
         {
-            "gak": lambda: Loaded(gak, tok, describe(gak, tok)),
-            "ga": lambda: Loaded(ga, tok, describe(ga, tok)),
+            "gak": loader_of(gak, tok),
+            "ga": loader_of(ga, tok),
         },
         Settings(max_batch=8),
     )
