@@ -262,7 +262,7 @@ class Generator:
             return None, 0
         tok = self.tokenizer
         continuation = tok.continuation
-        if not holds_syllable(tok):
+        if not tok.is_jamo:  # only a jamo text's last syllable may still change
             return (lambda _row, ids: stop in continuation("", ids)), 4 * (len(stop) + 1)
 
         def found(_row: int, ids: list[int]) -> bool:
@@ -343,17 +343,10 @@ class Generator:
         return [self.join(seed, ids, kwargs.get("stop")) for ids in decoded.ids]
 
 
-def holds_syllable(tokenizer: Tokenizer) -> bool:
-    """Whether the end of a continuation may still change where a stop string is looked
-    for: the jamo level (char, NFD), whose last syllable may take a final consonant. Other
-    levels look for a stop in the whole text, as before."""
-    return tokenizer.is_jamo
-
-
 def stable_text(tokenizer: Tokenizer, text: str) -> str:
     """``text`` without the characters the next token may still change, where a stop string
-    found would be final (:func:`holds_syllable`; the whole text elsewhere)."""
-    if not holds_syllable(tokenizer):
+    found would be final (the jamo level, ``tokenizer.is_jamo``; the whole text elsewhere)."""
+    if not tokenizer.is_jamo:
         return text
     return text[: len(text) - tokenizer.unstable_tail(text)]
 
