@@ -224,8 +224,10 @@ def test_training_memory_does_not_grow_with_the_corpus(tmp_path):
     grows by less than 40 MB, where ids held whole would add at least 80 MB (one byte a
     character).
 
-    Measured here, three pairs: about 390 MB each (TensorFlow and the model), the larger
-    corpus -5 to +23 MB above the smaller (the process-to-process spread). The peak RSS
+    Measured here, three pairs: about 220 MB each (TensorFlow and the model), the same for
+    both corpora. Each process gets its own XLA compilation cache: sharing one, the process
+    that compiled the step peaked near 420 MB and one that loaded it near 310 MB (CI once
+    failed on that: 345 against 416). The peak RSS
     (VmHWM) was no good: once it read 591 MB for one run of the pair, shared-library pages
     being dropped. data.seq_len = 400 keeps the epoch's order of windows (8 bytes a window)
     near 1.7 MB for the larger corpus.
@@ -233,6 +235,7 @@ def test_training_memory_does_not_grow_with_the_corpus(tmp_path):
     import time
 
     from textgen import config as config_mod
+    from textgen._tf import XLA_CACHE_FLAG
     from textgen.corpus.cache import prepare_ids
 
     sets = ["model.embedding_dim=8", "model.units=16", "data.val_split=0", "data.seq_len=400",
@@ -250,9 +253,12 @@ def test_training_memory_does_not_grow_with_the_corpus(tmp_path):
         args = ["train", "--config", char, "--corpus", tmp_path / f"c{mb}.txt",
                 "--out", tmp_path / f"run{mb}", "--quiet",
                 *[a for s in sets for a in ("--set", s)]]  # fmt: skip
+        # each its own empty XLA cache: a run that compiles holds ~100 MB more than one
+        # that finds the other's compiled step, which made the pair differ by that much
+        env = {**os.environ, "TF_XLA_FLAGS": f"{XLA_CACHE_FLAG}={tmp_path / f'xla{mb}'}"}
         procs[mb] = subprocess.Popen(
             [sys.executable, "-m", "textgen", *map(str, args)],
-            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
     peak = dict.fromkeys(procs, 0.0)
     deadline = time.monotonic() + 300
