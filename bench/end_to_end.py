@@ -34,8 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line  # noqa: E402
 from textgen import config as config_mod  # noqa: E402
+from textgen.machine import machine_line  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 

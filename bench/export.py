@@ -60,10 +60,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line  # noqa: E402
 from textgen import config as config_mod  # noqa: E402
 from textgen.decoding.generate import Generator  # noqa: E402
 from textgen.export import export_run  # noqa: E402
+from textgen.machine import machine_line  # noqa: E402
 from textgen.rundir import load_bundle  # noqa: E402
 
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"

@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line  # noqa: E402
+from textgen.machine import machine_line  # noqa: E402
 
 CONFIG = ROOT / "configs" / "ko-constitution-char.toml"
 CONSTITUTION = ROOT.parent / "shared" / "data" / "ko" / "constitution.txt"

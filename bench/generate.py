@@ -56,11 +56,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line  # noqa: E402
 from textgen.config import ModelConfig  # noqa: E402
 from textgen.decoding.blas import blas_threads, set_blas_threads  # noqa: E402
 from textgen.decoding.generate import Generator  # noqa: E402
 from textgen.decoding.numpy_lm import NumpyLM  # noqa: E402
+from textgen.machine import machine_line  # noqa: E402
 from textgen.text import fit_tokenizer  # noqa: E402
 
 SEED = "ROMEO:"

@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line  # noqa: E402
 from textgen.corpus.examples import held_out_text, training_text  # noqa: E402
 from textgen.corpus.read import read_corpus  # noqa: E402
 from textgen.evaluate import evaluate_text, evaluate_unigram  # noqa: E402
+from textgen.machine import machine_line  # noqa: E402
 from textgen.rundir import load_bundle  # noqa: E402
 
 OTHER = ROOT / "data" / "ko-reviews" / "reviews.txt"  # Korean of another kind (CC0 1.0)

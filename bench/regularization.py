@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line  # noqa: E402
 from textgen.errors import DataError  # noqa: E402
+from textgen.machine import machine_line  # noqa: E402
 from textgen.plot import read_history  # noqa: E402
 
 PTB = ROOT.parent / "shared" / "data" / "ptb"

@@ -48,9 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.generate import LiteRTStep, check_litert, numpy_steps  # noqa: E402
-from bench.machine import machine_line, sgemm_gflops  # noqa: E402
+from bench.machine import sgemm_gflops  # noqa: E402
 from textgen.decoding.blas import blas_threads, set_blas_threads  # noqa: E402
 from textgen.decoding.numpy_lm import NumpyLM  # noqa: E402
+from textgen.machine import machine_line  # noqa: E402
 
 EMBED, UNITS, VOCAB, LAYERS = 64, 256, 65, 2
 

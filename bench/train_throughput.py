@@ -34,9 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line, sgemm_gflops  # noqa: E402
+from bench.machine import sgemm_gflops  # noqa: E402
 from textgen import config as config_mod  # noqa: E402
 from textgen.corpus.examples import prepare  # noqa: E402
+from textgen.machine import machine_line  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

@@ -59,6 +59,30 @@ def run_summary(bundle: Bundle) -> list[str]:
     return lines
 
 
+def tokens_trained(history: list[dict[str, float]]) -> int:
+    """The tokens a run has trained on, from history.csv's rows (each epoch's tokens/s
+    times its seconds, both kept to 6 significant digits: exact to about 1e-5)."""
+    total = 0.0
+    for row in history:
+        rate, seconds = row.get("tokens_per_s", math.nan), row.get("seconds", math.nan)
+        if math.isfinite(rate) and math.isfinite(seconds):
+            total += rate * seconds
+    return round(total)
+
+
+def training_line(
+    history: list[dict[str, float]], training_seconds: float, wall_seconds: float, machine: str
+) -> str:
+    """The line ``textgen train`` ends with: what was trained, in how long, on what CPU (a
+    record is only comparable on the same kind of CPU). ``training_seconds`` are the steps'
+    time over every resume (what ``train.max_minutes`` counts), ``wall_seconds`` this
+    process' since it started (TensorFlow's start-up, validation and saves included)."""
+    return (
+        f"trained {tokens_trained(history):,} tokens in {training_seconds / 60:.1f} min of "
+        f"training steps ({wall_seconds / 60:.1f} min since this process started) on {machine}"
+    )
+
+
 def parent_summary(parent: dict[str, Any]) -> str:
     """The line of a fine-tuned run: the run it started from, the weights' checksum and
     how its vocabulary grew (``--init-from``, ``--extend-vocab``)."""

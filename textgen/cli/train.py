@@ -113,7 +113,8 @@ def train(
     writes it, and a restarted cluster continues from its last saved state.
     """
     from textgen.errors import UsageError
-    from textgen.report import best_summary
+    from textgen.machine import machine_line, process_seconds
+    from textgen.report import best_summary, training_line
     from textgen.training.checkpoint import resume_config
     from textgen.training.loop import train as run_training
 
@@ -152,6 +153,7 @@ def train(
         start=start,
     )
     best = best_summary(result.metric, result.best_epoch, result.best_loss)
+    log(training_line(result.history, result.state.elapsed, process_seconds(), machine_line()))
     if result.chief:
         log(f"saved {result.run_dir} ({best})")
     else:

@@ -20,37 +20,9 @@ LSTM was 7× slower with XLA than without.
 
 from __future__ import annotations
 
-import functools
-import subprocess
+from textgen.machine import cpu_flags
 
 NATIVE_FLAGS = ("amx_bf16", "avx512_bf16")  # the CPU flags of native bf16 arithmetic
-
-
-def _cpuinfo_flags() -> set[str]:
-    """The CPU's flags from /proc/cpuinfo, else from ``lscpu`` (empty if neither answers)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return set()
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Flags":
-            return set(value.split())
-    return set()
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """This machine's CPU flags (read once)."""
-    return frozenset(_cpuinfo_flags())
 
 
 def native_bf16(flags: frozenset[str] | set[str] | None = None) -> bool:

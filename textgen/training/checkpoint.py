@@ -34,6 +34,7 @@ from textgen._tf import keras, tensorflow
 from textgen.config import Config
 from textgen.corpus.examples import Prepared
 from textgen.errors import DataError, UsageError
+from textgen.machine import machine_record
 from textgen.model.network import variable_arrays
 from textgen.text.base import Tokenizer
 from textgen.training.state import TrainState
@@ -143,6 +144,7 @@ class Checkpoint:
             "run_id": state.run_id,
             **parent,
             "versions": _versions(),
+            "machine": machine_record(),  # of the latest save: a resume may move machines
             "parameters": self.params,
             "vocab_size": len(prepared.tokenizer.vocab),
             "corpus": data.corpus,

@@ -1,0 +1,98 @@
+"""The CPU textgen runs on: its model name and the SIMD flags that decide its kernels' speed.
+
+One reader of /proc/cpuinfo (``lscpu`` where that file is missing) for everything that
+needs it: whether bf16 is native (``model/precision.py``), the line a training run ends
+with and records in its metadata (a record is only comparable on the same kind of CPU),
+and the first line of every benchmark (``bench/machine.py``). Read once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+import time
+
+# the flags shown in a machine line: the ones oneDNN, OpenBLAS and XNNPACK pick kernels by
+SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    """(model name, flags) from /proc/cpuinfo, else from ``lscpu`` ("" and empty if
+    neither answers)."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    if model and flags:
+        return model, flags
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return model, flags
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model name" and not model:
+            model = value.strip()
+        elif key.strip() == "Flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+@functools.cache
+def _read() -> tuple[str, frozenset[str]]:
+    model, flags = _cpuinfo()
+    return model or platform.processor() or platform.machine(), frozenset(flags)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, e.g. ``Intel(R) Xeon(R) Processor``."""
+    return _read()[0]
+
+
+def cpu_flags() -> frozenset[str]:
+    """All of the CPU's flags (empty where the system does not say)."""
+    return _read()[1]
+
+
+def shown_flags() -> list[str]:
+    """Which of :data:`SHOWN_FLAGS` this CPU has, in that order."""
+    flags = cpu_flags()
+    return [flag for flag in SHOWN_FLAGS if flag in flags]
+
+
+def machine_line() -> str:
+    """``Intel(R) Xeon(R) Processor [avx2 fma avx512f amx_bf16], 2 cores``."""
+    return f"{cpu_model()} [{' '.join(shown_flags()) or 'no AVX2'}], {os.cpu_count()} cores"
+
+
+def machine_record() -> dict[str, object]:
+    """What a run's metadata.json keeps of the machine it trained on."""
+    return {"cpu": cpu_model(), "flags": shown_flags(), "cores": os.cpu_count()}
+
+
+_IMPORTED = time.monotonic()
+
+
+def process_seconds() -> float:
+    """Wall seconds since this process started (from /proc on Linux; elsewhere since
+    textgen was first imported, a fraction of a second later)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        # field 22 of stat (starttime, in clock ticks since boot) is index 19 after the name
+        return max(uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
