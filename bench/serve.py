@@ -252,8 +252,9 @@ def profiled_server(run: Path, out: Path, use_profiler: bool) -> None:
     import cProfile
 
     from textgen.serve import blas
-    from textgen.serve.app import create_app, load_run
+    from textgen.serve.app import create_app
     from textgen.serve.batcher import Batcher
+    from textgen.serve.runs import load_run
     from textgen.serve.server import bind, make_server
 
     blas.set_threads(1)

@@ -304,7 +304,7 @@ def test_random_logits_never_make_a_loose_jamo(seed, scale, length, rows, start,
 def served():
     """A live server of an untrained jamo model and of a model that loves L."""
     from tests.test_serve_support import LiveServer, loader_of
-    from textgen.serve.app import Settings
+    from textgen.serve.runs import Settings
 
     tok = jamo_tokenizer()
     lm = random_lm(len(tok.vocab), seed=2)

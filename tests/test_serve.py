@@ -146,7 +146,10 @@ def test_fast_chunks_are_the_bytes_of_the_chunk_dict() -> None:
     """The streamed text events come from a template; they must be the same bytes as the
     chunk built as a dict and encoded (completions and chat, escapes and Hangul)."""
     from textgen.serve.api import Request
-    from textgen.serve.app import Prepared, _chunk, _FastChunks, _sse
+    from textgen.serve.responses import FastChunks as _FastChunks
+    from textgen.serve.responses import Prepared
+    from textgen.serve.responses import sse as _sse
+    from textgen.serve.responses import stream_chunk as _chunk
 
     class Model:
         name = "m"
@@ -203,7 +206,7 @@ def test_news_that_comes_while_the_client_is_written_to_is_not_lost() -> None:
     import asyncio
     from types import SimpleNamespace
 
-    from textgen.serve.app import _run
+    from textgen.serve.feed import run as _run
 
     async def scenario() -> list[str]:
         feed = SimpleNamespace(news=[(0, "a", None, None)], steps=[], live=1, error=None,
@@ -228,7 +231,8 @@ def test_health_is_503_while_loading_then_ok() -> None:
     import time
 
     from tests.test_serve_support import char_model
-    from textgen.serve.app import Loaded, create_app, describe
+    from textgen.serve.app import create_app
+    from textgen.serve.runs import Loaded, describe
     from textgen.serve.server import bind, make_server
 
     release = threading.Event()

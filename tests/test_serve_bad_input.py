@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.test_serve_support import LiveServer, char_loader
-from textgen.serve.app import Settings
+from textgen.serve.runs import Settings
 
 GOOD = {"model": "chars", "prompt": "ab", "max_tokens": 4, "temperature": 0}
 

@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from tests.test_serve_support import LiveServer, char_loader
-from textgen.serve.app import Settings
 from textgen.serve.batcher import MAX_BACKLOG
+from textgen.serve.runs import Settings
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,8 @@ def test_starts_fast_without_tensorflow(run_dir: Path) -> None:
         proc.wait(10)
     code = (
         "import sys, threading, httpx\n"
-        "from textgen.serve.app import create_app, load_run\n"
+        "from textgen.serve.app import create_app\n"
+        "from textgen.serve.runs import load_run\n"
         "from textgen.serve.server import bind, make_server\n"
         f"app = create_app({{'chars': lambda: load_run({str(run_dir)!r})}})\n"
         "sock = bind('127.0.0.1', 0); url = 'http://127.0.0.1:%d' % sock.getsockname()[1]\n"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.test_serve_support import LiveServer, char_loader, sse_events
-from textgen.serve.app import Settings
+from textgen.serve.runs import Settings
 
 GOOD = {"model": "chars", "prompt": "ab", "max_tokens": 4, "temperature": 0}
 

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_serve_support import char_model
-from textgen.serve.app import DRAIN_INTERVAL, ServerState, Settings
 from textgen.serve.batcher import Batcher, End, Job, Tokens
+from textgen.serve.runs import DRAIN_INTERVAL, ServerState, Settings
 
 
 class _Loop:

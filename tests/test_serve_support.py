@@ -13,7 +13,8 @@ import httpx
 import numpy as np
 
 from textgen.decoding.numpy_lm import NumpyLM, RNNWeights
-from textgen.serve.app import Loaded, Settings, create_app, describe, load_run
+from textgen.serve.app import create_app
+from textgen.serve.runs import Loaded, Settings, describe, load_run
 from textgen.serve.server import bind, make_server
 from textgen.text import CharTokenizer
 

@@ -167,7 +167,7 @@ def served():
     """Two models after a seed ending in a space: one writes 각 각 각 …, one writes 가 and
     then <eos>."""
     from tests.test_serve_support import LiveServer, loader_of
-    from textgen.serve.app import Settings
+    from textgen.serve.runs import Settings
 
     tok = jamo_tokenizer()
     gak = bigram(tok, {" ": "\u1100", "\u1100": "\u1161", "\u1161": "\u11a8", "\u11a8": " "})

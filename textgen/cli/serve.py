@@ -138,7 +138,8 @@ def serve(
 
     from functools import partial
 
-    from textgen.serve.app import Settings, create_app, load_run
+    from textgen.serve.app import create_app
+    from textgen.serve.runs import Settings, load_run
     from textgen.serve.server import bind, make_server
 
     if blas_threads:
