@@ -47,8 +47,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_line, sgemm_gflops  # noqa: E402
+from bench.machine import sgemm_gflops  # noqa: E402
 from textgen.decoding.numpy_lm import NumpyLM, RNNWeights  # noqa: E402
+from textgen.machine import machine_line  # noqa: E402
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # 65
 UNITS, EMBED, LAYERS = 256, 64, 2

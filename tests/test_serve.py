@@ -146,19 +146,16 @@ def test_fast_chunks_are_the_bytes_of_the_chunk_dict() -> None:
     """The streamed text events come from a template; they must be the same bytes as the
     chunk built as a dict and encoded (completions and chat, escapes and Hangul)."""
     from textgen.serve.api import Request
-    from textgen.serve.responses import FastChunks as _FastChunks
-    from textgen.serve.responses import Prepared
-    from textgen.serve.responses import sse as _sse
-    from textgen.serve.responses import stream_chunk as _chunk
+    from textgen.serve.responses import FastChunks, Prepared, sse, stream_chunk
 
     class Model:
         name = "m"
 
     for chat in (False, True):
         prep = Prepared(Request(chat=chat, model=None, prompts=["a"]), Model(), [], [], 0.0)
-        fast = _FastChunks(prep)
+        fast = FastChunks(prep)
         for text in ["a", 'é\n"x\\', "경마장에", "\x00\u2028"]:
-            assert fast.text(3, text) == _sse(_chunk(prep, 3, text, None, None))
+            assert fast.text(3, text) == sse(stream_chunk(prep, 3, text, None, None))
 
 
 @pytest.mark.parametrize("level", ["char", "word"])
@@ -206,14 +203,14 @@ def test_news_that_comes_while_the_client_is_written_to_is_not_lost() -> None:
     import asyncio
     from types import SimpleNamespace
 
-    from textgen.serve.feed import run as _run
+    from textgen.serve.feed import run
 
     async def scenario() -> list[str]:
         feed = SimpleNamespace(news=[(0, "a", None, None)], steps=[], live=1, error=None,
                                ready=asyncio.Event())  # fmt: skip
         feed.ready.set()
         got: list[str] = []
-        async for news in _run(None, SimpleNamespace(jobs=[], feed=feed)):
+        async for news in run(SimpleNamespace(jobs=[], feed=feed)):
             got.extend(text for _, text, _, _ in news)
             if got == ["a"]:  # during the write: the last piece, and the job ends
                 feed.news.append((0, "b", None, "length"))

@@ -1,9 +1,14 @@
 """``textgen serve``: an OpenAI-compatible HTTP server on the numpy decoder, with
 continuous batching of concurrent requests and a web page. It never imports TensorFlow.
 
-Modules: :mod:`~textgen.serve.app` (routes, API key, limits), :mod:`~textgen.serve.api`
-(request checking, error shape), :mod:`~textgen.serve.batcher` (the decoding loop),
-:mod:`~textgen.serve.choices` (streamed text and stop strings),
+Modules: :mod:`~textgen.serve.app` (the app: routes, API key, CORS, error handlers),
+:mod:`~textgen.serve.completions` (the completion routes: read, check, submit, answer or
+stream), :mod:`~textgen.serve.beam` (beam search off the batch),
+:mod:`~textgen.serve.responses` (the OpenAI response and chunk shapes),
+:mod:`~textgen.serve.feed` (a request's tokens from the decoding thread to its coroutine),
+:mod:`~textgen.serve.runs` (loading runs, the served models, what the routes share),
+:mod:`~textgen.serve.api` (request checking, error shape), :mod:`~textgen.serve.batcher`
+(the decoding loop), :mod:`~textgen.serve.choices` (streamed text and stop strings),
 :mod:`~textgen.serve.metrics` and :mod:`~textgen.serve.server` (uvicorn, signals).
 
 The API surface a page or client may rely on:

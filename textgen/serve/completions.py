@@ -115,7 +115,7 @@ def route(state: ServerState, *, chat: bool) -> Callable[[HttpRequest], Any]:
             )
         watch = asyncio.create_task(_cancel_on_disconnect(request, prep))
         try:
-            async for _ in run(state, prep):
+            async for _ in run(prep):
                 pass
         except ShuttingDown as err:
             headers = {"Retry-After": RETRY_AFTER}
@@ -200,7 +200,7 @@ async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
                 yield sse(stream_chunk(prep, index, choice.tokenizer.attach(shown, ""), None, None))
         try:
             fast = FastChunks(prep)
-            async for news in run(state, prep):
+            async for news in run(prep):
                 events = []
                 for index, text, entry, finish in news:
                     if entry is not None:

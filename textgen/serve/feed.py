@@ -113,11 +113,10 @@ class Feed:
             self.error = event.message
 
 
-async def run(state: ServerState, prep: Prepared) -> AsyncIterator[list[News]]:
+async def run(prep: Prepared) -> AsyncIterator[list[News]]:
     """The request's news as it comes, merged over its jobs, in batches (a client that
     lags gets several steps at once): ``(choice index, delta text, logprob entry, finish
-    reason or None)``; raises :class:`GenerationFailed` after the news before a failure.
-    ``state`` is not read: every step of a route takes the server first."""
+    reason or None)``; raises :class:`GenerationFailed` after the news before a failure."""
     feed = prep.feed
     while True:
         await feed.ready.wait()
