@@ -21,12 +21,8 @@ as beam search and the server do) and returns new arrays each call. Every elemen
 operation is the one the straightforward formulas perform, in the same order, so the
 results are those of the textbook cell to the last bit of the matrix products.
 
-**The LSTM and the GRU run gate-major.** Their weights are kept as ``(gates, inner,
-units)`` stacks, one matrix per gate (the LSTM's in the order :data:`GATE_MAJOR`, the
-three sigmoid gates first; the GRU's ``z, r, h``), and their pre-activations are
-``(gates, batch, units)`` arrays, so every gate is contiguous memory:
-numpy's elementwise loops over the column views of a ``(batch, 4·units)`` array (the
-textbook layout) ran 2-6 times slower than over contiguous arrays at batch 16.
+**The LSTM and the GRU run gate-major**, each gate's weights and pre-activations
+contiguous (:mod:`textgen.decoding.gated` holds that arithmetic and says why).
 
 **Products are sized for OpenBLAS's copy-free kernel.** numpy's OpenBLAS copies
 ("packs") a whole weight matrix on every ``sgemm`` call unless the product is small
@@ -61,27 +57,25 @@ from typing import Any
 
 import numpy as np
 
-from textgen.model.lstm import LSTM_GATES, gate_block, gate_scale
+from textgen.decoding.gated import (
+    gate_product,
+    group_rows,
+    gru_gates,
+    gru_table,
+    gru_weights,
+    lstm_gates,
+    lstm_table,
+    lstm_weights,
+    row_groups,
+)
+from textgen.model.lstm import LSTM_GATES
 
 State = list[tuple[np.ndarray, ...]]
 GATE_BLOCKS = {"lstm": len(LSTM_GATES), "gru": 3, "rnn": 1}  # column blocks of a layer
 TABLE_LIMIT = 1 << 24  # float32 entries (64 MiB) for the first layer's projection table
-GATE_MAJOR = ("i", "f", "o", "c")  # the LSTM step's gate order: the sigmoid gates first
 SMALL_PRODUCT = 1_000_000  # rows · inner · columns that OpenBLAS's small kernel takes
 MIN_WIDTH = 32  # narrowest column block worth a call of its own
 MAX_BLOCKS = 16  # most column blocks a product is split into
-
-
-def gate_major(a: np.ndarray, units: int) -> np.ndarray:
-    """The gate blocks of ``a`` (..., 4·units) stacked in :data:`GATE_MAJOR` order: a new
-    contiguous (4, ..., units) array of the same numbers."""
-    return np.stack([a[..., gate_block(g, units)] for g in GATE_MAJOR])
-
-
-def gru_gate_major(a: np.ndarray) -> np.ndarray:
-    """The three gate blocks ``z, r, h`` of a GRU array (..., 3·units) stacked: a new
-    contiguous (3, ..., units) array of the same numbers."""
-    return np.stack(np.split(a, 3, axis=-1))
 
 
 def column_width(rows: int, inner: int, columns: int) -> int | None:
@@ -152,11 +146,8 @@ class NumpyLM:
         self._units = [layer.units for layer in self.layers]
         self._parts: dict[tuple[int, str], dict[int, list[np.ndarray]]] = {(-1, "out"): {}}
         self._table: np.ndarray | None = None
-        if self.cell == "lstm":
-            self._prepare_lstm()
-            return
-        if self.cell == "gru":
-            self._prepare_gru()
+        if self.cell in ("lstm", "gru"):
+            self._prepare_gated()
             return
         self._fast: list[RNNWeights] = list(self.layers)
         # column blocks of each product's weights by width, made on first use (matmul)
@@ -166,54 +157,16 @@ class NumpyLM:
         if self.embedding.shape[0] * first.kernel.shape[1] <= TABLE_LIMIT:
             self._table = self._project(self.embedding, first, None)
 
-    def _prepare_lstm(self) -> None:
-        """The LSTM's weights gate-major and pre-halved for the sigmoid gates: kernels and
-        recurrent kernels ``(4, inner, units)``, biases ``(4, 1, units)``, the projection
-        table ``(4, vocab, units)``."""
-        self._gm: list[dict[str, np.ndarray]] = []
-        for layer in self.layers:
-            units, scale = layer.units, gate_scale(layer.units)
-            self._gm.append(
-                {
-                    "kernel": gate_major(layer.kernel * scale, units),
-                    "recurrent": gate_major(layer.recurrent * scale, units),
-                    "bias": gate_major(layer.bias * scale, units)[:, None],
-                }
-            )
+    def _prepare_gated(self) -> None:
+        """The LSTM's or the GRU's weights gate-major (:mod:`textgen.decoding.gated`),
+        with the first layer's projection table ``(gates, vocab, units)`` when it is
+        small enough."""
+        lstm = self.cell == "lstm"
+        self._gm = lstm_weights(self.layers) if lstm else gru_weights(self.layers)
         first = self.layers[0]
         if self.embedding.shape[0] * first.kernel.shape[1] <= TABLE_LIMIT:
-            scale = gate_scale(first.units)
-            table = self.embedding @ (first.kernel * scale)  # one product, as it always was
-            table += first.bias * scale
-            self._table = gate_major(table, first.units)
-        self._prepare_groups()
-
-    def _prepare_gru(self) -> None:
-        """The GRU's weights gate-major (gates ``z, r, h``, as Keras lays them out):
-        kernels and recurrent kernels ``(3, inner, units)``, the input and recurrent
-        biases ``(3, 1, units)``, the projection table ``(3, vocab, units)``."""
-        self._gm = []
-        for layer in self.layers:
-            self._gm.append(
-                {
-                    "kernel": gru_gate_major(layer.kernel),
-                    "recurrent": gru_gate_major(layer.recurrent),
-                    "bias": gru_gate_major(layer.bias[0])[:, None],
-                    "bias_rec": gru_gate_major(layer.bias[1])[:, None],
-                }
-            )
-        first = self.layers[0]
-        if self.embedding.shape[0] * first.kernel.shape[1] <= TABLE_LIMIT:
-            table = self.embedding @ first.kernel  # one product, as it always was
-            table += first.bias[0]
-            self._table = gru_gate_major(table)
-        self._prepare_groups()
-
-    def _prepare_groups(self) -> None:
-        inner = max(
-            w[k].shape[-2] * w[k].shape[-1] for w in self._gm for k in ("kernel", "recurrent")
-        )
-        self._group_rows = SMALL_PRODUCT // inner  # rows per product for the small kernel
+            self._table = (lstm_table if lstm else gru_table)(self.embedding, first)
+        self._group_rows = group_rows(self._gm, SMALL_PRODUCT)  # rows for the small kernel
         self._early = False  # whether the last step did the top recurrent product first
 
     @property
@@ -348,75 +301,14 @@ class NumpyLM:
 
     # -- the LSTM and the GRU, gate-major ----------------------------------------------
     def row_groups(self, batch: int) -> tuple[int, int]:
-        """``(groups, rows)``: a gate-major step multiplies each gate's matrix by ``groups``
-        groups of ``rows`` rows and, when ``groups · rows < batch``, the remaining rows
-        (fewer than ``rows``) as one more product; each is small enough for OpenBLAS's
-        copy-free kernel. An exact split is preferred when one is near."""
-        most = self._group_rows
-        if batch <= most or most < 4:  # small already, or a model too big for it
-            return 1, batch
-        least = -(-batch // most)
-        for groups in range(least, 2 * least + 1):
-            if batch % groups == 0:
-                return groups, batch // groups
-        rows = -(-batch // least)
-        return batch // rows, rows
+        """``(groups, rows)`` of a gate-major step at ``batch`` rows for this model's
+        weights (:func:`textgen.decoding.gated.row_groups`)."""
+        return row_groups(batch, self._group_rows)
 
-    @staticmethod
-    def _gate_product(x: np.ndarray, weights: np.ndarray, split: tuple[int, int]) -> np.ndarray:
-        """``x`` (n, inner) times each gate's matrix of ``weights`` (gates, inner, units):
-        a fresh (gates, n, units) array, in the row groups of ``split``
-        (:meth:`row_groups`), all groups in one ``matmul`` and the remaining rows in
-        another."""
-        groups, rows = split
-        if groups == 1 and rows == x.shape[0]:
-            return np.matmul(x, weights)
-        n, inner = x.shape
-        gates, units = weights.shape[0], weights.shape[-1]
-        out = np.empty((gates, n, units), np.float32)
-        whole = groups * rows
-        np.matmul(x[:whole].reshape(groups, rows, inner), weights[:, None],
-                  out=out[:, :whole].reshape(gates, groups, rows, units))  # fmt: skip
-        if whole < n:
-            np.matmul(x[whole:], weights, out=out[:, whole:])
-        return out
-
-    @staticmethod
-    def _lstm_gates(z: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The cell from its pre-activations ``z`` (4, n, units), gate-major and with the
-        sigmoid gates pre-halved, which it overwrites: the new ``(h, c)``."""
-        np.tanh(z, out=z)
-        sigmoid = z[:3]  # sigmoid gates: 0.5 · tanh + 0.5; the cell candidate: tanh itself
-        sigmoid *= 0.5
-        sigmoid += 0.5
-        i, f, o, g = z
-        np.multiply(i, g, out=i)
-        c = f * c
-        c += i  # f·c + i·g
-        h = np.tanh(c)
-        h *= o
-        return h, c
-
-    @staticmethod
-    def _gru_gates(z: np.ndarray, inner: np.ndarray, h: np.ndarray) -> np.ndarray:
-        """The GRU cell (``reset_after``) from its input projection ``z`` and recurrent
-        product ``inner`` (3, n, units), bias included, which it overwrites: the new h."""
-        zr = z[:2]  # update and reset gates together
-        zr += inner[:2]
-        zr *= 0.5  # sigmoid(x) = 0.5 * (tanh(0.5 * x) + 1), overflow-free
-        np.tanh(zr, out=zr)
-        zr += 1.0
-        zr *= 0.5
-        update, reset = zr
-        cand = inner[2]
-        cand *= reset
-        cand += z[2]
-        np.tanh(cand, out=cand)
-        new = update * h
-        np.subtract(1.0, update, out=reset)  # the reset gate is spent
-        reset *= cand
-        new += reset  # z·h + (1 - z)·candidate
-        return new
+    # the gated module's functions, reached as methods too (as bench/step.py times them)
+    _gate_product = staticmethod(gate_product)
+    _lstm_gates = staticmethod(lstm_gates)
+    _gru_gates = staticmethod(gru_gates)
 
     def _gated_layer(
         self, z: np.ndarray, rec: np.ndarray, index: int, state: tuple[np.ndarray, ...]
