@@ -32,7 +32,8 @@ def _nfc(text: str) -> str:
 
 @pytest.fixture(scope="module", params=[(False, False), (True, True)], ids=["plain", "lower+punct"])
 def word_graph(request):
-    from textgen.export.graph import GenerateGraph, StepWeights
+    from textgen.export.graph import GenerateGraph
+    from textgen.export.step_graph import StepWeights
 
     lowercase, strip = request.param
     tok = fit_tokenizer(

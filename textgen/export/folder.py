@@ -134,7 +134,7 @@ def describe(bundle: Any, arrays: dict[str, np.ndarray], fmt: str, quantize: str
              signatures: list[str]) -> dict[str, Any]:  # fmt: skip
     """The ``export.json`` of an export: what it is, from which run, and how to feed it."""
     from textgen import __version__
-    from textgen.export.graph import state_layout, state_size
+    from textgen.export.step_graph import state_layout, state_size
 
     tok, cfg = bundle.tokenizer, bundle.config
     files = bundle.metadata.get("files") if isinstance(bundle.metadata, dict) else None

@@ -69,7 +69,7 @@ def convert_step(arrays: Mapping[str, np.ndarray], quantize: str | None = None) 
         raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     check_fits(arrays)
     from textgen._tf import tensorflow
-    from textgen.export.graph import step_module
+    from textgen.export.step_graph import step_module
 
     tf = tensorflow()
     module = step_module(arrays)

@@ -40,7 +40,8 @@ def write(folder: Path, arrays: dict[str, np.ndarray], tokenizer: Any) -> list[s
     """Save the SavedModel of ``arrays`` and ``tokenizer`` into the (empty) ``folder``;
     return the signature names."""
     from textgen._tf import tensorflow
-    from textgen.export.graph import generate_module, step_module
+    from textgen.export.graph import generate_module
+    from textgen.export.step_graph import step_module
 
     tf = tensorflow()
     names = signatures_for(tokenizer.level)
