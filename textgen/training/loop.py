@@ -19,10 +19,9 @@ import contextlib
 import itertools
 import math
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -33,8 +32,8 @@ import numpy as np
 from textgen import rundir
 from textgen._tf import keras, tensorflow
 from textgen.config import Config
-from textgen.corpus.examples import Prepared, prepare
-from textgen.errors import DataError, TextgenError, UsageError
+from textgen.corpus.examples import Prepared
+from textgen.errors import DataError, UsageError
 from textgen.model.network import (
     build_model,
     count_params,
@@ -43,64 +42,39 @@ from textgen.model.network import (
     training_forward,
 )
 from textgen.model.precision import precision_notice, step_jit
-from textgen.text.base import Tokenizer
 from textgen.training import distribute
 from textgen.training.averaging import Averager, nonmono_triggered
 from textgen.training.batches import prefetched, run_batches, steps_per_epoch
+from textgen.training.budget import TimeBudget
 from textgen.training.checkpoint import Checkpoint, saved_tokenizer
 from textgen.training.finetune import Start
-from textgen.training.optimizer import budget_factor, make_optimizer, scheduled_learning_rate
-from textgen.training.progress import ByteBar, Reporter
+from textgen.training.optimizer import make_optimizer
+from textgen.training.outcome import Diverged, PeerLost, TrainResult, epoch_row
+from textgen.training.preflight import (
+    check_corpus_is_there,
+    check_every_file,
+    check_fits,
+    check_not_finished,
+    restarted_worker,
+)
+from textgen.training.preflight import read_corpus as _prepare_data  # tests patch it here
+from textgen.training.progress import Reporter
 from textgen.training.scalars import Scalars
 from textgen.training.signals import Signals, interrupted
 from textgen.training.state import TrainState
 from textgen.training.steps import Steps
 
 
-class PeerLost(TextgenError):
-    """Multi-worker training lost a worker; the chief's last saved state is the backup."""
-
-
-class Diverged(TextgenError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainResult:
-    """What a finished run reports back."""
-
-    run_dir: Path
-    state: TrainState = field(default_factory=TrainState)  # history and best epoch, as saved
-    stopped_early: bool = False
-    out_of_time: bool = False  # stopped by train.max_minutes
-    params: int = 0
-    # what "best" is judged by: val_loss, or without validation check_loss (the loss on a
-    # fixed sample of the training set after the epoch)
-    metric: str = "check_loss"
-    chief: bool = True  # False on the workers of a multi-worker run that write nothing
-
-    @property
-    def history(self) -> list[dict[str, float]]:
-        return self.state.history
-
-    @property
-    def best_epoch(self) -> int:
-        return self.state.best_epoch
-
-    @property
-    def best_loss(self) -> float:
-        return self.state.best_loss
-
-
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class Trainer:
+class Trainer(TimeBudget):
     """One training run: the model, the optimizer, the loop over epochs and steps.
 
     What reaches the disk goes through :class:`~textgen.training.checkpoint.Checkpoint`
-    (chief only); TensorBoard scalars through :class:`~textgen.training.scalars.Scalars`.
+    (chief only); TensorBoard scalars through :class:`~textgen.training.scalars.Scalars`;
+    the clock and the learning rate it assigns are :class:`~textgen.training.budget.TimeBudget`'s.
     """
 
     def __init__(
@@ -120,7 +94,7 @@ class Trainer:
         k.utils.set_random_seed(cfg.seed)
         tf.config.experimental.enable_op_determinism()
         mask = config.data.mode == "lines"
-        _check_fits(config, len(prepared.tokenizer.vocab))
+        check_fits(config, len(prepared.tokenizer.vocab))
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self.model = build_model(config.model, len(prepared.tokenizer.vocab), mask_padding=mask)
             if config.model.init_scale > 0:
@@ -171,9 +145,6 @@ class Trainer:
     def carry(self, value: np.ndarray) -> None:
         self.state.carry = value
 
-    def learning_rate(self) -> float:
-        return scheduled_learning_rate(self.config.train, self.state.epoch, self.state.lr_scale)
-
     def save(self, best: bool = False) -> None:
         """Commit one snapshot (chief only): the state, the history and, when ``best``,
         the bundle of the current weights."""
@@ -212,24 +183,6 @@ class Trainer:
             self.state.check_rows = 4 * self.config.train.batch_size
         return self.prepared.train[: self.state.check_rows]
 
-    def elapsed_now(self) -> float:
-        """Training seconds so far, the running epoch included (validation excluded)."""
-        running = time.perf_counter() - self.segment_t0 if self.segment_t0 is not None else 0.0
-        return self.state.elapsed + running
-
-    def _anneal(self) -> None:
-        """``train.anneal = "budget"``: the epoch's learning rate times the cosine of the
-        time budget spent (assigned when it moved by more than 0.1%)."""
-        limit = self.config.train.max_minutes * 60.0
-        lr = self.epoch_lr * budget_factor(self.elapsed_now(), limit)
-        if abs(lr - self.assigned_lr) > 1e-3 * self.epoch_lr:
-            self.optimizer.learning_rate.assign(lr)
-            self.assigned_lr = lr
-
-    def _out_of_time(self) -> bool:
-        limit = self.config.train.max_minutes * 60.0
-        return bool(limit) and self.elapsed_now() >= limit
-
     # -- the loop ------------------------------------------------------------------------
     def fit(self, reporter: Reporter, signals: Signals) -> TrainResult:
         """Train epoch after epoch from where the state stands; save after each."""
@@ -246,13 +199,7 @@ class Trainer:
         out_of_time = False
         while state.epoch <= cfg.epochs and not out_of_time:
             reporter.epoch_start(state.epoch, state.step)
-            lr = self.learning_rate()
-            self.optimizer.learning_rate.assign(lr)
-            self.assigned_lr = lr
-            first_step = state.step
-            self.epoch_lr = lr
-            if cfg.anneal == "budget":
-                self._anneal()
+            lr, first_step = self.start_epoch_lr(), state.step
             out_of_time = self._train_steps(stream, steps, reporter, signals)
             row = self._end_epoch(lr, first_step, steps)
             reporter.epoch_end(state.epoch, row)
@@ -304,7 +251,7 @@ class Trainer:
         """The steps of the running epoch, from where it stands; True when the time
         budget (``train.max_minutes``) ran out before its end."""
         cfg, state = self.config.train, self.state
-        self.segment_t0 = time.perf_counter()
+        self.start_segment()
         if state.step == 0:
             state.total = state.count = 0.0
             self.carry = self.steps.zero_state(self.carry_rows)
@@ -317,10 +264,7 @@ class Trainer:
                     f"loss became {loss_sum}" if not math.isfinite(loss_sum)
                     else "weights became NaN/inf"
                 )  # fmt: skip
-                raise Diverged(
-                    f"{what} at epoch {state.epoch}, step {step}; stopped. The last good "
-                    f"checkpoint in {self.run_dir} is kept (try a lower learning_rate)"
-                )
+                raise Diverged.at(what, f"at epoch {state.epoch}, step {step}", self.run_dir)
             self.carry = carry.numpy() if cfg.carry_state else self.carry
             state.step, state.global_step = step, state.global_step + 1
             if state.averaging:
@@ -344,32 +288,14 @@ class Trainer:
         the epoch's row to the history (one row per epoch, also when a time budget split
         it over two processes)."""
         state, prepared, batch_size = self.state, self.prepared, self.config.train.batch_size
-        seconds = time.perf_counter() - (self.segment_t0 or 0.0)
-        state.elapsed, self.segment_t0 = state.elapsed + seconds, None
-        loss = state.total / state.count if state.count else math.nan
+        seconds = self.close_segment()
         with self.averager.swapped():  # NT-ASGD: the averaged weights are the model's
             val = self.steps.evaluate(prepared.val, batch_size) if prepared.val else math.nan
             # The running loss was measured before each update, so it cannot judge the
             # weights as they are now. Without validation, a fixed sample of the training
             # set does.
             score = val if prepared.val else self.steps.evaluate(self.check_sample(), batch_size)
-        if not math.isfinite(score):
-            raise Diverged(
-                f"loss became {score} at the end of epoch {state.epoch}; stopped. The "
-                f"last good checkpoint in {self.run_dir} is kept (try a lower learning_rate)"
-            )
-        row = {
-            "epoch": state.epoch,
-            "train_loss": loss,
-            "val_loss": val,
-            "check_loss": score if not prepared.val else math.nan,
-            "perplexity": math.exp(min(score, 700.0)),
-            "bits_per_token": score / math.log(2),
-            "tokens_per_s": math.nan,  # the state adds it (see add_epoch_row)
-            "seconds": seconds,
-            "elapsed": state.elapsed,
-            "learning_rate": lr,
-        }
+        row = epoch_row(state, lr, seconds, val, score, self.run_dir)
         tokens = prepared.train.num_tokens
         return state.add_epoch_row(row, tokens, state.step - first_step, steps)
 
@@ -401,11 +327,8 @@ class Trainer:
         try:
             return self.steps.train_step(x, y, self.carry)
         except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as err:
-            raise PeerLost(
-                f"a peer worker stopped answering at epoch {self.state.epoch}, step "
-                f"{self.state.step + 1} ({type(err).__name__}); restart every worker with the "
-                f"same command: training continues from {self.run_dir / rundir.STATE}"
-            ) from None
+            where = self.state.epoch, self.state.step + 1
+            raise PeerLost.at(*where, type(err).__name__, self.run_dir) from None
 
     def interrupt(self, reporter: Reporter, signum: int | None) -> None:
         """Save (the chief) and stop with a message that says how to go on."""
@@ -450,12 +373,12 @@ def train(
     chief = distribute.is_chief(strategy)
     if strategy is not None:
         log(f"distributed training: {distribute.describe(strategy)}")
-    if _restarted_worker(config, run_dir, resume or overwrite):
+    if restarted_worker(config, run_dir, resume or overwrite):
         resume = True
         log(f"found the backup {run_dir / rundir.STATE}; continuing from it")
     if resume:
         rundir.check_links(run_dir)
-        _check_corpus_is_there(config, run_dir)
+        check_corpus_is_there(config, run_dir)
     given = saved_tokenizer(run_dir) if resume else start.tokenizer if start else None
     config, prepared = _prepare_data(config, given, progress, log)
     run = Trainer(config, prepared, run_dir, log, strategy, start)  # model errors, too
@@ -475,91 +398,12 @@ def train(
     return result
 
 
-def _check_corpus_is_there(config: Config, run_dir: Path) -> None:
-    """A run whose corpus moved (or that was copied to another machine) says how to
-    point it at the same text elsewhere."""
-    for key in ("corpus", "valid_corpus"):
-        path = getattr(config.data, key)
-        if path and not Path(path).exists():
-            raise DataError(
-                f"{key.replace('_', ' ')} not found: {path}; if the same text is elsewhere, "
-                f"resume with --set data.{key}=PATH (its sha256 must match the run's record)"
-            )
-
-
-def _restarted_worker(config: Config, run_dir: Path, resuming_or_overwriting: bool) -> bool:
-    """A multi-worker run restarted with the same command: every worker continues from
-    the chief's backup (``last.npz``) instead of starting over."""
-    return (
-        config.train.distribute == "multiworker"
-        and not resuming_or_overwriting
-        and (run_dir / rundir.STATE).is_file()
-    )
-
-
-def _prepare_data(
-    config: Config, given: Tokenizer | None, progress: bool, log: Callable[[str], None]
-) -> tuple[Config, Prepared]:
-    """Read and tokenize the corpus (with ``given``: the saved tokenizer of the run being
-    resumed, or the one a fine-tuning starts from), before the run directory is touched;
-    the config gets the corpus' absolute path."""
-    with ByteBar(config.data.corpus, "tokenizing", enabled=progress) as bar:
-        prepared = prepare(config.data, tokenizer=given, progress=bar.update)
-    absolute = {"corpus": str(Path(config.data.corpus).resolve())}
-    if config.data.valid_corpus:
-        absolute["valid_corpus"] = str(Path(config.data.valid_corpus).resolve())
-    if prepared.split_lines:
-        log(
-            f"note: {prepared.split_lines} lines longer than data.max_len were cut "
-            "into overlapping pieces"
-        )
-    return replace(config, data=replace(config.data, **absolute)), prepared
-
-
-def _check_every_file(snap: rundir.Snapshot) -> None:
-    """Read every file of the snapshot against its checksum (raises on the first bad one)."""
-    for name in rundir.FILES:
-        if snap.has(name):
-            snap.path(name)
-
-
-def _check_fits(config: Config, vocab: int) -> None:
-    """Refuse a model whose weights, gradients and Adam moments (four copies of float32)
-    cannot fit in this machine's memory: one line instead of an out-of-memory."""
-    import os
-
-    m = config.model
-    params = vocab * m.embedding_dim + m.units * vocab + vocab  # embedding, output layer
-    width = m.embedding_dim
-    for _ in range(m.layers):
-        params += 4 * m.units * (width + m.units + 1)  # the largest cell (LSTM)
-        width = m.units
-    need = params * 4 * 4
-    try:
-        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return
-    if need > have:
-        raise DataError(
-            f"the model has about {params:,} parameters and needs about {need / 2**30:,.1f} GiB "
-            f"to train, more than this machine's {have / 2**30:,.1f} GiB; lower model.units, "
-            "model.embedding_dim, model.layers or the vocabulary"
-        )
-
-
 def _restore(run: Trainer, log: Callable[[str], None]) -> None:
     """Put the saved state back into ``run``; a finished run says how to go on."""
-    rundir.read_run(run.run_dir, _check_every_file)  # a damaged file is not carried on
+    rundir.read_run(run.run_dir, check_every_file)  # a damaged file is not carried on
     run.restore_state()
-    epochs, run_dir = run.config.train.epochs, run.run_dir
-    if run.state.epoch > epochs:
-        reached = run.state.epoch - 1
-        now = f" (train.epochs is now {epochs})" if epochs != reached else ""
-        raise UsageError(
-            f"{run_dir} has already trained its {reached} epochs{now}; to go on, raise them: "
-            f"textgen train --resume {run_dir} --set train.epochs={reached + 10}"
-        )
-    log(f"resuming {run_dir} at epoch {run.state.epoch}, step {run.state.step}")
+    check_not_finished(run.run_dir, run.state.epoch, run.config.train.epochs)
+    log(f"resuming {run.run_dir} at epoch {run.state.epoch}, step {run.state.step}")
 
 
 def _fit(
