@@ -3,8 +3,9 @@
 
 The run is read through :mod:`textgen.rundir` (checked against its checksums) and its
 weights are those of ``weights.npz`` (the numpy twin's, which are the Keras model's);
-TensorFlow comes through :mod:`textgen._tf`. The rooms: :mod:`~textgen.export.graph`
-(the network and the generate loop as TensorFlow ops), :mod:`~textgen.export.savedmodel`,
+TensorFlow comes through :mod:`textgen._tf`. The rooms: :mod:`~textgen.export.step_graph`
+(one step of the network as TensorFlow ops), :mod:`~textgen.export.graph` (the generate
+loop around it: tokenization, sampling, jamo recomposition), :mod:`~textgen.export.savedmodel`,
 :mod:`~textgen.export.litert` and :mod:`~textgen.export.folder` (the output folder:
 written whole in a temporary folder beside it, then renamed into place).
 

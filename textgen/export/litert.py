@@ -1,6 +1,6 @@
 """The LiteRT (TensorFlow Lite) one-step model: ``ids`` + ``state`` → ``logits`` + ``state``.
 
-The step (:func:`textgen.export.graph.step_module`) is saved as a SavedModel in a
+The step (:func:`textgen.export.step_graph.step_module`) is saved as a SavedModel in a
 temporary folder and converted with ``TFLiteConverter.from_saved_model``: in TensorFlow
 2.21 ``from_concrete_functions`` fails (``AttributeError`` in ``get_debug_info``).
 ``quantize="dynamic"`` is the converter's dynamic-range quantization: weights stored as
