@@ -268,6 +268,7 @@ def test_train_names_the_losses_it_prints(runner, tmp_path, extra, judged, on):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.stderr.strip().splitlines()
-    assert lines[-2].startswith("epoch 2/2: train loss ") and f", {judged} " in lines[-2]
+    assert lines[-3].startswith("epoch 2/2: train loss ") and f", {judged} " in lines[-3]
+    assert lines[-2].startswith("trained ")  # tokens, minutes and CPU (tests/test_machine.py)
     assert lines[-1].startswith(f"saved {tmp_path / 'r'} (best epoch ")
     assert f": {judged} " in lines[-1] and lines[-1].endswith(f", on {on})")
