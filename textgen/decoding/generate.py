@@ -322,12 +322,7 @@ class Generator:
             cut = self._cut(new, stop)
             if cut is not None or not stop:
                 return new if cut is None else cut
-            new = new[: len(new) - tok.unstable_tail(new)]  # a stop may go on through it
-            for k in range(min(len(stop) - 1, len(new)), 0, -1):
-                if new.endswith(stop[:k]):
-                    new = new[:-k]
-                    break
-            return new if tok.keeps_whitespace else new.rstrip()
+            return held_back(tok, new, [stop])  # a stop may go on through its end
 
         def on_token(_row: int, token: int) -> None:
             ids.append(token)
@@ -341,6 +336,24 @@ class Generator:
         """Generate ``num`` texts, each the seed followed by up to ``length`` new tokens."""
         decoded = self.continue_ids(seed, length=length, num=num, **kwargs)
         return [self.join(seed, ids, kwargs.get("stop")) for ids in decoded.ids]
+
+
+def held_back(tokenizer: Tokenizer, text: str, stops: list[str]) -> str:
+    """What of a growing ``text`` no later token can change or move behind a stop string:
+    without the characters the next token may still change (a jamo syllable that can take
+    a final consonant), an end that may be the start of one of ``stops``, and, where
+    whitespace is not tokens, the spaces at the end (a stop's cut drops the spaces before
+    it). What ``textgen generate`` writes to a terminal and what the server streams as
+    deltas both hold back this way, so neither takes back what it showed."""
+    text = text[: len(text) - tokenizer.unstable_tail(text)]
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                text = text[:-k]
+                break
+    if stops and not tokenizer.keeps_whitespace:
+        text = text.rstrip()
+    return text
 
 
 def stable_text(tokenizer: Tokenizer, text: str) -> str:

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from textgen.decoding.generate import stable_text
+from textgen.decoding.generate import held_back, stable_text
 from textgen.text.base import Tokenizer
 
 WINDOW = 8  # ids decoded again per token where texts do not simply add up
@@ -109,7 +109,11 @@ class ChoiceText:
 
     def delta(self) -> str:
         """What of the new text can be sent now (and mark it sent)."""
-        settled = self.text if self.finish is not None else self._settled()
+        settled = (
+            self.text
+            if self.finish is not None
+            else held_back(self.tokenizer, self.text, self.stops)
+        )
         if not settled.startswith(self.sent) or len(settled) <= len(self.sent):
             return ""
         out, self.sent = settled[len(self.sent) :], settled
@@ -120,20 +124,6 @@ class ChoiceText:
         rest = self.text[len(self.sent) :] if self.text.startswith(self.sent) else ""
         self.sent = self.text
         return rest
-
-    def _settled(self) -> str:
-        text = self.text
-        text = text[: len(text) - self.tokenizer.unstable_tail(text)]
-        for stop in self.stops:
-            for k in range(min(len(stop) - 1, len(text)), 0, -1):
-                if text.endswith(stop[:k]):
-                    text = text[:-k]
-                    break
-        if self.stops and not self.tokenizer.keeps_whitespace:
-            # where whitespace is not tokens a stop's cut drops the spaces before it (_cut):
-            # spaces at the end are held back until what follows them is known
-            text = text.rstrip()
-        return text
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.vocab.token(int(token))
