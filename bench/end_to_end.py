@@ -158,7 +158,7 @@ def stage(name):
     print(f"STAGE {{name}} {{time.perf_counter() - start:.2f}}", flush=True)
 import textgen.training.loop as loop
 stage("imports")
-prepare, init, original = loop._prepare_data, loop.Trainer.__init__, loop.Trainer._train_step
+prepare, init, original = loop.read_corpus, loop.Trainer.__init__, loop.Trainer._train_step
 def prepared(*args, **kwargs):
     out = prepare(*args, **kwargs)
     stage("corpus read and tokenized")
@@ -172,7 +172,7 @@ def first(self, x, y):
     float(out[0])
     stage("first step done")
     os._exit(0)
-loop._prepare_data, loop.Trainer.__init__, loop.Trainer._train_step = prepared, built, first
+loop.read_corpus, loop.Trainer.__init__, loop.Trainer._train_step = prepared, built, first
 from textgen.cli import main
 sys.argv = ["textgen", "train", "--config", {config!r}, "--corpus", {corpus!r}, "--out",
             {out!r}, "--set", "train.batch_size={batch}"]

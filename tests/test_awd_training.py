@@ -55,7 +55,7 @@ def _trainer(corpus: Path, tmp_path: Path, **train_keys):
     from textgen.training import loop
 
     cfg = small_config(corpus, train={"batch_size": 8} | train_keys)
-    config, prepared = loop._prepare_data(cfg, None, False, lambda _m: None)
+    config, prepared = loop.read_corpus(cfg, None, False, lambda _m: None)
     return loop.Trainer(config, prepared, tmp_path / "run", lambda _m: None)
 
 
@@ -206,7 +206,7 @@ def test_the_best_model_is_the_average_and_the_state_the_iterate(tmp_path):
     corpus = corpus_file(tmp_path)
     cfg = _asgd_config(corpus, epochs=1)
     train(cfg, tmp_path / "run", **QUIET)
-    config, prepared = loop._prepare_data(cfg, rundir.run_tokenizer(tmp_path / "run"), False, print)
+    config, prepared = loop.read_corpus(cfg, rundir.run_tokenizer(tmp_path / "run"), False, print)
     run = loop.Trainer(config, prepared, tmp_path / "run", lambda _m: None)
     run.restore_state()
     run.state.asgd_start = run.state.global_step
@@ -246,7 +246,7 @@ def test_the_learning_rate_follows_the_time_spent(tmp_path):
     run.epoch_lr = 0.01
     for spent, factor in ((0.0, 1.0), (15.0, 0.5 * (1 + np.cos(np.pi / 4))), (30.0, 0.5)):
         run.state.elapsed = spent
-        run._anneal()
+        run.anneal()
         assert float(run.optimizer.learning_rate) == pytest.approx(0.01 * factor, rel=1e-4)
 
 

@@ -76,7 +76,7 @@ def _trainer(trained: tuple[object, Path], tmp_path: Path) -> loop_mod.Trainer:
     cfg, source = trained
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir, symlinks=True)
-    config, prepared = loop_mod._prepare_data(cfg, rundir.run_tokenizer(run_dir), False, print)
+    config, prepared = loop_mod.read_corpus(cfg, rundir.run_tokenizer(run_dir), False, print)
     return loop_mod.Trainer(config, prepared, run_dir, lambda _m: None)
 
 

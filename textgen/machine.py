@@ -1,9 +1,10 @@
-"""The CPU textgen runs on: its model name and the SIMD flags that decide its kernels' speed.
+"""The machine textgen runs on: the CPU's model name, the SIMD flags that decide its
+kernels' speed, the cores this process may use, and how long the process has run.
 
-One reader of /proc/cpuinfo (``lscpu`` where that file is missing) for everything that
+One reader of /proc/cpuinfo (``lscpu`` where that file lacks a field) for everything that
 needs it: whether bf16 is native (``model/precision.py``), the line a training run ends
-with and records in its metadata (a record is only comparable on the same kind of CPU),
-and the first line of every benchmark (``bench/machine.py``). Read once per process.
+with and the machine its metadata.json records (a record is only comparable on the same
+kind of CPU), and the first line every benchmark prints. Read once per process.
 """
 
 from __future__ import annotations
@@ -55,14 +56,34 @@ def _read() -> tuple[str, frozenset[str]]:
     return model or platform.processor() or platform.machine(), frozenset(flags)
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """All of the CPU's flags (empty where the system does not say). /proc/cpuinfo alone
+    where it has them, so the bf16 check never waits for ``lscpu`` on a CPU whose
+    cpuinfo names no model (many ARM machines)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return _read()[1]
+
+
 def cpu_model() -> str:
     """The CPU's model name, e.g. ``Intel(R) Xeon(R) Processor``."""
     return _read()[0]
 
 
-def cpu_flags() -> frozenset[str]:
-    """All of the CPU's flags (empty where the system does not say)."""
-    return _read()[1]
+def cores() -> int:
+    """The cores this process may run on (its affinity: a container's share, not the
+    host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
 
 
 def shown_flags() -> list[str]:
@@ -73,26 +94,29 @@ def shown_flags() -> list[str]:
 
 def machine_line() -> str:
     """``Intel(R) Xeon(R) Processor [avx2 fma avx512f amx_bf16], 2 cores``."""
-    return f"{cpu_model()} [{' '.join(shown_flags()) or 'no AVX2'}], {os.cpu_count()} cores"
+    return f"{cpu_model()} [{' '.join(shown_flags()) or 'no AVX2'}], {cores()} cores"
 
 
 def machine_record() -> dict[str, object]:
     """What a run's metadata.json keeps of the machine it trained on."""
-    return {"cpu": cpu_model(), "flags": shown_flags(), "cores": os.cpu_count()}
+    return {"cpu": cpu_model(), "flags": shown_flags(), "cores": cores()}
 
 
 _IMPORTED = time.monotonic()
 
 
 def process_seconds() -> float:
-    """Wall seconds since this process started (from /proc on Linux; elsewhere since
-    textgen was first imported, a fraction of a second later)."""
+    """Wall seconds since this process started (from /proc on Linux; elsewhere since this
+    module was imported, which ``textgen train`` does when its command starts)."""
     try:
         with open("/proc/self/stat", encoding="ascii") as fh:
             fields = fh.read().rpartition(")")[2].split()
         with open("/proc/uptime", encoding="ascii") as fh:
             uptime = float(fh.read().split()[0])
         # field 22 of stat (starttime, in clock ticks since boot) is index 19 after the name
-        return max(uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"), 0.0)
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        if age <= 0:  # the two clocks disagree (seen in some sandboxes): not an age
+            raise ValueError(age)
+        return age
     except (OSError, ValueError, IndexError):
         return time.monotonic() - _IMPORTED

@@ -305,10 +305,8 @@ class NumpyLM:
         weights (:func:`textgen.decoding.gated.row_groups`)."""
         return row_groups(batch, self._group_rows)
 
-    # the gated module's functions, reached as methods too (as bench/step.py times them)
+    # a method too: bench/step.py --breakdown times it on this and on older numpy_lm files
     _gate_product = staticmethod(gate_product)
-    _lstm_gates = staticmethod(lstm_gates)
-    _gru_gates = staticmethod(gru_gates)
 
     def _gated_layer(
         self, z: np.ndarray, rec: np.ndarray, index: int, state: tuple[np.ndarray, ...]
@@ -317,10 +315,10 @@ class NumpyLM:
         recurrent product ``rec``, both gate-major and fresh: the output and new state."""
         if self.cell == "lstm":
             z += rec
-            h, c = self._lstm_gates(z, state[1])
+            h, c = lstm_gates(z, state[1])
             return h, (h, c)
         rec += self._gm[index]["bias_rec"]
-        h = self._gru_gates(z, rec, state[0])
+        h = gru_gates(z, rec, state[0])
         return h, (h,)
 
     def _gated_step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:

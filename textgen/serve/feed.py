@@ -32,7 +32,7 @@ class ShuttingDown(GenerationFailed):
 
 class Feed:
     """The news of one request, made on the event loop's thread as the decoding thread's
-    events arrive (:meth:`handle`, called by :meth:`ServerState._drain`, no task per job
+    events arrive (:meth:`handle`, called when the server drains delivered events; no task per job
     and no queue per token), and handed to the request's coroutine in batches by
     :func:`run`. A job counts as read (``job.taken``) only when its news is handed over,
     so the batcher parks a job whose client does not read."""

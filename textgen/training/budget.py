@@ -42,7 +42,7 @@ class TimeBudget:
         self.optimizer.learning_rate.assign(lr)
         self.assigned_lr = self.epoch_lr = lr
         if self.config.train.anneal == "budget":
-            self._anneal()
+            self.anneal()
         return lr
 
     def start_segment(self) -> None:
@@ -60,7 +60,7 @@ class TimeBudget:
         running = time.perf_counter() - self.segment_t0 if self.segment_t0 is not None else 0.0
         return self.state.elapsed + running
 
-    def _anneal(self) -> None:
+    def anneal(self) -> None:
         """``train.anneal = "budget"``: the epoch's learning rate times the cosine of the
         time budget spent (assigned when it moved by more than 0.1%)."""
         limit = self.config.train.max_minutes * 60.0
@@ -69,7 +69,7 @@ class TimeBudget:
             self.optimizer.learning_rate.assign(lr)
             self.assigned_lr = lr
 
-    def _out_of_time(self) -> bool:
+    def out_of_time(self) -> bool:
         """Whether the time budget (``train.max_minutes``; 0: none) is spent."""
         limit = self.config.train.max_minutes * 60.0
         return bool(limit) and self.elapsed_now() >= limit

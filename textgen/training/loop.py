@@ -55,9 +55,9 @@ from textgen.training.preflight import (
     check_every_file,
     check_fits,
     check_not_finished,
+    read_corpus,  # bench/end_to_end.py patches it here
     restarted_worker,
 )
-from textgen.training.preflight import read_corpus as _prepare_data  # tests patch it here
 from textgen.training.progress import Reporter
 from textgen.training.scalars import Scalars
 from textgen.training.signals import Signals, interrupted
@@ -270,7 +270,7 @@ class Trainer(TimeBudget):
             if state.averaging:
                 self.averager.update(state.global_step - state.asgd_start)
             if cfg.anneal == "budget":
-                self._anneal()
+                self.anneal()
             state.total, state.count = state.total + loss_sum, state.count + tokens
             reporter.step(step, state.total / max(state.count, 1.0))
             if cfg.log_every_steps and state.global_step % cfg.log_every_steps == 0:
@@ -279,7 +279,7 @@ class Trainer(TimeBudget):
                 self.interrupt(reporter, signals.received)
             if cfg.save_every_steps and step % cfg.save_every_steps == 0:
                 self.save()
-            if self._out_of_time():
+            if self.out_of_time():
                 return True
         return False
 
@@ -380,7 +380,7 @@ def train(
         rundir.check_links(run_dir)
         check_corpus_is_there(config, run_dir)
     given = saved_tokenizer(run_dir) if resume else start.tokenizer if start else None
-    config, prepared = _prepare_data(config, given, progress, log)
+    config, prepared = read_corpus(config, given, progress, log)
     run = Trainer(config, prepared, run_dir, log, strategy, start)  # model errors, too
     lock = rundir.RunLock(run_dir) if chief else contextlib.nullcontext()
     with lock:
