@@ -50,6 +50,16 @@ def _start(*args: str) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"no listening line: {seen!r} {proc.stderr.read()}")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def test_starts_fast_without_tensorflow(run_dir: Path) -> None:
     started = time.monotonic()
     proc, url = _start("--model", str(run_dir))
@@ -58,8 +68,13 @@ def test_starts_fast_without_tensorflow(run_dir: Path) -> None:
         while httpx.get(url + "/health").status_code != 200:
             time.sleep(0.01)
         ready = time.monotonic() - started
-        print(f"listening after {listening:.3f} s, ready after {ready:.3f} s (process start)")
-        assert listening < 2.0 and ready < 3.0  # measured ~0.5 s on 2 busy cores
+        cpu = _cpu_seconds(proc.pid)
+        print(f"listening after {listening:.3f} s, ready after {ready:.3f} s (process start), "
+              f"{cpu:.3f} s of CPU")  # fmt: skip
+        # the start's cost is its CPU time, which other work on the machine does not change
+        # (its wall time does: ~0.5 s on 2 busy cores, over 3 s once at load 8)
+        assert cpu < 1.5, f"the server used {cpu:.2f} s of CPU to start"
+        assert ready < 30.0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
