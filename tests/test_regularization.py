@@ -159,7 +159,14 @@ def test_plateau_lowers_the_rate_and_time_budget_stops(tmp_path):
     cfg = small_config(
         corpus,
         data={"val_split": 0.2},
-        train={"epochs": 4, "learning_rate": 5.0, "plateau_factor": 0.1, "optimizer": "sgd"},
+        # the schedule and the budget, not the XLA step (compiling it costs ~6 s CPU a run)
+        train={
+            "epochs": 4,
+            "learning_rate": 5.0,
+            "plateau_factor": 0.1,
+            "optimizer": "sgd",
+            "jit_compile": False,
+        },
     )
     result = train(cfg, tmp_path / "run", **QUIET)
     rates = [row["learning_rate"] for row in result.history]
@@ -186,14 +193,16 @@ def test_separate_validation_file(tmp_path):
     corpus = corpus_file(tmp_path)
     valid = tmp_path / "valid.txt"
     valid.write_text("w1 w2 w3\nw4 w5 unseen\n", encoding="utf-8")
-    cfg = small_config(corpus, data={"valid_corpus": str(valid)}, train={"epochs": 1})
+    train_keys = {"epochs": 1, "jit_compile": False}  # not the XLA step: it costs ~6 s CPU
+    cfg = small_config(corpus, data={"valid_corpus": str(valid)}, train=train_keys)
     result = train(cfg, tmp_path / "run", **QUIET)
     assert result.metric == "val_loss" and np.isfinite(result.history[0]["val_loss"])
 
 
 def test_tensorboard_logs_and_plot(tmp_path):
     corpus = corpus_file(tmp_path)
-    cfg = small_config(corpus, data={"val_split": 0.1}, train={"log_every_steps": 5})
+    train_keys = {"log_every_steps": 5, "jit_compile": False}  # not the XLA step: ~6 s CPU
+    cfg = small_config(corpus, data={"val_split": 0.1}, train=train_keys)
     train(cfg, tmp_path / "run", **QUIET)
     tf = tensorflow()
     tags = set()

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,13 +45,17 @@ def temporaries(run_dir: Path) -> list[str]:
     return sorted(found)
 
 
-def resumable_config(corpus: Path, epochs: int = 3):
+def resumable_config(corpus: Path, epochs: int = 3, jit_compile: bool = True):
+    """Two layers with dropout, saved every 5 steps; ``jit_compile=False`` for a test that is
+    about the bookkeeping of a resume, not the XLA step (compiling it costs about 6 s of CPU
+    per training; test_interrupt_then_resume_equals_uninterrupted keeps the XLA step)."""
     return small_config(
         corpus,
         data={"val_split": 0.1},
         model={"layers": 2, "dropout": 0.2},  # dropout: its RNG must resume exactly too
-        train={"epochs": epochs, "batch_size": 8, "save_every_steps": 5, "learning_rate": 0.01},
-    )
+        train={"epochs": epochs, "batch_size": 8, "save_every_steps": 5, "learning_rate": 0.01,
+               "jit_compile": jit_compile},
+    )  # fmt: skip
 
 
 def final_state(run_dir: Path) -> list[np.ndarray]:
@@ -106,18 +111,19 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
 def test_resume_with_more_epochs(tmp_path):
     corpus = corpus_file(tmp_path)
-    train(resumable_config(corpus, epochs=1), tmp_path / "run", **QUIET)
-    cfg = resumable_config(corpus, epochs=1).with_overrides(["train.epochs=2"])
+    train(resumable_config(corpus, epochs=1, jit_compile=False), tmp_path / "run", **QUIET)
+    cfg = resumable_config(corpus, epochs=1, jit_compile=False).with_overrides(["train.epochs=2"])
     result = train(cfg, tmp_path / "run", resume=True, **QUIET)
     assert [row["epoch"] for row in result.history] == [1, 2]
 
 
 def test_resume_refuses_a_changed_corpus(tmp_path):
     corpus = corpus_file(tmp_path)
-    train(resumable_config(corpus, epochs=1), tmp_path / "run", **QUIET)
+    train(resumable_config(corpus, epochs=1, jit_compile=False), tmp_path / "run", **QUIET)
     corpus.write_text(corpus.read_text() + "\nnew words here", encoding="utf-8")
     with pytest.raises(DataError, match="corpus changed"):
-        train(resumable_config(corpus, epochs=2), tmp_path / "run", resume=True, **QUIET)
+        cfg = resumable_config(corpus, epochs=2, jit_compile=False)
+        train(cfg, tmp_path / "run", resume=True, **QUIET)
 
 
 def test_resume_without_state(tmp_path):
@@ -127,9 +133,9 @@ def test_resume_without_state(tmp_path):
         train(resumable_config(corpus), tmp_path / "empty", resume=True, **QUIET)
 
 
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, toy_config):
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, toy_config, toy_run):
     run = tmp_path / "run"
-    train(toy_config, run, **QUIET)
+    shutil.copytree(toy_run, run, symlinks=True)  # the toy config's 150 epochs, trained once
     before = (run / "weights.npz").read_bytes()
     absurd = toy_config.with_overrides(["train.epochs=200", "train.learning_rate=3e38"])
     with pytest.raises(Diverged, match=r"(loss|weights) became .* epoch 152"):
@@ -189,7 +195,8 @@ def test_cli_signal_saves_state_and_prints_resume_command(tmp_path, sig):
     config = tmp_path / "c.toml"
     config.write_text(
         f'[data]\ncorpus = "{corpus}"\n[model]\nunits = 16\nembedding_dim = 8\n'
-        "[train]\nepochs = 1000\nbatch_size = 4\n",
+        # not the XLA step (compiling it costs the subprocess about 6 s of CPU)
+        "[train]\nepochs = 1000\nbatch_size = 4\njit_compile = false\n",
         encoding="utf-8",
     )
     run = tmp_path / "run"

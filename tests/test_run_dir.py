@@ -47,6 +47,13 @@ def toy(out: Path, *extra: str):
     return invoke("train", "--config", TOY_CONFIG, "--out", out, "--quiet", *extra)
 
 
+@pytest.fixture
+def session_toy_run(toy_run: Path) -> Path:
+    """conftest's toy run (the toy config's 150 epochs, trained once per session), under a
+    name that this module's own :func:`toy_run` does not hide."""
+    return toy_run
+
+
 def toy_run(out: Path, epochs: int = 3) -> Path:
     result = toy(out, "--set", f"train.epochs={epochs}")
     assert result.exit_code == 0, result.output
@@ -176,7 +183,8 @@ def test_the_bundle_holds_the_best_epochs_weights(tmp_path):
             corpus,
             data={"val_split": 0.25},
             model={"units": 32, "embedding_dim": 16},
-            train={"epochs": epochs, "batch_size": 8, "learning_rate": 0.02},
+            # what is saved as best, not the XLA step (compiling it costs ~6 s CPU a run)
+            train={"epochs": epochs, "batch_size": 8, "learning_rate": 0.02, "jit_compile": False},
         )
 
     result = train(config(6), tmp_path / "long", **QUIET)
@@ -437,7 +445,7 @@ def test_a_changed_corpus_is_caught_before_the_first_best_model(tmp_path, monkey
     from textgen.training.progress import Reporter
 
     corpus = corpus_file(tmp_path)
-    cfg = small_config(corpus, train={"epochs": 2, "save_every_steps": 2})
+    cfg = small_config(corpus, train={"epochs": 2, "save_every_steps": 2, "jit_compile": False})
 
     def dies(self, step, loss):
         if step == 5:
@@ -454,12 +462,16 @@ def test_a_changed_corpus_is_caught_before_the_first_best_model(tmp_path, monkey
 
 
 # -- 9. the latest link, plot's temporary file, eval --valid's corpus ----------------------
-def test_resume_through_latest_keeps_latest_a_link_to_the_run(tmp_path, monkeypatch):
+def test_resume_through_latest_keeps_latest_a_link_to_the_run(
+    tmp_path, monkeypatch, session_toy_run
+):
     monkeypatch.chdir(tmp_path)
-    toy_run(Path("runs/a"), epochs=149)
-    result = invoke("train", "--resume", "runs/latest", "--quiet", "--set", "train.epochs=150")
+    # the session's toy run (150 epochs) with the latest link its training made beside it
+    shutil.copytree(session_toy_run.parent, "runs", symlinks=True)
+    assert os.readlink("runs/latest") == session_toy_run.name
+    result = invoke("train", "--resume", "runs/latest", "--quiet", "--set", "train.epochs=151")
     assert result.exit_code == 0, result.output
-    assert os.readlink("runs/latest") == "a"
+    assert os.readlink("runs/latest") == session_toy_run.name
     generated = invoke("generate", "--seed", "그의")
     assert generated.exit_code == 0 and generated.stdout.strip() == "그의 말이 법이다"
 
@@ -504,7 +516,8 @@ def test_plot_does_not_write_through_a_planted_link(tmp_path):
 
 def test_eval_valid_refuses_a_corpus_that_is_not_the_trained_one(tmp_path):
     corpus = corpus_file(tmp_path)
-    cfg = small_config(corpus, data={"val_split": 0.2}, train={"epochs": 1})
+    train_keys = {"epochs": 1, "jit_compile": False}  # not the XLA step: it costs ~6 s CPU
+    cfg = small_config(corpus, data={"val_split": 0.2}, train=train_keys)
     train(cfg, tmp_path / "run", **QUIET)
     assert invoke("eval", "--model", tmp_path / "run", "--valid").exit_code == 0
     corpus.unlink()
@@ -520,9 +533,10 @@ def test_eval_valid_refuses_a_corpus_that_is_not_the_trained_one(tmp_path):
     assert_one_line_error(result, 1, "is not the file this run was trained on")
 
 
-def test_a_run_being_trained_can_be_read(tmp_path):
+def test_a_run_being_trained_can_be_read(tmp_path, session_toy_run):
     """Readers take no lock: generate works while a trainer holds the run."""
-    run = toy_run(tmp_path / "run", epochs=150)
+    run = tmp_path / "run"
+    shutil.copytree(session_toy_run, run, symlinks=True)  # the toy config's 150 epochs
     with rundir.RunLock(run):
         result = invoke("generate", "--model", run, "--seed", "그의")
     assert result.exit_code == 0 and result.stdout.strip() == "그의 말이 법이다"

@@ -279,7 +279,8 @@ def test_the_state_does_not_grow_with_the_epochs(tmp_path):
 def test_a_run_without_validation_keeps_its_check_sample_over_a_new_batch_size(tmp_path):
     from .conftest import small_config
 
-    cfg = small_config(TOY_CORPUS, train={"epochs": 1, "batch_size": 2})
+    # not the XLA step (the resume's new batch size would compile it again: ~6 s CPU each)
+    cfg = small_config(TOY_CORPUS, train={"epochs": 1, "batch_size": 2, "jit_compile": False})
     loop.train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
     result = invoke(
         "train", "--resume", tmp_path / "run", "--quiet", "--set", "train.epochs=2",
@@ -328,7 +329,8 @@ def test_eval_valid_follows_a_moved_corpus_by_its_sha256(tmp_path):
     from .test_reliability import corpus_file
 
     corpus = corpus_file(tmp_path)
-    cfg = small_config(corpus, data={"val_split": 0.2}, train={"epochs": 1})
+    train_keys = {"epochs": 1, "jit_compile": False}  # not the XLA step: it costs ~6 s CPU
+    cfg = small_config(corpus, data={"val_split": 0.2}, train=train_keys)
     loop.train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
     scored = invoke("eval", "--model", tmp_path / "run", "--valid", "--format", "json")
     assert scored.exit_code == 0, scored.output

@@ -124,7 +124,10 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"w{i % 7} x{i % 3} y" for i in range(60)), encoding="utf-8")
     cfg = small_config(
-        corpus, data={"val_split": 0.2}, train={"epochs": 40, "patience": 2, "learning_rate": 0.3}
+        corpus,
+        data={"val_split": 0.2},
+        # the early-stopping rule, not the XLA step (compiling it costs ~6 s CPU)
+        train={"epochs": 40, "patience": 2, "learning_rate": 0.3, "jit_compile": False},
     )
     result = train(cfg, tmp_path / "run", progress=False, log=lambda _m: None)
     val = [row["val_loss"] for row in result.history]
