@@ -146,16 +146,16 @@ def test_fast_chunks_are_the_bytes_of_the_chunk_dict() -> None:
     """The streamed text events come from a template; they must be the same bytes as the
     chunk built as a dict and encoded (completions and chat, escapes and Hangul)."""
     from textgen.serve.api import Request
-    from textgen.serve.responses import FastChunks, Prepared, sse, stream_chunk
+    from textgen.serve.responses import Admitted, FastChunks, sse, stream_chunk
 
     class Model:
         name = "m"
 
     for chat in (False, True):
-        prep = Prepared(Request(chat=chat, model=None, prompts=["a"]), Model(), [], [], 0.0)
-        fast = FastChunks(prep)
+        admitted = Admitted(Request(chat=chat, model=None, prompts=["a"]), Model(), [], [], 0.0)
+        fast = FastChunks(admitted)
         for text in ["a", 'é\n"x\\', "경마장에", "\x00\u2028"]:
-            assert fast.text(3, text) == sse(stream_chunk(prep, 3, text, None, None))
+            assert fast.text(3, text) == sse(stream_chunk(admitted, 3, text, None, None))
 
 
 @pytest.mark.parametrize("level", ["char", "word"])

@@ -29,7 +29,7 @@ TOKENS = "textgen_tokens_generated_total"
 
 
 def _text(live: LiveServer, body: dict) -> str:
-    r = httpx.post(live.url + "/v1/completions", json={"model": "chars"} | body, timeout=60)
+    r = httpx.post(live.url + "/v1/completions", json={"model": "chars"} | body, timeout=300)
     assert r.status_code == 200, r.text
     return r.json()["choices"][0]["text"]
 
@@ -68,7 +68,7 @@ def _steps_over(live: LiveServer, rows: int) -> float:
 )
 def test_same_output_alone_and_among_31_others(live: LiveServer, target: dict) -> None:
     alone = httpx.post(
-        live.url + "/v1/completions", json={"model": "chars"} | target, timeout=60
+        live.url + "/v1/completions", json={"model": "chars"} | target, timeout=300
     ).json()["choices"]
     before = _steps_over(live, 16)
     with ThreadPoolExecutor(32) as pool:
@@ -79,7 +79,7 @@ def test_same_output_alone_and_among_31_others(live: LiveServer, target: dict) -
             time.sleep(0.005)
         mine = pool.submit(
             lambda: httpx.post(
-                live.url + "/v1/completions", json={"model": "chars"} | target, timeout=60
+                live.url + "/v1/completions", json={"model": "chars"} | target, timeout=300
             ).json()["choices"]
         ).result()
         for f in others:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tests.test_serve_support import char_model
 from textgen.serve.batcher import Batcher, End, Job, Tokens
-from textgen.serve.runs import DRAIN_INTERVAL, ServerState, Settings
+from textgen.serve.runs import DRAIN_INTERVAL, Service, Settings
 
 
 class _Loop:
@@ -45,40 +45,40 @@ def _job(feed: _Feed, index: int) -> Job:
 
 
 def test_a_drain_after_a_quiet_spell_is_at_once_and_the_next_waits_for_the_interval() -> None:
-    state = ServerState({}, Settings())
+    service = Service({}, Settings())
     loop = _Loop()
-    state.loop = loop  # type: ignore[assignment]
+    service.loop = loop  # type: ignore[assignment]
     feed = _Feed()
     jobs = [_job(feed, k) for k in range(3)]
-    state.deliver([(jobs[0], Tokens(np.array([5])))])
-    assert loop.calls == [(state._drain,)]  # nothing drained for long: at once
-    state.deliver([(jobs[1], Tokens(np.array([6])))])  # a drain is pending: nothing more
+    service.deliver([(jobs[0], Tokens(np.array([5])))])
+    assert loop.calls == [(service._drain,)]  # nothing drained for long: at once
+    service.deliver([(jobs[1], Tokens(np.array([6])))])  # a drain is pending: nothing more
     assert len(loop.calls) == 1
-    state._drain()
+    service._drain()
     assert [k for k, _ in feed.got] == [0, 1]
-    state.deliver([(jobs[2], End("length"))])  # just drained: the next drain waits
+    service.deliver([(jobs[2], End("length"))])  # just drained: the next drain waits
     assert len(loop.calls) == 2
     fn, delay, target = loop.calls[1]
-    assert fn == loop.call_later and target == state._drain
+    assert fn == loop.call_later and target == service._drain
     assert 0 < delay <= DRAIN_INTERVAL
-    state._drain()
+    service._drain()
     assert [k for k, _ in feed.got] == [0, 1, 2]
     assert isinstance(feed.got[2][1], End)
 
 
 def test_events_of_many_steps_reach_their_requests_all_and_in_order() -> None:
-    state = ServerState({}, Settings())
+    service = Service({}, Settings())
     loop = _Loop()
-    state.loop = loop  # type: ignore[assignment]
+    service.loop = loop  # type: ignore[assignment]
     feeds = [_Feed() for _ in range(4)]
     jobs = [_job(feed, 0) for feed in feeds]
     drains = 0
     for step in range(50):
-        state.deliver([(job, Tokens(np.array([step]))) for job in jobs])
+        service.deliver([(job, Tokens(np.array([step]))) for job in jobs])
         if step % 7 == 6:  # the loop gets to run now and then
-            state._drain()
+            service._drain()
             drains += 1
-    state._drain()
+    service._drain()
     assert len(loop.calls) == drains + 1  # one scheduled callback per drain
     for feed in feeds:
         assert [int(event.ids[0]) for _, event in feed.got] == list(range(50))
@@ -86,7 +86,7 @@ def test_events_of_many_steps_reach_their_requests_all_and_in_order() -> None:
 
 def _run_batch(lm: Any, specs: list[tuple[int, int, int]]) -> tuple[list[list[int]], int]:
     """Greedy jobs (seed id, n, max_tokens) decoded together by the batcher's step; each
-    job's tokens per row, and how many steps rebuilt the batch's state."""
+    job's tokens per row, and how many steps rebuilt the batch's service."""
     out: dict[int, list[list[int]]] = {}
     batcher = Batcher(lm, lambda events: None, max_batch=64)
     jobs = []
@@ -124,7 +124,7 @@ def _run_batch(lm: Any, specs: list[tuple[int, int, int]]) -> tuple[list[list[in
 
 def test_a_step_where_no_job_leaves_keeps_the_batch_state() -> None:
     lm, _ = char_model()
-    # all four end at the same step: until then nobody leaves and the state is kept as
+    # all four end at the same step: until then nobody leaves and the service is kept as
     # the step made it; once all end, no batch is left to rebuild
     _tokens, rebuilt = _run_batch(lm, [(3, 1, 12), (4, 2, 12), (5, 1, 12), (6, 1, 12)])
     assert rebuilt == 0

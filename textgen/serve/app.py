@@ -43,7 +43,7 @@ from starlette.staticfiles import StaticFiles
 from textgen.serve import api, completions
 from textgen.serve.api import ApiError
 from textgen.serve.metrics import CONTENT_TYPE
-from textgen.serve.runs import RETRY_AFTER, Loaded, ServerState, Settings
+from textgen.serve.runs import RETRY_AFTER, Loaded, Service, Settings
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -54,28 +54,28 @@ def create_app(
     *,
     on_load_error: Callable[[str], None] | None = None,
 ) -> Starlette:
-    """The server for ``models`` (name → loader); ``app.state.server`` is its state."""
+    """The server for ``models`` (name → loader); ``app.state.server`` is its service."""
     settings = settings or Settings()
-    state = ServerState(models, settings)
-    state.on_load_error = on_load_error
+    service = Service(models, settings)
+    service.on_load_error = on_load_error
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        state.loop = asyncio.get_running_loop()
-        loader = threading.Thread(target=state.load, name="textgen-load", daemon=True)
+        service.loop = asyncio.get_running_loop()
+        loader = threading.Thread(target=service.load, name="textgen-load", daemon=True)
         loader.start()
         try:
             yield
         finally:
             await asyncio.to_thread(loader.join)
-            state.stop()
+            service.stop()
 
     routes = [
-        Route("/v1/completions", completions.route(state, chat=False), methods=["POST"]),
-        Route("/v1/chat/completions", completions.route(state, chat=True), methods=["POST"]),
-        Route("/v1/models", _models(state), methods=["GET"]),
-        Route("/health", _health(state), methods=["GET"]),
-        Route("/metrics", _metrics(state), methods=["GET"]),
+        Route("/v1/completions", completions.route(service, chat=False), methods=["POST"]),
+        Route("/v1/chat/completions", completions.route(service, chat=True), methods=["POST"]),
+        Route("/v1/models", _models(service), methods=["GET"]),
+        Route("/health", _health(service), methods=["GET"]),
+        Route("/metrics", _metrics(service), methods=["GET"]),
         Route("/", _index, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
@@ -92,14 +92,14 @@ def create_app(
                 allow_headers=["*"],
             )
         )
-    middleware.append(Middleware(_Guard, state=state))
+    middleware.append(Middleware(_Guard, service=service))
     app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, ApiError: _api_error},
     )
-    app.state.server = state
+    app.state.server = service
     return app
 
 
@@ -127,9 +127,9 @@ class _Guard:
         ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")
     )
 
-    def __init__(self, app: Any, state: ServerState) -> None:
+    def __init__(self, app: Any, service: Service) -> None:
         self.app = app
-        self.state = state
+        self.service = service
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -145,7 +145,7 @@ class _Guard:
             await send(message)
 
         try:
-            key = self.state.settings.api_key
+            key = self.service.settings.api_key
             open_path = path in self.OPEN or path.startswith("/static/")
             if key is not None and not open_path and scope["method"] != "OPTIONS":
                 headers = dict(scope["headers"])
@@ -165,7 +165,7 @@ class _Guard:
                     return
             await self.app(scope, receive, counting_send)
         finally:
-            self.state.metrics.requests.labels(counted, str(status[0])).inc()
+            self.service.metrics.requests.labels(counted, str(status[0])).inc()
 
 
 async def _index(_request: HttpRequest) -> Response:
@@ -175,31 +175,31 @@ async def _index(_request: HttpRequest) -> Response:
     return FileResponse(page)
 
 
-def _health(state: ServerState) -> Callable[[HttpRequest], Any]:
+def _health(service: Service) -> Callable[[HttpRequest], Any]:
     async def health(_request: HttpRequest) -> Response:
-        if state.load_error is not None:
-            return JSONResponse({"status": "error", "message": state.load_error}, 503)
-        if not state.ready:
+        if service.load_error is not None:
+            return JSONResponse({"status": "error", "message": service.load_error}, 503)
+        if not service.ready:
             return JSONResponse({"status": "loading"}, 503, {"Retry-After": RETRY_AFTER})
         return JSONResponse({"status": "ok"})
 
     return health
 
 
-def _metrics(state: ServerState) -> Callable[[HttpRequest], Any]:
+def _metrics(service: Service) -> Callable[[HttpRequest], Any]:
     async def metrics(_request: HttpRequest) -> Response:
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     return metrics
 
 
-def _models(state: ServerState) -> Callable[[HttpRequest], Any]:
+def _models(service: Service) -> Callable[[HttpRequest], Any]:
     async def models(_request: HttpRequest) -> Response:
-        state.check_ready()
+        service.check_ready()
         data = [
             {"id": m.name, "object": "model", "created": m.created, "owned_by": "textgen"}
             | m.loaded.info
-            for m in state.models.values()
+            for m in service.models.values()
         ]
         return JSONResponse({"object": "list", "data": data})
 

@@ -23,7 +23,7 @@ from textgen.serve import api
 from textgen.serve.api import ApiError
 from textgen.serve.choices import ChoiceText
 from textgen.serve.responses import (
-    Prepared,
+    Admitted,
     all_choices,
     completion_tokens,
     head,
@@ -31,20 +31,20 @@ from textgen.serve.responses import (
     sse,
     stream_chunk,
 )
-from textgen.serve.runs import RETRY_AFTER, ServerState
+from textgen.serve.runs import RETRY_AFTER, Service
 
 
 class _ClientGone(Exception):
     """The client of a beam search went away: the search stops at its next step."""
 
 
-async def answer(state: ServerState, prep: Prepared, request: HttpRequest) -> Response:
+async def answer(service: Service, admitted: Admitted, request: HttpRequest) -> Response:
     """A beam search runs outside the batch, one at a time per model, in a worker thread;
     a stream gets each beam's text as one chunk when the search ends. A client that goes
     away stops the search at its next step (and frees the model's beam slot)."""
     from textgen.decoding.generate import Strategy
 
-    req, model = prep.req, prep.model
+    req, model = admitted.req, admitted.model
     gone = threading.Event()
     generator = model.generator
 
@@ -55,7 +55,7 @@ async def answer(state: ServerState, prep: Prepared, request: HttpRequest) -> Re
 
     def search(k: int) -> Any:
         return generator.beam(
-            prep.seeds[k],
+            admitted.seeds[k],
             strategy=Strategy("beam", beam_width=req.beam_width, length_penalty=req.length_penalty),
             length=req.max_tokens,
             num=req.n,
@@ -70,16 +70,16 @@ async def answer(state: ServerState, prep: Prepared, request: HttpRequest) -> Re
 
     watcher = asyncio.create_task(watch())
     try:
-        return await _beam_run(state, prep, search)
+        return await _beam_run(service, admitted, search)
     except _ClientGone:
         return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
     finally:
         watcher.cancel()
 
 
-async def _beam_run(state: ServerState, prep: Prepared, search: Callable[[int], Any]) -> Response:
-    req, model = prep.req, prep.model
-    if model.beams_waiting >= state.settings.max_waiting:
+async def _beam_run(service: Service, admitted: Admitted, search: Callable[[int], Any]) -> Response:
+    req, model = admitted.req, admitted.model
+    if model.beams_waiting >= service.settings.max_waiting:
         raise ApiError(
             503,
             "the server is busy with beam searches; retry later",
@@ -93,7 +93,7 @@ async def _beam_run(state: ServerState, prep: Prepared, search: Callable[[int], 
                 decoded = await asyncio.to_thread(search, k)
                 row_choices = []
                 for ids in decoded.ids:
-                    choice = ChoiceText(model.tokenizer, prep.shown[k], req.stop)
+                    choice = ChoiceText(model.tokenizer, admitted.shown[k], req.stop)
                     stopped = False
                     for token in ids:
                         if choice.push(int(token)):
@@ -102,27 +102,27 @@ async def _beam_run(state: ServerState, prep: Prepared, search: Callable[[int], 
                     short = len(ids) < req.max_tokens
                     choice.finish = "stop" if stopped or short else "length"
                     row_choices.append(choice)
-                prep.choices.append(row_choices)
-                state.metrics.tokens.labels(model.name).inc(sum(len(c.ids) for c in row_choices))
+                admitted.choices.append(row_choices)
+                service.metrics.tokens.labels(model.name).inc(sum(len(c.ids) for c in row_choices))
     finally:
         model.beams_waiting -= 1
     if not req.stream:
-        return JSONResponse(response_body(prep))
+        return JSONResponse(response_body(admitted))
 
     async def events() -> AsyncIterator[bytes]:
-        for index, choice, shown in all_choices(prep):
+        for index, choice, shown in all_choices(admitted):
             text = choice.text
             if req.chat:
-                first = stream_chunk(prep, index, "", None, None)
+                first = stream_chunk(admitted, index, "", None, None)
                 first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                 yield sse(first)
             elif req.echo:
                 text = choice.tokenizer.attach(shown, text)
-            yield sse(stream_chunk(prep, index, text, None, None))
-            yield sse(stream_chunk(prep, index, "", None, choice.finish))
+            yield sse(stream_chunk(admitted, index, text, None, None))
+            yield sse(stream_chunk(admitted, index, "", None, choice.finish))
         if req.include_usage:
-            usage = api.usage(prep.prompt_tokens, completion_tokens(prep))
-            yield sse(head(prep, chunk=True) | {"choices": [], "usage": usage})
+            usage = api.usage(admitted.prompt_tokens, completion_tokens(admitted))
+            yield sse(head(admitted, chunk=True) | {"choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")

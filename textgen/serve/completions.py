@@ -26,8 +26,8 @@ from textgen.serve.batcher import Job, QueueFull
 from textgen.serve.choices import ChoiceText
 from textgen.serve.feed import Feed, GenerationFailed, ShuttingDown, run
 from textgen.serve.responses import (
+    Admitted,
     FastChunks,
-    Prepared,
     all_choices,
     completion_tokens,
     head,
@@ -35,7 +35,7 @@ from textgen.serve.responses import (
     sse,
     stream_chunk,
 )
-from textgen.serve.runs import RETRY_AFTER, Served, ServerState
+from textgen.serve.runs import RETRY_AFTER, Served, Service
 
 
 async def _read_body(request: HttpRequest, limit: int) -> bytes:
@@ -55,28 +55,28 @@ async def _read_body(request: HttpRequest, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _pick_model(state: ServerState, name: str | None) -> Served:
+def _pick_model(service: Service, name: str | None) -> Served:
     if name is None or name == "":
-        if len(state.models) == 1:
-            return next(iter(state.models.values()))
+        if len(service.models) == 1:
+            return next(iter(service.models.values()))
         raise api.bad(
-            "model", f"is required: this server serves {', '.join(state.models)}", "missing_field"
+            "model", f"is required: this server serves {', '.join(service.models)}", "missing_field"
         )
-    model = state.models.get(name)
+    model = service.models.get(name)
     if model is None:
         raise ApiError(
             404,
-            f"model {name!r} is not served here; served: {', '.join(state.models)}",
+            f"model {name!r} is not served here; served: {', '.join(service.models)}",
             param="model",
             code="model_not_found",
         )
     return model
 
 
-def _prepare(state: ServerState, req: Request, started: float) -> Prepared:
+def _admit(service: Service, req: Request, started: float) -> Admitted:
     from textgen.errors import TextgenError
 
-    model = _pick_model(state, req.model)
+    model = _pick_model(service, req.model)
     seeds, shown = [], []
     for i, prompt in enumerate(req.prompts):
         where = "messages" if req.chat else ("prompt" if len(req.prompts) == 1 else f"prompt[{i}]")
@@ -86,36 +86,36 @@ def _prepare(state: ServerState, req: Request, started: float) -> Prepared:
             raise ApiError(422, f"{where}: {err}", param=where, code="invalid_prompt") from None
         shown.append(model.generator.seed_text(prompt))
     req.stop = [unicodedata.normalize("NFC", s) for s in req.stop]
-    return Prepared(req, model, seeds, shown, started)
+    return Admitted(req, model, seeds, shown, started)
 
 
-def route(state: ServerState, *, chat: bool) -> Callable[[HttpRequest], Any]:
+def route(service: Service, *, chat: bool) -> Callable[[HttpRequest], Any]:
     """The route of ``/v1/completions`` (``/v1/chat/completions`` when ``chat``)."""
 
     async def handler(request: HttpRequest) -> Response:
         started = time.monotonic()
-        body = await _read_body(request, state.settings.max_body_bytes)
+        body = await _read_body(request, service.settings.max_body_bytes)
         data = api.parse_json(body)
         req = api.parse(
             data,
             chat=chat,
-            max_tokens_limit=state.settings.max_tokens_limit,
-            max_n=state.settings.max_batch,
+            max_tokens_limit=service.settings.max_tokens_limit,
+            max_n=service.settings.max_batch,
         )
-        state.check_ready()
-        prep = _prepare(state, req, started)
+        service.check_ready()
+        admitted = _admit(service, req, started)
         if req.strategy == "beam":
-            return await beam.answer(state, prep, request)
-        _submit(state, prep)
+            return await beam.answer(service, admitted, request)
+        _submit(service, admitted)
         if req.stream:
             return StreamingResponse(
-                _stream(state, prep),
+                _stream(service, admitted),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        watch = asyncio.create_task(_cancel_on_disconnect(request, prep))
+        watch = asyncio.create_task(_cancel_on_disconnect(request, admitted))
         try:
-            async for _ in run(prep):
+            async for _ in run(admitted):
                 pass
         except ShuttingDown as err:
             headers = {"Retry-After": RETRY_AFTER}
@@ -124,34 +124,34 @@ def route(state: ServerState, *, chat: bool) -> Callable[[HttpRequest], Any]:
             raise ApiError(500, str(err), code="generation_failed") from None
         finally:
             watch.cancel()
-            state.feeds.discard(prep.feed)
-            for job in prep.jobs:
+            service.feeds.discard(admitted.feed)
+            for job in admitted.jobs:
                 job.cancel()
-        return JSONResponse(response_body(prep))
+        return JSONResponse(response_body(admitted))
 
     return handler
 
 
-async def _cancel_on_disconnect(request: HttpRequest, prep: Prepared) -> None:
+async def _cancel_on_disconnect(request: HttpRequest, admitted: Admitted) -> None:
     """Cancel a non-streamed request's jobs when its client goes away (the body is read,
     so the next message is the disconnect): their rows leave the batch at the next step,
     or the queue, instead of decoding up to max_tokens for nobody."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            for job in prep.jobs:
+            for job in admitted.jobs:
                 job.cancel()
             return
 
 
-def _submit(state: ServerState, prep: Prepared) -> None:
+def _submit(service: Service, admitted: Admitted) -> None:
     from textgen.decoding.sampling import sampler
 
-    req, model = prep.req, prep.model
+    req, model = admitted.req, admitted.model
     pick = None
     if req.strategy == "sample":
         pick = sampler(req.temperature, req.top_k, req.top_p)
-    for seed_ids, shown in zip(prep.seeds, prep.shown, strict=True):
+    for seed_ids, shown in zip(admitted.seeds, admitted.shown, strict=True):
         job = Job(
             seed_ids=seed_ids,
             n=req.n,
@@ -160,19 +160,21 @@ def _submit(state: ServerState, prep: Prepared) -> None:
             rng=np.random.default_rng(req.seed),
             stop_id=model.tokenizer.eos_id,
             logprobs=req.logprobs,
-            created=prep.started,
+            created=admitted.started,
             mask=model.generator.syllables,
         )
-        job.index = len(prep.jobs)  # type: ignore[attr-defined]
-        prep.jobs.append(job)
-        prep.choices.append([ChoiceText(model.tokenizer, shown, req.stop) for _ in range(req.n)])
+        job.index = len(admitted.jobs)  # type: ignore[attr-defined]
+        admitted.jobs.append(job)
+        admitted.choices.append(
+            [ChoiceText(model.tokenizer, shown, req.stop) for _ in range(req.n)]
+        )
     limit = model.batcher.max_waiting
-    if len(prep.jobs) > limit:  # it could never be queued: not a 503 to retry forever
+    if len(admitted.jobs) > limit:  # it could never be queued: not a 503 to retry forever
         raise api.bad(
             "prompt", f"at most {limit} prompts per request on this server (--max-waiting)"
         )
     try:
-        model.batcher.submit_all(prep.jobs)  # all the prompts or none
+        model.batcher.submit_all(admitted.jobs)  # all the prompts or none
     except QueueFull:
         raise ApiError(
             503,
@@ -180,35 +182,37 @@ def _submit(state: ServerState, prep: Prepared) -> None:
             code="queue_full",
             headers={"Retry-After": RETRY_AFTER},
         ) from None
-    prep.feed = Feed(state, prep)
-    state.feeds.add(prep.feed)
-    for job in prep.jobs:  # events are handled from here on (none can be missed: the
-        job.feed = prep.feed  # type: ignore[attr-defined]  # loop runs them after this)
+    admitted.feed = Feed(service, admitted)
+    service.feeds.add(admitted.feed)
+    for job in admitted.jobs:  # events are handled from here on (none can be missed: the
+        job.feed = admitted.feed  # type: ignore[attr-defined]  # loop runs them after this)
 
 
-async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
+async def _stream(service: Service, admitted: Admitted) -> AsyncIterator[bytes]:
     """The server-sent events of a streamed request; the jobs are cancelled when the
     client goes away (the generator is closed), so their rows leave at the next step."""
-    req = prep.req
+    req = admitted.req
     try:
-        for index, choice, shown in all_choices(prep):
+        for index, choice, shown in all_choices(admitted):
             if req.chat:
-                first = stream_chunk(prep, index, "", None, None)
+                first = stream_chunk(admitted, index, "", None, None)
                 first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                 yield sse(first)
             elif req.echo:
-                yield sse(stream_chunk(prep, index, choice.tokenizer.attach(shown, ""), None, None))
+                yield sse(
+                    stream_chunk(admitted, index, choice.tokenizer.attach(shown, ""), None, None)
+                )
         try:
-            fast = FastChunks(prep)
-            async for news in run(prep):
+            fast = FastChunks(admitted)
+            async for news in run(admitted):
                 events = []
                 for index, text, entry, finish in news:
                     if entry is not None:
-                        events.append(sse(stream_chunk(prep, index, text, entry, None)))
+                        events.append(sse(stream_chunk(admitted, index, text, entry, None)))
                     elif text:
                         events.append(fast.text(index, text))
                     if finish is not None:
-                        events.append(sse(stream_chunk(prep, index, "", None, finish)))
+                        events.append(sse(stream_chunk(admitted, index, "", None, finish)))
                 if events:
                     yield b"".join(events)  # one write for all the steps that are ready
                 # a fast model makes news faster than a client reads it: let the other
@@ -224,10 +228,10 @@ async def _stream(state: ServerState, prep: Prepared) -> AsyncIterator[bytes]:
             yield b"data: [DONE]\n\n"
             return
         if req.include_usage:
-            usage = api.usage(prep.prompt_tokens, completion_tokens(prep))
-            yield sse(head(prep, chunk=True) | {"choices": [], "usage": usage})
+            usage = api.usage(admitted.prompt_tokens, completion_tokens(admitted))
+            yield sse(head(admitted, chunk=True) | {"choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
     finally:
-        state.feeds.discard(prep.feed)
-        for job in prep.jobs:
+        service.feeds.discard(admitted.feed)
+        for job in admitted.jobs:
             job.cancel()

@@ -1,7 +1,7 @@
 """The hand-over of one request's tokens from the decoding thread to its coroutine.
 
 The decoding thread's events reach the event loop through
-:meth:`~textgen.serve.runs.ServerState.deliver`; there each request's :class:`Feed` turns
+:meth:`~textgen.serve.runs.Service.deliver`; there each request's :class:`Feed` turns
 them into news (new text of a choice, its logprob entry, its end) without a task per job
 or a queue per token, and :func:`run` hands the news to the request's coroutine in
 batches. A failure of the decoding loop reaches the request as :class:`GenerationFailed`
@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from textgen.serve.batcher import End, Failed, Tokens
-from textgen.serve.responses import Prepared, logprob_entry
-from textgen.serve.runs import ServerState
+from textgen.serve.responses import Admitted, logprob_entry
+from textgen.serve.runs import Service
 
 News = tuple[int, str, Any, "str | None"]  # choice index, delta, logprob entry, finish
 
@@ -37,18 +37,18 @@ class Feed:
     :func:`run`. A job counts as read (``job.taken``) only when its news is handed over,
     so the batcher parks a job whose client does not read."""
 
-    def __init__(self, state: ServerState, prep: Prepared) -> None:
-        self.prep = prep
+    def __init__(self, service: Service, admitted: Admitted) -> None:
+        self.admitted = admitted
         self.news: list[News] = []
-        self.steps = [0] * len(prep.jobs)  # token events handled, not yet handed over
-        self.first = [True] * len(prep.jobs)
-        self.live = len(prep.jobs)
+        self.steps = [0] * len(admitted.jobs)  # token events handled, not yet handed over
+        self.first = [True] * len(admitted.jobs)
+        self.live = len(admitted.jobs)
         self.error: str | None = None
         self.closing = False  # the server is shutting down (the error says so)
         self.ready = asyncio.Event()
-        self.eos = prep.model.tokenizer.eos_id
-        self.tokens = state.metrics.tokens.labels(prep.model.name)
-        self.ttft = state.metrics.ttft.labels(prep.model.name)
+        self.eos = admitted.model.tokenizer.eos_id
+        self.tokens = service.metrics.tokens.labels(admitted.model.name)
+        self.ttft = service.metrics.ttft.labels(admitted.model.name)
 
     def handle(self, k: int, event: Any) -> None:
         """Take the event of job ``k`` and wake the request's coroutine; an error while
@@ -65,11 +65,11 @@ class Feed:
         self.closing = True
         self.error = message
         self.ready.set()
-        for job in self.prep.jobs:
+        for job in self.admitted.jobs:
             job.cancel()
 
     def _handle(self, k: int, event: Any) -> None:
-        job, choices, n = self.prep.jobs[k], self.prep.choices[k], self.prep.req.n
+        job, choices, n = self.admitted.jobs[k], self.admitted.choices[k], self.admitted.req.n
         news = self.news
         if isinstance(event, Tokens):
             self.steps[k] += 1
@@ -113,16 +113,16 @@ class Feed:
             self.error = event.message
 
 
-async def run(prep: Prepared) -> AsyncIterator[list[News]]:
+async def run(admitted: Admitted) -> AsyncIterator[list[News]]:
     """The request's news as it comes, merged over its jobs, in batches (a client that
     lags gets several steps at once): ``(choice index, delta text, logprob entry, finish
     reason or None)``; raises :class:`GenerationFailed` after the news before a failure."""
-    feed = prep.feed
+    feed = admitted.feed
     while True:
         await feed.ready.wait()
         feed.ready.clear()
         news, feed.news = feed.news, []
-        for k, job in enumerate(prep.jobs):
+        for k, job in enumerate(admitted.jobs):
             job.taken += feed.steps[k]
             feed.steps[k] = 0
         if news:

@@ -1,7 +1,7 @@
 """The OpenAI shapes of a request's answer: the whole response, the stream's chunks and
 their server-sent-event bytes, and the logprobs of each token.
 
-A request in flight is a :class:`Prepared`: the checked request bound to its model, its
+A request in flight is a :class:`Admitted`: the checked request bound to its model, its
 decoding jobs and the text of each choice (:class:`~textgen.serve.choices.ChoiceText`).
 The functions here only read it (and record a token's logprob entry on its choice), so
 the batched path (:mod:`~textgen.serve.completions`) and beam search
@@ -26,8 +26,9 @@ from textgen.serve.runs import Served
 
 
 @dataclass
-class Prepared:
-    """A checked request bound to its model, with one job and ``n`` choices per prompt."""
+class Admitted:
+    """A request checked and admitted to its model, with one job and ``n`` choices per
+    prompt (its seeds encoded, its jobs submitted to the batch, its feed of events)."""
 
     req: Request
     model: Served
@@ -93,39 +94,44 @@ def _logprobs_chat(entries: list[Any], tokens: list[str] | None = None) -> dict[
     }
 
 
-def head(prep: Prepared, *, chunk: bool) -> dict[str, Any]:
+def head(admitted: Admitted, *, chunk: bool) -> dict[str, Any]:
     """The fields every body of the request starts with: its id and time (made on the
     first call, the same for all its chunks), the object's kind and the model."""
-    if not hasattr(prep, "id"):
-        prep.id = ("chatcmpl-" if prep.req.chat else "cmpl-") + uuid.uuid4().hex  # type: ignore[attr-defined]
-        prep.created = int(time.time())  # type: ignore[attr-defined]
-    if prep.req.chat:
+    if not hasattr(admitted, "id"):
+        admitted.id = ("chatcmpl-" if admitted.req.chat else "cmpl-") + uuid.uuid4().hex  # type: ignore[attr-defined]
+        admitted.created = int(time.time())  # type: ignore[attr-defined]
+    if admitted.req.chat:
         kind = "chat.completion.chunk" if chunk else "chat.completion"
     else:
         kind = "text_completion"
-    return {"id": prep.id, "object": kind, "created": prep.created, "model": prep.model.name}  # type: ignore[attr-defined]
+    return {
+        "id": admitted.id,
+        "object": kind,
+        "created": admitted.created,
+        "model": admitted.model.name,
+    }  # type: ignore[attr-defined]
 
 
-def all_choices(prep: Prepared) -> list[tuple[int, ChoiceText, str]]:
+def all_choices(admitted: Admitted) -> list[tuple[int, ChoiceText, str]]:
     """Every choice of every prompt, in the response's order: ``(index, choice, the seed
     as the model reads it)``."""
     out = []
-    for k, choices in enumerate(prep.choices):
+    for k, choices in enumerate(admitted.choices):
         for row, choice in enumerate(choices):
-            out.append((k * prep.req.n + row, choice, prep.shown[k]))
+            out.append((k * admitted.req.n + row, choice, admitted.shown[k]))
     return out
 
 
-def completion_tokens(prep: Prepared) -> int:
+def completion_tokens(admitted: Admitted) -> int:
     """The tokens generated over all the choices, for ``usage``."""
-    return sum(len(c.ids) for _, c, _ in all_choices(prep))
+    return sum(len(c.ids) for _, c, _ in all_choices(admitted))
 
 
-def response_body(prep: Prepared) -> dict[str, Any]:
+def response_body(admitted: Admitted) -> dict[str, Any]:
     """The body of a request answered whole (not streamed), once its choices ended."""
-    req = prep.req
+    req = admitted.req
     choices = []
-    for index, choice, shown in all_choices(prep):
+    for index, choice, shown in all_choices(admitted):
         if req.chat:
             item: dict[str, Any] = {
                 "index": index,
@@ -150,9 +156,9 @@ def response_body(prep: Prepared) -> dict[str, Any]:
                 "finish_reason": choice.finish,
             }
         choices.append(item)
-    return head(prep, chunk=False) | {
+    return head(admitted, chunk=False) | {
         "choices": choices,
-        "usage": api.usage(prep.prompt_tokens, completion_tokens(prep)),
+        "usage": api.usage(admitted.prompt_tokens, completion_tokens(admitted)),
     }
 
 
@@ -162,10 +168,10 @@ def sse(data: Any) -> bytes:
     return b"data: " + text.encode("utf-8") + b"\n\n"
 
 
-def stream_chunk(prep: Prepared, index: int, text: str, entry: Any, finish: str | None) -> dict:
+def stream_chunk(admitted: Admitted, index: int, text: str, entry: Any, finish: str | None) -> dict:
     """The stream chunk of choice ``index``: its new ``text``, the logprob ``entry`` of
     its token (or None) and its ``finish`` reason (None while it goes on)."""
-    req = prep.req
+    req = admitted.req
     if req.chat:
         delta = {"content": text} if text else {}
         item = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -180,7 +186,7 @@ def stream_chunk(prep: Prepared, index: int, text: str, entry: Any, finish: str 
                 "top_logprobs": [entry[2]],
                 "text_offset": [entry[3]],  # no echo with logprobs: the text starts at 0
             }
-    return head(prep, chunk=True) | {"choices": [item]}
+    return head(admitted, chunk=True) | {"choices": [item]}
 
 
 class FastChunks:
@@ -188,10 +194,10 @@ class FastChunks:
     written from a template: the same bytes as ``sse(stream_chunk(...))``, at a fraction
     of the cost of building and encoding its dict for every token."""
 
-    def __init__(self, prep: Prepared) -> None:
-        fields = json.dumps(head(prep, chunk=True), ensure_ascii=False, separators=(",", ":"))
+    def __init__(self, admitted: Admitted) -> None:
+        fields = json.dumps(head(admitted, chunk=True), ensure_ascii=False, separators=(",", ":"))
         self.start = b"data: " + fields[:-1].encode("utf-8") + b',"choices":[{"index":'
-        if prep.req.chat:
+        if admitted.req.chat:
             self.middle, self.end = b',"delta":{"content":', b'},"logprobs":null,'
         else:
             self.middle, self.end = b',"text":', b',"logprobs":null,'

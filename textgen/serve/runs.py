@@ -1,11 +1,11 @@
 """The models a server serves and what its routes share: loading a run, the decoding loop
 of each model, and the hand-over of the decoding threads' events to the event loop.
 
-:class:`ServerState` is the one record the routes read (settings, metrics, the models,
-whether they are loaded); it loads the models in a background thread (:meth:`~ServerState.load`)
-and :meth:`~ServerState.deliver` takes the events of the decoding threads to the requests'
+:class:`Service` is the one record the routes read (settings, metrics, the models,
+whether they are loaded); it loads the models in a background thread (:meth:`~Service.load`)
+and :meth:`~Service.deliver` takes the events of the decoding threads to the requests'
 :class:`~textgen.serve.feed.Feed` objects on the event loop. Nothing here speaks HTTP except
-the one 503 a route raises while the models load (:meth:`~ServerState.check_ready`).
+the one 503 a route raises while the models load (:meth:`~Service.check_ready`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def describe(lm: Any, tokenizer: Any) -> dict[str, Any]:
 class Served:
     """One model being served: its generator (seed encoding) and its decoding loop."""
 
-    def __init__(self, name: str, loaded: Loaded, settings: Settings, app: ServerState) -> None:
+    def __init__(self, name: str, loaded: Loaded, settings: Settings, app: Service) -> None:
         from textgen.decoding.generate import Generator
 
         self.name = name
@@ -111,8 +111,9 @@ class Listener(Protocol):
         """End the request now with the error ``message`` and cancel its jobs."""
 
 
-class ServerState:
-    """Everything the routes share: settings, metrics, models, the event loop."""
+class Service:
+    """The running service, everything the routes share: settings, metrics, the served
+    models, the event loop, the requests in flight."""
 
     def __init__(self, models: dict[str, Callable[[], Loaded]], settings: Settings) -> None:
         self.loaders = models
