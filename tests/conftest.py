@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TOY_CORPUS = ROOT / "data" / "ko-toy.txt"
 TOY_CONFIG = ROOT / "configs" / "ko-toy.toml"
 TOY_SENTENCES = [line for line in TOY_CORPUS.read_text(encoding="utf-8").splitlines() if line]
+
+# A suite started in the background of a script (`make test &`, `nohup`) inherits Ctrl-C
+# ignored, and an ignored signal stays ignored in every process it starts: the tests that
+# press Ctrl-C on a textgen process would then see it run on. They test what a user at a
+# terminal gets, so the suite puts Python's own handler back (its children start with the
+# default disposition, and Python turns that into KeyboardInterrupt).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")
