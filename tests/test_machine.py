@@ -77,3 +77,23 @@ def test_train_ends_with_the_tokens_the_time_and_the_cpu(tmp_path):
         "flags": machine.shown_flags(),
         "cores": machine.cores(),
     }
+
+
+def test_each_field_comes_from_the_first_source_that_has_it(monkeypatch):
+    """An ARM cpuinfo (flags as Features, no model name): the flags come from it without
+    asking lscpu, the model from lscpu; where neither names a model, the platform's."""
+    lines = ["processor\t: 0", "Features\t: fp asimd neon", "CPU implementer\t: 0x41"]
+    assert machine._fields(lines, "model name", ("flags", "Features")) == (
+        "", {"fp", "asimd", "neon"},
+    )  # fmt: skip
+
+    def no_lscpu() -> tuple[str, frozenset[str]]:
+        raise AssertionError("lscpu asked for a field /proc/cpuinfo has")
+
+    monkeypatch.setattr(machine, "_proc", lambda: ("", frozenset({"neon"})))
+    monkeypatch.setattr(machine, "_lscpu", no_lscpu)
+    assert machine.cpu_flags() == {"neon"}
+    monkeypatch.setattr(machine, "_lscpu", lambda: ("Neoverse-N1", frozenset()))
+    assert machine.cpu_model() == "Neoverse-N1"
+    monkeypatch.setattr(machine, "_lscpu", lambda: ("", frozenset()))
+    assert machine.cpu_model() == (machine.platform.processor() or machine.platform.machine())

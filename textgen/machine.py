@@ -19,62 +19,50 @@ import time
 SHOWN_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    """(model name, flags) from /proc/cpuinfo, else from ``lscpu`` ("" and empty if
-    neither answers)."""
+def _fields(lines: list[str], model_key: str, flag_keys: tuple[str, ...]) -> tuple[str, set[str]]:
+    """(model name, flags) from ``key: value`` lines ("" and empty where absent)."""
     model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not model:
-                    model = value.strip()
-                elif key.strip() in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    if model and flags:
-        return model, flags
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return model, flags
-    for line in out.splitlines():
+    for line in lines:
         key, _, value = line.partition(":")
-        if key.strip() == "Model name" and not model:
+        key = key.strip()
+        if key == model_key and not model:
             model = value.strip()
-        elif key.strip() == "Flags" and not flags:
+        elif key in flag_keys and not flags:
             flags = set(value.split())
     return model, flags
 
 
 @functools.cache
-def _read() -> tuple[str, frozenset[str]]:
-    model, flags = _cpuinfo()
-    return model or platform.processor() or platform.machine(), frozenset(flags)
+def _proc() -> tuple[str, frozenset[str]]:
+    """/proc/cpuinfo's model name and flags (Linux; ARM names them ``Features``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model, flags = _fields(fh.read().splitlines(), "model name", ("flags", "Features"))
+    except OSError:
+        return "", frozenset()
+    return model, frozenset(flags)
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """All of the CPU's flags (empty where the system does not say). /proc/cpuinfo alone
-    where it has them, so the bf16 check never waits for ``lscpu`` on a CPU whose
-    cpuinfo names no model (many ARM machines)."""
+def _lscpu() -> tuple[str, frozenset[str]]:
+    """``lscpu``'s model name and flags: asked only for a field /proc/cpuinfo lacks."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return _read()[1]
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "", frozenset()
+    model, flags = _fields(out.splitlines(), "Model name", ("Flags",))
+    return model, frozenset(flags)
+
+
+def cpu_flags() -> frozenset[str]:
+    """All of the CPU's flags (empty where the system does not say). A CPU whose cpuinfo
+    has its flags but no model name (many ARM machines) never waits for ``lscpu`` here."""
+    return _proc()[1] or _lscpu()[1]
 
 
 def cpu_model() -> str:
     """The CPU's model name, e.g. ``Intel(R) Xeon(R) Processor``."""
-    return _read()[0]
+    return _proc()[0] or _lscpu()[0] or platform.processor() or platform.machine()
 
 
 def cores() -> int:
