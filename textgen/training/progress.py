@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+LOG_SECONDS = 30.0  # without bars, an epoch ending this long after the last line is shown
+
 
 class Reporter:
     """Shows per-step and per-epoch progress of one training run."""
@@ -29,7 +31,11 @@ class Reporter:
         self.epochs, self.steps, self.tokens = epochs, steps, tokens_per_epoch
         self.bars, self.log = bars, log
         self.per_epoch_bars = steps > 1
+        # without bars: every epoch up to 20, else every tenth of them, and any epoch that
+        # ends LOG_SECONDS or more after the last line (a time budget's large epoch cap
+        # would otherwise leave an hour's run without a line)
         self.log_every = 1 if epochs <= 20 else math.ceil(epochs / 10)
+        self.logged_at = time.perf_counter()
         self.bar: Any = None
         self.t0 = time.perf_counter()
         if bars and not self.per_epoch_bars:
@@ -75,8 +81,13 @@ class Reporter:
             self.bar.set_postfix_str(summary, refresh=False)
             if self.per_epoch_bars:
                 self.close()
-        elif epoch % self.log_every == 0 or epoch == self.epochs:
+        elif (
+            epoch % self.log_every == 0
+            or epoch == self.epochs
+            or time.perf_counter() - self.logged_at >= LOG_SECONDS
+        ):
             self.log(f"epoch {epoch}/{self.epochs}: {summary}")
+            self.logged_at = time.perf_counter()
 
     def close(self) -> None:
         if self.bar is not None:
