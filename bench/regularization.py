@@ -7,7 +7,7 @@ within a few epochs and the keys that fight overfitting show their effect in min
 validation is the first ``--valid-lines`` lines of ptb.valid. Every variant changes one
 thing from the base and trains for the same number of epochs with the same seed.
 
-    python bench/regularization.py                    # all variants, ~35 min on 2 cores
+    python bench/regularization.py                    # all variants, ~50 min on 2 cores
     python bench/regularization.py base dropout       # some of them
 """
 
@@ -30,13 +30,13 @@ PTB = ROOT.parent / "shared" / "data" / "ptb"
 CONFIG = ROOT / "configs" / "ptb-small.toml"
 WORK = Path("/tmp/textgen-bench/regularization")
 EPOCHS = 8
+DROPOUT = ["model.input_dropout=0.3", "model.dropout=0.3", "model.output_dropout=0.3"]
+AWD = ["model.locked_dropout=true", "model.weight_drop=0.3", "model.embedding_dropout=0.1",
+       "train.ar=2", "train.tar=1", "train.asgd_nonmono=2"]  # fmt: skip
 
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "base": ("ptb-small recipe: SGD 20 (=1 summed), clip 0.25, x0.5/epoch after 4", []),
-    "dropout": (
-        "+ dropout 0.3 on embeddings, between layers, before logits",
-        ["model.input_dropout=0.3", "model.dropout=0.3", "model.output_dropout=0.3"],
-    ),
+    "dropout": ("+ dropout 0.3 on embeddings, between layers, before logits", DROPOUT),
     "tied": ("+ weight tying", ["model.tie_weights=true"]),
     "no-decay": ("no learning-rate decay", ["train.lr_decay=1.0"]),
     "plateau": (
@@ -48,6 +48,23 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "early-stop": (
         f"{2 * EPOCHS} epochs with early stopping, patience 1",
         [f"train.epochs={2 * EPOCHS}", "train.patience=1"],
+    ),
+    # the regularizers of AWD-LSTM (Merity et al. 2017), each alone, then all together
+    "locked": (
+        "+ dropout 0.3 as in `dropout`, one mask per sequence (locked / variational)",
+        [*DROPOUT, "model.locked_dropout=true"],
+    ),
+    "weight-drop": ("+ DropConnect 0.3 on the hidden-to-hidden weights", ["model.weight_drop=0.3"]),
+    "embedding-drop": (
+        "+ embedding dropout 0.1 (whole word types)",
+        ["model.embedding_dropout=0.1"],
+    ),
+    "ar-tar": ("+ activation regularization 2, temporal 1", ["train.ar=2", "train.tar=1"]),
+    "asgd": ("+ NT-ASGD, averaging after 2 epochs without improvement", ["train.asgd_nonmono=2"]),
+    "awd-all": (
+        "all five: locked dropout 0.3, weight drop 0.3, embedding dropout 0.1, AR 2 / TAR 1, "
+        "NT-ASGD 2",
+        [*DROPOUT, *AWD],
     ),
 }
 

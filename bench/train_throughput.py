@@ -40,6 +40,7 @@ from textgen.corpus.examples import prepare  # noqa: E402
 from textgen.machine import machine_line  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
+SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ class Workload:
 
 
 WORKLOADS = {
-    "char": Workload("char", DATA / "tinyshakespeare" / "input.txt", "char", 64, 256, 100, 64),
+    "char": Workload("char", SHAKESPEARE, "char", 64, 256, 100, 64),
+    # the 2x512 model of configs/shakespeare-char-hour.toml
+    "char512": Workload("char512", SHAKESPEARE, "char", 64, 512, 100, 64),
     "word20": Workload("word20", DATA / "ptb" / "ptb.train.txt", "word", 200, 200, 20, 20, 10_002),
     "word64": Workload("word64", DATA / "ptb" / "ptb.train.txt", "word", 200, 200, 20, 64, 10_002),
 }
