@@ -3,7 +3,9 @@ trigger and average, exact resume with each on (NT-ASGD across its switch)."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -248,6 +250,28 @@ def test_the_learning_rate_follows_the_time_spent(tmp_path):
         run.state.elapsed = spent
         run.anneal()
         assert float(run.optimizer.learning_rate) == pytest.approx(0.01 * factor, rel=1e-4)
+
+
+def test_the_history_records_the_annealed_rate(tmp_path, monkeypatch):
+    # every row holds the rate the optimizer had at the epoch's end, down to about 0 when
+    # the budget is spent, not the starting rate the cosine multiplies. The training clock
+    # advances 0.05 s each time it is read, so the run does not depend on the CPU's speed.
+    from textgen.training import budget
+
+    ticks = itertools.count()
+    monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: next(ticks) / 20))
+    cfg = small_config(
+        corpus_file(tmp_path),
+        train={"epochs": 10_000, "anneal": "budget", "max_minutes": 0.5, "optimizer": "sgd",
+               "learning_rate": 1.0, "jit_compile": False},
+    )  # fmt: skip
+    rates = [row["learning_rate"] for row in train(cfg, tmp_path / "run", **QUIET).history]
+    assert len(rates) >= 2 and rates[0] < 1.0
+    assert all(b <= a for a, b in itertools.pairwise(rates))
+    assert rates[-1] < 0.05  # the cosine's end: the budget is spent
+    written = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    column = written[0].split(",").index("learning_rate")
+    assert [float(line.split(",")[column]) for line in written[1:]] == pytest.approx(rates, rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,8 @@ class TimeBudget:
 
     def start_epoch_lr(self) -> float:
         """Assign the running epoch's learning rate (annealed with ``train.anneal =
-        "budget"``) and return the scheduled one, which the history records."""
+        "budget"``) and return the scheduled one. The history records ``assigned_lr`` at
+        the epoch's end: the same rate without annealing, the cosine's value with it."""
         lr = self.learning_rate()
         self.optimizer.learning_rate.assign(lr)
         self.assigned_lr = self.epoch_lr = lr

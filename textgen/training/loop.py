@@ -201,6 +201,7 @@ class Trainer(TimeBudget):
             reporter.epoch_start(state.epoch, state.step)
             lr, first_step = self.start_epoch_lr(), state.step
             out_of_time = self._train_steps(stream, steps, reporter, signals)
+            lr = self.assigned_lr  # the rate at the epoch's end (train.anneal moves it)
             row = self._end_epoch(lr, first_step, steps)
             reporter.epoch_end(state.epoch, row)
             self.scalars.write(
