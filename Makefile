@@ -75,7 +75,7 @@ bench-ko: install  ## Korean levels (word, char, jamo, subword, morpheme), 3 min
 bench-prepare: install  ## textgen prepare on a 200 MB corpus: MB/s, peak RSS, training RSS
 	$(BIN)/python bench/prepare.py
 
-bench-reg: install  ## each regularization / schedule key against the ptb-small base (~35 min)
+bench-reg: install  ## each regularization / schedule key and each AWD-LSTM regularizer against the ptb-small base (~50 min)
 	$(BIN)/python bench/regularization.py
 
 bench-export: install  ## SavedModel and LiteRT exports: sizes, times, greedy equality, LiteRT step vs numpy (~2 min)
