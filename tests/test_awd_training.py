@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from textgen import rundir
 from textgen._tf import tensorflow
+from textgen.plot import read_history
 from textgen.training.averaging import Averager, nonmono_triggered
 from textgen.training.loop import train
 from textgen.training.signals import Interrupted
@@ -269,9 +270,8 @@ def test_the_history_records_the_annealed_rate(tmp_path, monkeypatch):
     assert len(rates) >= 2 and rates[0] < 1.0
     assert all(b <= a for a, b in itertools.pairwise(rates))
     assert rates[-1] < 0.05  # the cosine's end: the budget is spent
-    written = (tmp_path / "run" / "history.csv").read_text().splitlines()
-    column = written[0].split(",").index("learning_rate")
-    assert [float(line.split(",")[column]) for line in written[1:]] == pytest.approx(rates, rel=1e-5)
+    written = [row["learning_rate"] for row in read_history(tmp_path / "run")]
+    assert written == pytest.approx(rates, rel=1e-5)
 
 
 @pytest.mark.parametrize(

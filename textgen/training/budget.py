@@ -35,16 +35,15 @@ class TimeBudget:
         """The scheduled learning rate of the epoch the state stands at."""
         return scheduled_learning_rate(self.config.train, self.state.epoch, self.state.lr_scale)
 
-    def start_epoch_lr(self) -> float:
-        """Assign the running epoch's learning rate (annealed with ``train.anneal =
-        "budget"``) and return the scheduled one. The history records ``assigned_lr`` at
-        the epoch's end: the same rate without annealing, the cosine's value with it."""
+    def start_epoch_lr(self) -> None:
+        """Assign the running epoch's scheduled learning rate (annealed with
+        ``train.anneal = "budget"``). The history records ``assigned_lr`` at the epoch's
+        end: the scheduled rate without annealing, the cosine's value with it."""
         lr = self.learning_rate()
         self.optimizer.learning_rate.assign(lr)
         self.assigned_lr = self.epoch_lr = lr
         if self.config.train.anneal == "budget":
             self.anneal()
-        return lr
 
     def start_segment(self) -> None:
         """The steps of an epoch begin: the clock runs."""

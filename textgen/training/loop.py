@@ -199,7 +199,8 @@ class Trainer(TimeBudget):
         out_of_time = False
         while state.epoch <= cfg.epochs and not out_of_time:
             reporter.epoch_start(state.epoch, state.step)
-            lr, first_step = self.start_epoch_lr(), state.step
+            self.start_epoch_lr()
+            first_step = state.step
             out_of_time = self._train_steps(stream, steps, reporter, signals)
             lr = self.assigned_lr  # the rate at the epoch's end (train.anneal moves it)
             row = self._end_epoch(lr, first_step, steps)
