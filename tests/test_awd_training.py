@@ -54,6 +54,38 @@ def test_penalties_are_means_over_real_positions_only(batch, time, units, seed):
     assert again == pytest.approx([ar_sum, ar_n, tar_sum, tar_n], rel=1e-5, abs=1e-6)
 
 
+@settings(max_examples=10, deadline=None)
+@given(batch=st.integers(1, 3), time=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_penalties_time_major_and_compiled_agree_with_batch_major(batch, time, seed):
+    """The bf16 step's form of the sums (time-major outputs, one XLA computation) gives
+    the sums and the gradients of the plain batch-major form."""
+    tf = tensorflow()
+    rng = np.random.default_rng(seed)
+    raw = tf.constant(rng.standard_normal((batch, time, 3)).astype(np.float32))
+    dropped = tf.constant(rng.standard_normal((batch, time, 3)).astype(np.float32))
+    mask = np.ones((batch, time), np.float32)
+    mask[0, : rng.integers(0, time + 1)] = 0.0
+    weights = tf.constant([2.0, 1.0, 3.0, 0.5])
+
+    def sums_and_grads(time_axis: int, compiled: bool):
+        r, d = (tf.transpose(v, [1, 0, 2]) if time_axis == 0 else v for v in (raw, dropped))
+        with tf.GradientTape() as tape:
+            tape.watch([r, d])
+            sums = activation_penalties(r, d, mask, time_axis=time_axis, compiled=compiled)
+            scalar = tf.reduce_sum(tf.stack(sums) * weights)
+        grads = tape.gradient(scalar, [r, d])
+        if time_axis == 0:
+            grads = [tf.transpose(g, [1, 0, 2]) for g in grads]
+        return [float(v) for v in sums], [np.asarray(g) for g in grads]
+
+    want_sums, want_grads = sums_and_grads(1, False)
+    for time_axis, compiled in ((0, False), (0, True), (1, True)):
+        sums, grads = sums_and_grads(time_axis, compiled)
+        assert sums == pytest.approx(want_sums, rel=1e-5, abs=1e-6)
+        for got, want in zip(grads, want_grads, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def _trainer(corpus: Path, tmp_path: Path, **train_keys):
     from textgen.training import loop
 

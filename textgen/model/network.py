@@ -203,7 +203,10 @@ def training_forward(
 
     ``hidden=True`` also returns the last recurrent layer's outputs before (``raw``) and
     after (``dropped``) the output dropout, both (batch, time, units) float32: what
-    activation regularization (AR) and temporal AR (TAR) penalise. Logits are float32.
+    activation regularization (AR) and temporal AR (TAR) penalise. ``hidden="native"``
+    returns them in the layers' own layout instead, time-major for LSTM layers (the
+    function's attribute ``hidden_time_axis`` says which axis is time), which spares the
+    training step two transposes. Logits are float32.
     """
     from textgen._tf import tensorflow
     from textgen.model.fastrnn import lstm_layer
@@ -238,7 +241,7 @@ def training_forward(
         return regularizers.locked_dropout(x, layer.rate, layer.seed_generator, time_axis=time_axis)
 
     def forward(
-        ids: Any, training: bool, state: list[Any] | None = None, *, hidden: bool = False
+        ids: Any, training: bool, state: list[Any] | None = None, *, hidden: bool | str = False
     ) -> tuple[Any, ...]:
         # LSTM layers work time-major (time, batch, features); Keras layers batch-major
         table = embedding.embeddings
@@ -277,9 +280,12 @@ def training_forward(
             logits = _widen_add_bias()(logits, tf.convert_to_tensor(dense.bias), lstm)
         if not hidden:
             return logits, new_state
+        if hidden == "native":  # the layers' own layout (forward.hidden_time_axis)
+            return logits, new_state, (tf.cast(raw, tf.float32), tf.cast(x, tf.float32))
         floats = (tf.cast(batch_major(raw), tf.float32), tf.cast(batch_major(x), tf.float32))
         return logits, new_state, floats
 
+    forward.hidden_time_axis = 0 if lstm else 1  # of hidden="native"'s outputs
     return forward
 
 

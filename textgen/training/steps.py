@@ -33,22 +33,56 @@ def clip_by_global_norm(grads: list[Any], clipnorm: float) -> list[Any]:
     return clipped
 
 
-def activation_penalties(raw: Any, dropped: Any, mask: Any) -> tuple[Any, Any, Any, Any]:
+def activation_penalties(
+    raw: Any, dropped: Any, mask: Any, *, time_axis: int = 1, compiled: bool = False
+) -> tuple[Any, Any, Any, Any]:
     """The sums AR and TAR (Merity et al. 2017) are made of, padding masked out.
 
     ``raw`` and ``dropped`` are the last recurrent layer's outputs before and after the
-    output dropout, (batch, time, units); ``mask`` (batch, time) is 1 where a token is
-    real. Returns (sum of ``dropped``², the number of its real entries, sum of
-    ``(raw[t] - raw[t-1])``² over pairs of real neighbours, the number of those entries):
-    AR is ``ar * first / second`` and TAR ``tar * third / fourth``, means over every unit
-    of every real position. Sums rather than means, so that replicas can add theirs up.
+    output dropout, (batch, time, units), or (time, batch, units) with ``time_axis`` 0 (the
+    LSTM layers' own layout, which spares the step two transposes); ``mask`` (batch, time)
+    is 1 where a token is real. Returns (sum of ``dropped``², the number of its real
+    entries, sum of ``(raw[t] - raw[t-1])``² over pairs of real neighbours, the number of
+    those entries): AR is ``ar * first / second`` and TAR ``tar * third / fourth``, means
+    over every unit of every real position. Sums rather than means, so that replicas can
+    add theirs up.
+
+    ``compiled`` runs the sums as their own XLA computation, forward and backward: for a
+    step that is not XLA-compiled as a whole (the bf16 step), where each of their passes
+    over the (time, batch, units) outputs would be a separate TensorFlow kernel. Inside an
+    XLA-compiled step it changes nothing.
     """
+    if time_axis not in (0, 1):
+        raise ValueError(f"time_axis must be 0 or 1, got {time_axis}")
+    if compiled:
+        key = f"penalties_{time_axis}"
+        if key not in _COMPILED:
+            tf = tensorflow()
+            _COMPILED[key] = tf.function(
+                lambda r, d, m: _penalty_sums(r, d, m, time_axis), jit_compile=True
+            )
+        return _COMPILED[key](raw, dropped, mask)
+    return _penalty_sums(raw, dropped, mask, time_axis)
+
+
+_COMPILED: dict[str, Any] = {}  # activation_penalties' XLA computations, one per layout
+
+
+def _penalty_sums(raw: Any, dropped: Any, mask: Any, time_axis: int) -> tuple[Any, Any, Any, Any]:
+    """:func:`activation_penalties`' four values, uncompiled."""
     tf = tensorflow()
     units = tf.cast(tf.shape(raw)[-1], tf.float32)
     mask = tf.cast(mask, tf.float32)
+    if time_axis == 0:  # the outputs are time-major: so is the mask
+        mask = tf.transpose(mask)
     ar_sum = tf.reduce_sum(tf.square(dropped) * mask[:, :, None])
-    pairs = mask[:, 1:] * mask[:, :-1]  # both neighbours real
-    tar_sum = tf.reduce_sum(tf.square(raw[:, 1:] - raw[:, :-1]) * pairs[:, :, None])
+    if time_axis == 0:
+        pairs = mask[1:] * mask[:-1]  # both neighbours real
+        step = raw[1:] - raw[:-1]
+    else:
+        pairs = mask[:, 1:] * mask[:, :-1]
+        step = raw[:, 1:] - raw[:, :-1]
+    tar_sum = tf.reduce_sum(tf.square(step) * pairs[:, :, None])
     return ar_sum, tf.reduce_sum(mask) * units, tar_sum, tf.reduce_sum(pairs) * units
 
 
@@ -109,14 +143,17 @@ class Steps:
             if penalties is None:
                 logits, new = forward(x, training, layers)
             else:
-                logits, new, (raw, dropped) = forward(x, training, layers, hidden=True)
+                logits, new, (raw, dropped) = forward(x, training, layers, hidden="native")
             if pieces:
                 ce = token_cross_entropy(y, logits, compiled=True)
             else:
                 ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
             mask = tf.cast(tf.not_equal(x, 0), ce.dtype)  # padding predicts nothing
             if penalties is not None:
-                penalties.extend(activation_penalties(raw, dropped, mask))
+                time_axis = getattr(forward, "hidden_time_axis", 1)  # "native": its layout
+                penalties.extend(
+                    activation_penalties(raw, dropped, mask, time_axis=time_axis, compiled=pieces)
+                )
             new_state = tf.stack([tf.stack(pair) for pair in new]) if carry else state
             return tf.reduce_sum(ce * mask), tf.reduce_sum(mask), new_state
 
