@@ -49,6 +49,23 @@ def test_hidden_outputs_are_the_last_layers_before_and_after_output_dropout(cell
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(logits))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_native_hidden_outputs_are_the_same_in_the_layers_layout(cell):
+    """``hidden="native"`` (what the training step asks for) returns the outputs of
+    ``hidden=True`` in the layers' own layout, the time axis ``hidden_time_axis`` says."""
+    cfg, model = tiny(cell)
+    forward = training_forward(model, cfg, mask_padding=False)
+    x = ids()
+    _, _, batch_major = forward(x, False, hidden=True)
+    _, _, native = forward(x, False, hidden="native")
+    assert forward.hidden_time_axis == (0 if cell == "lstm" else 1)
+    for got, want in zip(native, batch_major, strict=True):
+        got = np.asarray(got)
+        if forward.hidden_time_axis == 0:
+            got = got.transpose(1, 0, 2)
+        np.testing.assert_array_equal(got, np.asarray(want))
+
+
 def test_hidden_outputs_carry_the_state_too():
     cfg, model = tiny()
     forward = training_forward(model, cfg, mask_padding=False)

@@ -115,6 +115,32 @@ def test_ar_and_tar_change_the_step_but_not_the_reported_loss(tmp_path):
         assert moved > 1e-6, f"{key} did not change the update"
 
 
+def test_the_bf16_step_with_ar_and_tar_keeps_its_loss_and_changes_its_update(tmp_path):
+    """The bf16 step (AR/TAR's sums compiled on their own, over time-major outputs):
+    the reported loss is the cross-entropy, the update differs from the plain step's and
+    is close to the float32 step's with the same penalties (SGD: the update is the
+    gradient, which bf16 rounds; Adam's first step is its sign)."""
+    corpus = corpus_file(tmp_path)
+    x, y = _trainer(corpus, tmp_path).prepared.train.rows(np.arange(8))
+    results = {}
+    for precision, ar in (("bfloat16", 0.0), ("bfloat16", 2.0), ("float32", 2.0)):
+        run = _trainer(
+            corpus, tmp_path, ar=ar, tar=ar / 2, precision=precision, optimizer="sgd",
+            learning_rate=1.0,
+        )  # fmt: skip
+        before = [np.asarray(v) for v in run.model.trainable_variables]
+        total, _, finite, _ = run.steps.train_step(x, y, run.carry)
+        assert bool(finite)
+        after = [np.asarray(v) for v in run.model.trainable_variables]
+        results[precision, ar] = float(total), [a - b for a, b in zip(after, before, strict=True)]
+    (plain, plain_delta), (reg, reg_delta) = results["bfloat16", 0.0], results["bfloat16", 2.0]
+    assert reg == plain  # the cross-entropy before the step
+    assert max(float(np.abs(a - b).max()) for a, b in zip(reg_delta, plain_delta, strict=True)) > 0
+    _, f32_delta = results["float32", 2.0]
+    for a, b in zip(reg_delta, f32_delta, strict=True):  # bf16 keeps 8 bits of mantissa
+        assert np.abs(a - b).max() <= 0.05 * np.abs(b).max() + 1e-6
+
+
 def test_ar_pulls_the_outputs_towards_zero(tmp_path):
     """The gradient of the AR term alone shrinks the last layer's activations."""
     from textgen.model.network import training_forward

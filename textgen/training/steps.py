@@ -100,7 +100,9 @@ class Steps:
     ``optimizer.apply`` in one XLA computation instead of some ten kernels per variable).
     Measured on the word 2x200 model at batch 64, load 7-8: 1.19x → 1.43x float32's step.
     A float32 step, compiled or not, and any step under a strategy are built as before, so
-    their values do not change.
+    their values do not change, except that AR/TAR's sums of every step run over the LSTM
+    layers' time-major outputs (no transposes), which can change the sums' last bits; in
+    the bf16 step the sums are a third compiled piece (:func:`activation_penalties`).
     """
 
     def __init__(
