@@ -6,6 +6,9 @@ weights: speed does not depend on what they say). Each arm runs the same loop,
 
 * ``textgen`` : :meth:`textgen.decoding.numpy_lm.NumpyLM.step`, with numpy's OpenBLAS on
   1 thread and on 2 (switched at run time with ``set_blas_threads``);
+* ``textgen native`` : the same model's compiled multi-core step
+  (:meth:`~textgen.decoding.numpy_lm.NumpyLM.use_native`, numba's threads, one per core),
+  where numba is installed; its logits must match LiteRT's to 1e-4 too;
 * ``before``  : with ``--baseline FILE``, the ``NumpyLM`` of another copy of
   ``numpy_lm.py`` (e.g. ``git show HEAD~3:textgen/decoding/numpy_lm.py > /tmp/old.py``)
   on 1 thread, so a change is measured against what it replaced in the same run;
@@ -172,6 +175,12 @@ def main() -> None:
     threads = [1, 2] if default is not None else [None]
     for t in threads:
         arms[f"textgen, BLAS {t or 'default'}"] = (lambda b: numpy_steps(lm, b, args.steps), t)
+    fast = NumpyLM.from_arrays(arrays)
+    if fast.use_native():
+        fast.step(np.zeros(1, np.int64), fast.initial_state(1))  # compiled before the rounds
+        worst = max(worst, *(check_litert(step, fast) for step in litert.values()))
+        assert worst < 1e-4, f"LiteRT and the native step disagree: logits differ by {worst}"
+        arms["textgen native"] = (lambda b: numpy_steps(fast, b, args.steps), 1)
     if args.baseline is not None:
         old = load_baseline(args.baseline, arrays)
         arms["before, BLAS 1"] = (lambda b: numpy_steps(old, b, args.steps), 1)

@@ -75,6 +75,14 @@ from textgen.cli.common import _friendly, main
     help="Threads of numpy's BLAS (0: its default). One leaves the other cores to the "
     "server's own threads.",
 )
+@click.option(
+    "--native/--no-native",
+    default=False,
+    show_default=True,
+    help="Decode LSTM runs with the compiled step split across the cores (needs numba, "
+    "in the serve extra): several times the numpy step's rate at batch 1. Its first "
+    "start compiles it (about 25 s; cached after that).",
+)
 @_friendly
 def serve(
     models: tuple[str, ...],
@@ -88,6 +96,7 @@ def serve(
     cors_origins: tuple[str, ...],
     shutdown_timeout: float,
     blas_threads: int,
+    native: bool,
 ) -> None:
     """Serve trained runs over HTTP in the OpenAI completions API, with a web page.
 
@@ -100,6 +109,7 @@ def serve(
     \b
     Examples:
       textgen serve --model runs/ko-toy
+      textgen serve --model runs/shakespeare --native
       curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
           -d '{"prompt": "경마장에", "max_tokens": 20, "temperature": 0}'
     """
@@ -153,6 +163,7 @@ def serve(
         max_waiting=max_waiting,
         max_body_bytes=max_body_bytes,
         cors_origins=list(cors_origins),
+        native=native,
     )
     failure: list[str] = []
     server = None
@@ -163,7 +174,7 @@ def serve(
             server.should_exit = True
 
     app = create_app(
-        {name: partial(load_run, path) for name, path in paths.items()},
+        {name: partial(load_run, path, native=native) for name, path in paths.items()},
         settings,
         on_load_error=load_failed,
     )

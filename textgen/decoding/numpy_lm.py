@@ -139,7 +139,26 @@ class NumpyLM:
         self.layers = layers
         self.out_kernel = np.asarray(out_kernel, dtype=np.float32)
         self.out_bias = np.asarray(out_bias, dtype=np.float32)
+        self._native: Any = None  # the compiled step, once use_native() built it
         self._prepare()
+
+    def use_native(self) -> bool:
+        """Take the compiled multi-core step (:mod:`textgen.decoding.native`) from now on,
+        where this model has one: an LSTM with layers of one width and numba installed.
+        Returns whether it does. The step compiles on its first call (cached on disk
+        after that); its numbers are the numpy step's to float32 rounding, so a model's
+        greedy text can differ from the numpy step's where two tokens nearly tie."""
+        from textgen.decoding.native import native_step
+
+        self._native = native_step(
+            self.cell, self.embedding, self.layers, self.out_kernel, self.out_bias, TABLE_LIMIT
+        )
+        return self._native is not None
+
+    @property
+    def native(self) -> bool:
+        """Whether :meth:`step` runs the compiled step (:meth:`use_native`)."""
+        return self._native is not None
 
     def _prepare(self) -> None:
         """Precompute the decoding forms of the weights (see the module docstring)."""
@@ -289,6 +308,8 @@ class NumpyLM:
         if self.cell != "rnn":
             if ids.ndim != 1:
                 raise ValueError(f"step takes one id per sequence, shape (batch,), got {ids.shape}")
+            if self._native is not None:
+                return self._native.step(ids, state)
             return self._gated_step(ids, state)
         new_state: State = []
         x = self._inputs(ids)

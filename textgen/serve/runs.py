@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from textgen.serve.api import ApiError
 from textgen.serve.batcher import Batcher, Job
 from textgen.serve.metrics import Metrics
@@ -41,6 +43,7 @@ class Settings:
     max_waiting: int = 256
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
+    native: bool = False  # decode with the compiled multi-core LSTM step where it applies
 
 
 @dataclass
@@ -52,12 +55,17 @@ class Loaded:
     info: dict[str, Any]
 
 
-def load_run(path: Path) -> Loaded:
-    """Load a run directory (checksums checked, no TensorFlow)."""
+def load_run(path: Path, native: bool = False) -> Loaded:
+    """Load a run directory (checksums checked, no TensorFlow); ``native``: decode with
+    the compiled step (:meth:`textgen.decoding.numpy_lm.NumpyLM.use_native`) where the
+    model has one, compiled here, before the server reports itself ready."""
     from textgen.rundir import load_bundle
 
     bundle = load_bundle(path)
-    return Loaded(bundle.lm, bundle.tokenizer, describe(bundle.lm, bundle.tokenizer))
+    lm = bundle.lm
+    if native and lm.use_native():
+        lm.step(np.zeros(1, np.int64), lm.initial_state(1))  # compile (or load) it now
+    return Loaded(lm, bundle.tokenizer, describe(lm, bundle.tokenizer))
 
 
 def describe(lm: Any, tokenizer: Any) -> dict[str, Any]:
@@ -70,6 +78,7 @@ def describe(lm: Any, tokenizer: Any) -> dict[str, Any]:
         "units": lm.layers[0].units,
         "vocab_size": lm.vocab_size,
         "parameters": params,
+        "step": "native" if getattr(lm, "native", False) else "numpy",
     }
 
 
