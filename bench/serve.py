@@ -22,6 +22,7 @@ functions that spend it.
 
     .venv/bin/python bench/serve.py                      # 1, 8, 32, 64 clients x 200 tokens
     .venv/bin/python bench/serve.py --clients 1 8 --tokens 50
+    .venv/bin/python bench/serve.py --native             # on the compiled step (--native)
     .venv/bin/python bench/serve.py --profile
     .venv/bin/python bench/serve.py --profile-server
 """
@@ -104,9 +105,12 @@ def write_run(folder: Path) -> Path:
     return run
 
 
-def step_rates(batches: list[int], seconds: float = 0.5) -> dict[int, float]:
-    """Tokens/s of the bare batched step (NumpyLM.step + argmax) at each batch size."""
+def step_rates(batches: list[int], seconds: float = 0.5, native: bool = False) -> dict[int, float]:
+    """Tokens/s of the bare batched step (NumpyLM.step + argmax) at each batch size
+    (``native``: the compiled step, ``NumpyLM.use_native``)."""
     lm, _ = model()
+    if native and lm.use_native():
+        lm.step(np.zeros(1, np.int64), lm.initial_state(1))  # compiled before the timing
     out = {}
     for batch in batches:
         state = lm.initial_state(batch)
@@ -173,12 +177,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_server(
-    run: Path, max_batch: int, tokens: int, blas_threads: int
+    run: Path, max_batch: int, tokens: int, blas_threads: int, native: bool = False
 ) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "textgen", "serve", "--model", str(run), "--port", "0",
          "--max-batch", str(max_batch), "--max-tokens-limit", str(tokens),
-         "--blas-threads", str(blas_threads)],
+         "--blas-threads", str(blas_threads), *(["--native"] if native else [])],
         stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     return proc, _wait_ready(proc)
@@ -195,7 +199,7 @@ def _wait_ready(proc: subprocess.Popen) -> int:
         raise SystemExit(f"the server did not start: {line}{proc.stderr.read()}")
     port = int(found.group(1))
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 180  # a first --native start compiles its step
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as r:
@@ -351,6 +355,9 @@ def main() -> None:
     parser.add_argument(
         "--blas-threads", type=int, default=1, help="OpenBLAS threads, here and in the server"
     )
+    parser.add_argument(
+        "--native", action="store_true", help="the server and the bare step on the compiled step"
+    )
     args = parser.parse_args()
     if not 1 <= args.tokens <= 2000 or not all(1 <= c <= 256 for c in args.clients):
         raise SystemExit("--tokens must be in [1, 2000] and --clients in [1, 256]")
@@ -379,10 +386,12 @@ def main() -> None:
     print(f"sgemm GFLOP/s (numpy, 1024^3, by BLAS threads): {shown}; {fpt / 1e6:.2f} MFLOP "
           f"per token; roofline {roof:,.0f} tokens/s; server and bare step with "
           f"{args.blas_threads or 'default'} BLAS threads")  # fmt: skip
-    bare = step_rates(sorted(set(args.clients)))
+    bare = step_rates(sorted(set(args.clients)), native=args.native)
     with tempfile.TemporaryDirectory() as tmp:
         run = write_run(Path(tmp))
-        proc, port = start_server(run, max(args.clients), args.tokens, args.blas_threads)
+        proc, port = start_server(
+            run, max(args.clients), args.tokens, args.blas_threads, native=args.native
+        )
         try:
             asyncio.run(level(port, 2, 10))  # warm up
             print(f"\n{args.tokens} tokens per client, greedy, streamed over loopback\n")

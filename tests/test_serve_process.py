@@ -227,3 +227,30 @@ def test_listening_beyond_loopback_without_a_key_warns(run_dir: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_native_serves_the_same_greedy_text_on_the_compiled_step(run_dir: Path) -> None:
+    """``--native``: /v1/models says the run decodes on the compiled step once it is
+    ready (its first start compiles it: /health is 503 meanwhile), and greedy text is
+    the numpy step's (the two agree to float32 rounding; this model has no near-tie)."""
+    pytest.importorskip("numba", reason="--native needs numba (the serve extra)")
+    cli = CliRunner().invoke(
+        main, ["generate", "--model", str(run_dir), "--seed", "the ", "--length", "60",
+               "--strategy", "greedy"],
+    )  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    proc, url = _start("--model", str(run_dir), "--native")
+    try:
+        deadline = time.monotonic() + 300
+        while httpx.get(url + "/health", timeout=30).status_code != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.1)
+        models = httpx.get(url + "/v1/models", timeout=30).json()["data"]
+        assert [m["step"] for m in models] == ["native"]
+        body = {"prompt": "the ", "max_tokens": 60, "echo": True, "temperature": 0}
+        r = httpx.post(url + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == cli.output[:-1]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
