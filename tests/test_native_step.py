@@ -44,22 +44,27 @@ def random_state(lm: NumpyLM, batch: int, seed: int) -> list[tuple[np.ndarray, n
     ]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    units=st.sampled_from([16, 20, 32, 48]),
+    shape=st.sampled_from([(16, 1), (16, 2), (17, 1), (20, 2), (21, 3), (32, 2), (48, 4)]),
     layers=st.integers(1, 3),
     batch=st.integers(1, 11),
+    vocab=st.sampled_from([7, 23]),
     seed=st.integers(0, 1000),
 )
-def test_native_step_matches_the_numpy_step(units, layers, batch, seed) -> None:
-    plain = lstm(units, layers, seed=seed)
-    fast = lstm(units, layers, seed=seed)
-    assert fast.use_native() and fast.native and not plain.native
+def test_native_step_matches_the_numpy_step(shape, layers, batch, vocab, seed) -> None:
+    """Widths that are not a multiple of 4 (the products' last rows one at a time), units
+    split into 1-4 slices and vocabularies that do not split evenly (padded columns)."""
+    units, parts = shape
+    plain = lstm(units, layers, vocab=vocab, seed=seed)
+    probe = lstm(units, 1)
+    assert probe.use_native() and probe.native and not plain.native
+    fast = NativeLSTM(plain.embedding, plain.layers, plain.out_kernel, plain.out_bias, parts)
     ids = np.random.default_rng(seed).integers(0, plain.vocab_size, batch)
     state = random_state(plain, batch, seed)
     kept = [tuple(p.copy() for p in layer) for layer in state]
     want, want_state = plain.step(ids, state)
-    got, got_state = fast.step(ids, state)
+    got, got_state = fast.step(ids.astype(np.int32), state)
     assert got.shape == want.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     for (h, c), (h2, c2) in zip(got_state, want_state, strict=True):
@@ -121,6 +126,26 @@ def test_models_without_a_native_step_keep_the_numpy_step() -> None:
         assert lm.use_native() is False and lm.native is False
         after, _ = lm.step(np.zeros(2, np.int64), lm.initial_state(2))
         assert np.array_equal(before, after)
+
+
+def test_bad_ids_and_states_are_errors_not_reads_out_of_bounds() -> None:
+    """The compiled code checks no bounds, so the step checks its input first."""
+    lm = lstm(16, 2)
+    assert lm.use_native()
+    state = lm.initial_state(2)
+    with pytest.raises(IndexError, match="vocabulary"):
+        lm.step(np.array([0, lm.vocab_size]), state)
+    with pytest.raises(ValueError, match="integer ids"):
+        lm.step(np.array([0.0, 1.0]), state)
+    with pytest.raises(ValueError, match="state"):
+        lm.step(np.array([0, 1, 2]), state)  # three ids, a state of two rows
+    with pytest.raises(ValueError, match="state"):
+        lm.step(np.array([0, 1]), [(h[:, :8], c[:, :8]) for h, c in state])
+    last, _ = lm.step(np.array([-1, 0]), state)  # negative ids index from the end, as numpy's
+    first, _ = lm.step(np.array([lm.vocab_size - 1, 0]), state)
+    assert np.array_equal(last, first)
+    empty, empty_state = lm.step(np.zeros(0, np.int64), lm.initial_state(0))
+    assert empty.shape == (0, lm.vocab_size) and empty_state[1][0].shape == (0, 16)
 
 
 def test_default_parts() -> None:

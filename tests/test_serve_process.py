@@ -243,7 +243,9 @@ def test_native_serves_the_same_greedy_text_on_the_compiled_step(run_dir: Path) 
     try:
         deadline = time.monotonic() + 300
         while httpx.get(url + "/health", timeout=30).status_code != 200:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"not ready: {proc.stderr.read()}")
             time.sleep(0.1)
         models = httpx.get(url + "/v1/models", timeout=30).json()["data"]
         assert [m["step"] for m in models] == ["native"]

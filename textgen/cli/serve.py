@@ -80,8 +80,8 @@ from textgen.cli.common import _friendly, main
     default=False,
     show_default=True,
     help="Decode LSTM runs with the compiled step split across the cores (needs numba, "
-    "in the serve extra): several times the numpy step's rate at batch 1. Its first "
-    "start compiles it (about 25 s; cached after that).",
+    "in the serve extra): about twice the numpy step's rate at batch 1, faster for a few "
+    "streams, slower at 32 on 2 cores. Its first start compiles it (about 25 s; cached).",
 )
 @_friendly
 def serve(
@@ -170,7 +170,6 @@ def serve(
         max_waiting=max_waiting,
         max_body_bytes=max_body_bytes,
         cors_origins=list(cors_origins),
-        native=native,
     )
     failure: list[str] = []
     server = None

@@ -144,10 +144,11 @@ class NumpyLM:
 
     def use_native(self) -> bool:
         """Take the compiled multi-core step (:mod:`textgen.decoding.native`) from now on,
-        where this model has one: an LSTM with layers of one width and numba installed.
-        Returns whether it does. The step compiles on its first call (cached on disk
-        after that); its numbers are the numpy step's to float32 rounding, so a model's
-        greedy text can differ from the numpy step's where two tokens nearly tie."""
+        where this model has one: an LSTM with layers of one width, a first-layer table
+        within :data:`TABLE_LIMIT`, and numba installed. Returns whether it does. The
+        step compiles here (about 25 s the first time, then loaded from numba's disk
+        cache); its numbers are the numpy step's to float32 rounding, so a model's greedy
+        text can differ from the numpy step's where two tokens nearly tie."""
         from textgen.decoding.native import native_step
 
         self._native = native_step(

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-import numpy as np
 
 from textgen.serve.api import ApiError
 from textgen.serve.batcher import Batcher, Job
@@ -43,7 +42,6 @@ class Settings:
     max_waiting: int = 256
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
-    native: bool = False  # decode with the compiled multi-core LSTM step where it applies
 
 
 @dataclass
@@ -63,8 +61,9 @@ def load_run(path: Path, native: bool = False) -> Loaded:
 
     bundle = load_bundle(path)
     lm = bundle.lm
-    if native and lm.use_native():
-        lm.step(np.zeros(1, np.int64), lm.initial_state(1))  # compile (or load) it now
+    if native and not lm.use_native():  # compiled (or loaded from the cache) here
+        print(f"{path.name}: no compiled step for this model (its cell, its layers' widths,"
+              " its vocabulary or no numba); it decodes on numpy", file=sys.stderr)  # fmt: skip
     return Loaded(lm, bundle.tokenizer, describe(lm, bundle.tokenizer))
 
 
