@@ -155,7 +155,8 @@ class NativeLSTM:
             raise ValueError(
                 f"step takes integer ids of shape (batch,), got {ids.dtype} {ids.shape}"
             )
-        if batch and not -self.vocab <= int(ids.min()) <= int(ids.max()) < self.vocab:
+        low = int(ids.min()) if batch else 0
+        if batch and not -self.vocab <= low <= int(ids.max()) < self.vocab:
             raise IndexError(f"a token id outside the vocabulary of {self.vocab}")
         hs = np.stack([s[0] for s in state]).astype(np.float32, copy=False)  # (layers, B, U)
         cs = np.stack([s[1] for s in state]).astype(np.float32, copy=False)
@@ -163,7 +164,8 @@ class NativeLSTM:
         if hs.shape != shape or cs.shape != shape:  # the compiled code checks no bounds
             raise ValueError(f"a state of (h, c) shaped {shape[1:]} for {shape[0]} layers, "
                              f"got {hs.shape} and {cs.shape}")  # fmt: skip
-        ids = np.where(ids < 0, ids + self.vocab, ids)  # numpy's negative indices
+        if low < 0:
+            ids = np.where(ids < 0, ids + self.vocab, ids)  # numpy's negative indices
         new = np.empty((2, len(state), batch, self.units), np.float32)  # new h and c
         logits = np.empty((batch, self.vocab), np.float32)
         gates = self.recurrent.shape[-1]
