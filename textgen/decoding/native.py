@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from textgen.decoding.gated import GATE_MAJOR
-from textgen.model.lstm import gate_block, gate_scale
+from textgen.decoding.gated import gate_major
+from textgen.machine import cores as machine_cores
+from textgen.model.lstm import gate_scale
 
 MAX_PARTS = 8  # most slices a layer's units are split into
 
@@ -84,7 +85,7 @@ def default_parts(units: int, cores: int | None = None) -> int:
     """How many slices to split ``units`` into: one per core (at most :data:`MAX_PARTS`),
     fewer where ``units`` does not divide evenly or a slice would be under 16 units."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        cores = machine_cores()
     for parts in range(max(1, min(cores, MAX_PARTS)), 0, -1):
         if units % parts == 0 and (units // parts >= 16 or parts == 1):
             return parts
@@ -93,18 +94,13 @@ def default_parts(units: int, cores: int | None = None) -> int:
 
 def _slices(a: np.ndarray, units: int, parts: int) -> np.ndarray:
     """The columns of ``a`` (..., 4·units) regrouped as ``(parts, ..., 4·chunk)``: part
-    ``t`` holds the gates :data:`GATE_MAJOR` of units ``t·chunk .. (t+1)·chunk``."""
+    ``t`` holds the gates ``gated.GATE_MAJOR`` of units ``t·chunk .. (t+1)·chunk``
+    (:func:`~textgen.decoding.gated.gate_major`'s stack, cut into ``parts``)."""
     chunk = units // parts
-    gates = [a[..., gate_block(g, units)] for g in GATE_MAJOR]
-    return np.ascontiguousarray(
-        np.stack(
-            [
-                np.concatenate([g[..., t * chunk : (t + 1) * chunk] for g in gates], axis=-1)
-                for t in range(parts)
-            ]
-        ),
-        dtype=np.float32,
-    )
+    stacked = gate_major(a, units)  # (4, ..., units)
+    cut = stacked.reshape(*stacked.shape[:-1], parts, chunk)  # (4, ..., parts, chunk)
+    moved = np.moveaxis(np.moveaxis(cut, -2, 0), 1, -2)  # (parts, ..., 4, chunk)
+    return np.ascontiguousarray(moved.reshape(*moved.shape[:-2], 4 * chunk), dtype=np.float32)
 
 
 class NativeLSTM:
