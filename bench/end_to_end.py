@@ -38,18 +38,16 @@ from textgen import config as config_mod  # noqa: E402
 from textgen.machine import machine_line  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+CHAR_CONFIG = ROOT / "configs" / "shakespeare-char.toml"  # the first-step timings' model
 
 
 def config_for(args: argparse.Namespace, corpus: Path) -> config_mod.Config:
-    """configs/shakespeare-char.toml at ``--batch``, over ``corpus``, ``--epochs`` epochs."""
-    cfg = config_mod.load(ROOT / "configs" / "shakespeare-char.toml")
+    """``--config`` (configs/shakespeare-char.toml) over ``corpus``, ``--epochs`` epochs,
+    at ``--batch`` when given (the config's own batch size otherwise)."""
+    cfg = config_mod.load(args.config)
+    batch = [f"train.batch_size={args.batch}"] if args.batch else []
     return cfg.with_overrides(
-        [
-            f'data.corpus="{corpus}"',
-            f"train.batch_size={args.batch}",
-            f"train.epochs={args.epochs}",
-            *args.set,
-        ]
+        [f'data.corpus="{corpus}"', *batch, f"train.epochs={args.epochs}", *args.set]
     )
 
 
@@ -248,7 +246,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=DATA)
     parser.add_argument("--chars", type=int, default=0, help="use the first N characters")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--config", type=Path, default=CHAR_CONFIG)
+    parser.add_argument("--batch", type=int, default=64, help="0: the config's own")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--steps", type=int, default=30, help="harness steps per timing")
     parser.add_argument("--warmup", type=int, default=5)
@@ -270,7 +269,8 @@ def main() -> None:
         os.environ.setdefault("TEXTGEN_CACHE", str(Path(tmp) / "cache"))
         cfg = config_for(args, corpus)
         print(machine_line())
-        print(f"config: configs/shakespeare-char.toml, batch {args.batch}, {args.epochs} epochs")
+        name = args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
+        print(f"config: {name}, batch {cfg.train.batch_size}, {args.epochs} epochs")
         prepared = prepare(cfg.data)
         tokens = prepared.train.num_tokens
         print(f"corpus: {corpus.name}, {tokens:,} training tokens per epoch")
@@ -279,8 +279,11 @@ def main() -> None:
         e2e = end_to_end(cfg, profile)
         after = harness_rate(cfg, prepared, args.steps, args.warmup)
         harness = statistics.mean([before, after])
-        first = None if args.no_first_step else time_to_first_step(corpus, args.batch)
-        torch_first = None if args.no_first_step else torch_first_step(corpus, args.batch)
+        # the first-step timings (and their PyTorch twin) are of the char model only
+        timed_first = not args.no_first_step and args.config.resolve() == CHAR_CONFIG
+        batch = cfg.train.batch_size
+        first = time_to_first_step(corpus, batch) if timed_first else None
+        torch_first = torch_first_step(corpus, batch) if timed_first else None
         # a cold tokenizer cache above; the corpus' ids are cached for the next command
     spread = f"before {before:,.0f}, after {after:,.0f}"
     print(f"harness step rate     {harness:>9,.0f} tokens/s ({spread})")
