@@ -15,6 +15,8 @@ first step returns.
 
     .venv/bin/python bench/end_to_end.py                       # shakespeare-char, batch 64
     .venv/bin/python bench/end_to_end.py --chars 300000 --epochs 2 --profile
+    .venv/bin/python bench/end_to_end.py --config configs/ptb-best-cpu.toml --batch 0 \
+        --corpus ../shared/data/ptb/ptb.train.txt --chars 1500000 --epochs 2 --profile
 """
 
 from __future__ import annotations
