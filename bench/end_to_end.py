@@ -186,7 +186,7 @@ def time_to_first_step(corpus: Path, batch: int) -> tuple[float, list[tuple[str,
     with tempfile.TemporaryDirectory() as tmp:
         code = FIRST_STEP.format(
             root=str(ROOT),
-            config=str(ROOT / "configs" / "shakespeare-char.toml"),
+            config=str(CHAR_CONFIG),
             corpus=str(corpus),
             out=str(Path(tmp) / "run"),
             batch=batch,
@@ -300,6 +300,8 @@ def main() -> None:
         f"  over the whole call {e2e['tokens_over_wall']:>9,.0f} tokens/s "
         f"({e2e['wall']:.1f} s, preparing and building included) = {over_wall:.2f}x"
     )
+    if first is None and not args.no_first_step:
+        print(f"command to first step: timed for {CHAR_CONFIG.relative_to(ROOT)} only")
     if first is not None:
         seconds, stages = first
         print(f"command to first step {seconds:.1f} s (a fresh process; stages end at:)")
