@@ -73,3 +73,28 @@ def test_a_user_named_xla_cache_is_left_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == env["TF_XLA_FLAGS"]
     assert not (tmp_path / "cache" / "xla").exists()
+
+
+def test_tensorflow_loads_without_matplotlib_which_stays_importable_after():
+    """Keras' plotting helpers would import matplotlib.pyplot (about half a second) on
+    every start; textgen hides it during the import, and ``textgen plot`` still finds it."""
+    pytest.importorskip("matplotlib")
+    code = (
+        "import sys\nfrom textgen._tf import keras, tensorflow\ntensorflow()\nkeras()\n"
+        "print('matplotlib' in sys.modules, 'matplotlib.pyplot' in sys.modules)\n"
+        "import matplotlib.pyplot\nprint(matplotlib.pyplot.__name__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["False False", "matplotlib.pyplot"]
+
+
+def test_a_matplotlib_imported_before_tensorflow_is_left_alone():
+    pytest.importorskip("matplotlib")
+    code = (
+        "import sys, matplotlib\nfrom textgen._tf import tensorflow\ntensorflow()\n"
+        "print(sys.modules['matplotlib'] is matplotlib)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
