@@ -144,8 +144,8 @@ def _recurrence(
     if low != dtype:
         # a reduced-precision step is not XLA-compiled as a whole (model/precision.py), so
         # each step's elementwise work would be a dozen small kernels: XLA fuses it into one
-        cell = tf.function(cell, jit_compile=True)
-        cell_grad = tf.function(cell_grad, jit_compile=True)
+        cell = tf.function(cell, jit_compile=True, autograph=False)
+        cell_grad = tf.function(cell_grad, jit_compile=True, autograph=False)
 
     @tf.custom_gradient
     def run(xs: Any, rec: Any) -> Any:

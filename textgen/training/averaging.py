@@ -57,7 +57,7 @@ class Averager:
             tf.Variable(np.asarray(v, dtype=np.float32), trainable=False) for v in values
         ]
 
-        @tf.function(jit_compile=self._jit)
+        @tf.function(jit_compile=self._jit, autograph=False)
         def update(n: Any) -> None:
             for avg, var in zip(self.average, self.variables, strict=True):
                 avg.assign_add((tf.convert_to_tensor(var) - avg) / n)

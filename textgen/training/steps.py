@@ -59,7 +59,7 @@ def activation_penalties(
         if key not in _COMPILED:
             tf = tensorflow()
             _COMPILED[key] = tf.function(
-                lambda r, d, m: _penalty_sums(r, d, m, time_axis), jit_compile=True
+                lambda r, d, m: _penalty_sums(r, d, m, time_axis), jit_compile=True, autograph=False
             )
         return _COMPILED[key](raw, dropped, mask)
     return _penalty_sums(raw, dropped, mask, time_axis)
@@ -134,7 +134,7 @@ class Steps:
                 grads = clip_by_global_norm(grads, clipnorm)
             optimizer.apply(grads, model.trainable_variables)
 
-        compiled_update = tf.function(update, jit_compile=True) if pieces else None
+        compiled_update = tf.function(update, jit_compile=True, autograph=False) if pieces else None
 
         def token_loss(
             x: Any, y: Any, state: Any, training: bool, penalties: list | None = None
@@ -200,11 +200,11 @@ class Steps:
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
             return total, count, finite, new_state
 
-        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit)
+        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit, autograph=False)
         def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
             return descend(x, y, state)
 
-        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit)
+        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit, autograph=False)
         def eval_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any]:
             return token_loss(x, y, state, False)
 
@@ -228,7 +228,7 @@ class Steps:
             total, tokens, finite, _ = descend(x, y, tf.zeros([]), ctx)
             return total, tokens, tf.cast(finite, tf.float32), stop
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def step(xs: Any, ys: Any, stops: Any) -> tuple[Any, Any, Any, Any]:
             total, tokens, finite, stop = strategy.run(replica_step, args=(xs, ys, stops))
             return (
