@@ -15,7 +15,7 @@ Set ``TF_CPU_ALLOCATOR_USE_BFC=false`` to go back to ``malloc``.
 XLA keeps what it compiles in ``$TEXTGEN_CACHE/xla`` (XLA's persistent compilation cache,
 keyed by the computation, so a changed model or textgen never finds a stale entry): the
 second ``textgen train`` of a model finds its compiled step there instead of compiling it
-again (command to first step 11.6 s cold, 8.4 s warm on the benchmark machine). A
+again (its compilation 1.0-1.5 s instead of 2.5-5 s on the benchmark machine, BENCHMARKS.md). A
 ``TF_XLA_FLAGS`` that already names a cache directory is left as it is; delete the folder
 to reclaim its space.
 
