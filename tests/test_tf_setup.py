@@ -98,3 +98,47 @@ def test_a_matplotlib_imported_before_tensorflow_is_left_alone():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
+
+
+def test_every_traced_function_goes_through_textgen_tf_traced():
+    """A bare ``tf.function`` would trace with autograph on: seconds more per first step."""
+    bare = re.compile(r"(@|\b)tf\.function\(|@tf\.function\b")
+    modules = list((ROOT / "textgen").rglob("*.py"))
+    assert any("traced(" in p.read_text() for p in modules if p.name != "_tf.py")
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in modules
+        if p.name != "_tf.py" and bare.search(p.read_text())
+    ]
+    assert offenders == []
+    assert bare.search("step = tf.function(fn)") and bare.search("@tf.function\ndef f")
+
+
+def test_traced_turns_autograph_off_and_passes_other_options():
+    from textgen._tf import tensorflow, traced
+
+    tf = tensorflow()
+
+    def branchy(x):
+        if x > 0:  # Python control flow on a tensor: only autograph could rewrite it
+            return x
+        return -x
+
+    with pytest.raises(tf.errors.OperatorNotAllowedInGraphError):
+        traced(branchy)(tf.constant(1.0))
+
+    @traced(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def double(x):
+        return 2.0 * x
+
+    assert double(tf.constant([1.0, 2.0])).numpy().tolist() == [2.0, 4.0]
+    assert len(double.get_concrete_function().structured_input_signature[0]) == 1
+    with pytest.raises(TypeError):  # the signature is enforced: a rank-2 input is refused
+        double(tf.constant([[1.0]]))
+
+
+def test_traced_refuses_an_autograph_option():
+    from textgen._tf import traced
+
+    with pytest.raises(TypeError, match="autograph"):
+        traced(lambda x: x, autograph=True)

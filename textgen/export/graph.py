@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from textgen._tf import tensorflow
+from textgen._tf import tensorflow, traced
 from textgen.export.step_graph import StepWeights, step_module
 from textgen.text.hangul import STATES, TRANSITION, syllable_mask
 from textgen.text.vocab import EOS, PAD, PAD_ID, UNK, UNK_ID
@@ -320,8 +320,7 @@ def generate_module(arrays: Mapping[str, np.ndarray], tokenizer: Any) -> Any:
     module.graph = graph
     module.tables = graph.tables()  # tracked, so the SavedModel stores them
 
-    @tf.function(
-        autograph=False,
+    @traced(
         input_signature=[
             tf.TensorSpec([], tf.string, name="seed"),
             tf.TensorSpec([], tf.int32, name="max_tokens"),

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from textgen._tf import tensorflow
+from textgen._tf import tensorflow, traced
 from textgen.model.lstm import by_gate
 
 PARTS = {"lstm": 2, "gru": 1, "rnn": 1}  # state tensors per layer: (h, c) or (h,)
@@ -126,8 +126,7 @@ def step_module(arrays: Mapping[str, np.ndarray]) -> Any:
     module.weights = weights
     module.variables_held = weights.variables()  # tracked, so the SavedModel stores them
 
-    @tf.function(
-        autograph=False,
+    @traced(
         input_signature=[
             tf.TensorSpec([None], tf.int32, name="ids"),
             tf.TensorSpec([None, weights.state_size], tf.float32, name="state"),

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from textgen._tf import tensorflow
+from textgen._tf import tensorflow, traced
 from textgen.model.lstm import LSTM_GATES, by_gate, gate_offset, gate_scale, in_gate_order
 
 
@@ -144,8 +144,8 @@ def _recurrence(
     if low != dtype:
         # a reduced-precision step is not XLA-compiled as a whole (model/precision.py), so
         # each step's elementwise work would be a dozen small kernels: XLA fuses it into one
-        cell = tf.function(cell, jit_compile=True, autograph=False)
-        cell_grad = tf.function(cell_grad, jit_compile=True, autograph=False)
+        cell = traced(cell, jit_compile=True)
+        cell_grad = traced(cell_grad, jit_compile=True)
 
     @tf.custom_gradient
     def run(xs: Any, rec: Any) -> Any:

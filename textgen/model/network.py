@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from textgen._tf import keras
+from textgen._tf import keras, traced
 from textgen.config import ModelConfig
 from textgen.model import regularizers
 
@@ -310,7 +310,7 @@ def _widen_add_bias() -> Any:
             out = tf.cast(logits, tf.float32) + bias
             return tf.transpose(out, [1, 0, 2]) if transpose else out
 
-        _COMPILED["widen"] = tf.function(widen, jit_compile=True, autograph=False)
+        _COMPILED["widen"] = traced(widen, jit_compile=True)
     return _COMPILED["widen"]
 
 
@@ -332,5 +332,5 @@ def token_cross_entropy(labels: Any, logits: Any, *, compiled: bool) -> Any:
         def ce(labels: Any, logits: Any) -> Any:
             return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
-        _COMPILED["ce"] = tf.function(ce, jit_compile=True, autograph=False)
+        _COMPILED["ce"] = traced(ce, jit_compile=True)
     return _COMPILED["ce"](labels, logits)

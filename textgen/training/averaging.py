@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from textgen._tf import tensorflow
+from textgen._tf import tensorflow, traced
 
 
 def nonmono_triggered(previous: Sequence[float], score: float, nonmono: int) -> bool:
@@ -57,7 +57,7 @@ class Averager:
             tf.Variable(np.asarray(v, dtype=np.float32), trainable=False) for v in values
         ]
 
-        @tf.function(jit_compile=self._jit, autograph=False)
+        @traced(jit_compile=self._jit)
         def update(n: Any) -> None:
             for avg, var in zip(self.average, self.variables, strict=True):
                 avg.assign_add((tf.convert_to_tensor(var) - avg) / n)

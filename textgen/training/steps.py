@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from textgen._tf import tensorflow
+from textgen._tf import tensorflow, traced
 from textgen.corpus.examples import Examples
 from textgen.model.network import token_cross_entropy
 from textgen.training import distribute
@@ -57,9 +57,8 @@ def activation_penalties(
     if compiled:
         key = f"penalties_{time_axis}"
         if key not in _COMPILED:
-            tf = tensorflow()
-            _COMPILED[key] = tf.function(
-                lambda r, d, m: _penalty_sums(r, d, m, time_axis), jit_compile=True, autograph=False
+            _COMPILED[key] = traced(
+                lambda r, d, m: _penalty_sums(r, d, m, time_axis), jit_compile=True
             )
         return _COMPILED[key](raw, dropped, mask)
     return _penalty_sums(raw, dropped, mask, time_axis)
@@ -134,7 +133,7 @@ class Steps:
                 grads = clip_by_global_norm(grads, clipnorm)
             optimizer.apply(grads, model.trainable_variables)
 
-        compiled_update = tf.function(update, jit_compile=True, autograph=False) if pieces else None
+        compiled_update = traced(update, jit_compile=True) if pieces else None
 
         def token_loss(
             x: Any, y: Any, state: Any, training: bool, penalties: list | None = None
@@ -200,11 +199,11 @@ class Steps:
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
             return total, count, finite, new_state
 
-        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit, autograph=False)
+        @traced(input_signature=[spec, spec, state_spec], jit_compile=jit)
         def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
             return descend(x, y, state)
 
-        @tf.function(input_signature=[spec, spec, state_spec], jit_compile=jit, autograph=False)
+        @traced(input_signature=[spec, spec, state_spec], jit_compile=jit)
         def eval_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any]:
             return token_loss(x, y, state, False)
 
@@ -228,7 +227,7 @@ class Steps:
             total, tokens, finite, _ = descend(x, y, tf.zeros([]), ctx)
             return total, tokens, tf.cast(finite, tf.float32), stop
 
-        @tf.function(reduce_retracing=True, autograph=False)
+        @traced(reduce_retracing=True)
         def step(xs: Any, ys: Any, stops: Any) -> tuple[Any, Any, Any, Any]:
             total, tokens, finite, stop = strategy.run(replica_step, args=(xs, ys, stops))
             return (
