@@ -75,6 +75,21 @@ def test_native_step_matches_the_numpy_step(shape, layers, batch, vocab, seed) -
             assert np.array_equal(p, q)
 
 
+def test_the_fallback_for_lone_rows_matches_the_numpy_step() -> None:
+    """Where a lone row's products would round unlike a block of four's, rows 1-3 of a
+    batch run as short blocks (``rows_agree`` False): the same numbers to rounding."""
+    plain = lstm(21, 2, seed=4)
+    fast = NativeLSTM(plain.embedding, plain.layers, plain.out_kernel, plain.out_bias, 3)
+    fast.rows_agree = False
+    for batch in (1, 3, 6):
+        ids = np.arange(batch) % plain.vocab_size
+        state = random_state(plain, batch, batch)
+        want, want_state = plain.step(ids, state)
+        got, got_state = fast.step(ids, state)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got_state[1][1], want_state[1][1], atol=1e-5, rtol=0)
+
+
 def test_many_steps_track_the_numpy_step() -> None:
     """Fed their own greedy picks for 200 steps, the two steps pick the same tokens."""
     plain, fast = lstm(32, 2, seed=3), lstm(32, 2, seed=3)
@@ -89,13 +104,17 @@ def test_many_steps_track_the_numpy_step() -> None:
         ids = l1.argmax(1)
 
 
-def test_a_row_is_the_same_alone_in_any_batch_and_any_split() -> None:
+@pytest.mark.parametrize("rows_agree", [True, False])
+def test_a_row_is_the_same_alone_in_any_batch_and_any_split(rows_agree: bool) -> None:
     """Bit for bit: row r of a batch of 31 equals r stepped alone, and the units split
-    into 1, 2 or 4 slices give the same numbers (each unit's sums run in one order)."""
+    into 1, 2 or 4 slices give the same numbers (each unit's sums run in one order); with
+    the one-row products (``rows_agree``, as measured here) and with their fallback."""
     lm = lstm(32, 2, seed=5)
     steps = {
         p: NativeLSTM(lm.embedding, lm.layers, lm.out_kernel, lm.out_bias, p) for p in (1, 2, 4)
     }
+    for step in steps.values():
+        step.rows_agree = rows_agree
     ids = np.random.default_rng(0).integers(0, lm.vocab_size, 31)
     state = random_state(lm, 31, 9)
     batch, batch_state = steps[2].step(ids, state)

@@ -13,9 +13,10 @@ output layer.
 **The same numbers as the numpy step, to float32 rounding** (a product's sums run in
 another order, and ``tanh`` is ``native_kernels._tanh``, within 5e-7 of the true one,
 where numpy's is within an ulp): the tests hold logits to 1e-5. **A row's result never
-depends on the other rows** or on the thread count: each row is computed by the same instructions
-whatever the batch (rows are taken four, two or one at a time by kernels whose per-row
-arithmetic is the same expression), and the fast-math flags leave out the two that let
+depends on the other rows** or on the thread count: rows are taken four at a time, the
+rest two or one at a time, by product kernels that keep a row's sums alike (checked for each
+model when it is built, :meth:`NativeLSTM._rows_agree`; where they differ, the remaining
+rows run as blocks of four), and the fast-math flags leave out the two that let
 the compiler pick a different division or function per code path (``arcp``, ``afn``:
 with them, a vectorized loop and its scalar fallback, chosen at run time by the arrays'
 addresses, rounded differently). So a step gives a row the same numbers alone and among 31
@@ -93,14 +94,29 @@ def default_parts(units: int, cores: int | None = None) -> int:
 
 
 def _slices(a: np.ndarray, units: int, parts: int) -> np.ndarray:
-    """The columns of ``a`` (..., 4·units) regrouped as ``(parts, ..., 4·chunk)``: part
+    """The columns of ``a`` (..., 4·units) regrouped as ``(parts, ..., width)``: part
     ``t`` holds the gates ``gated.GATE_MAJOR`` of units ``t·chunk .. (t+1)·chunk``
-    (:func:`~textgen.decoding.gated.gate_major`'s stack, cut into ``parts``)."""
+    (:func:`~textgen.decoding.gated.gate_major`'s stack, cut into ``parts``), then zeros
+    up to ``width``, 4·chunk rounded up to a multiple of 16 (the products' blocks)."""
     chunk = units // parts
     stacked = gate_major(a, units)  # (4, ..., units)
     cut = stacked.reshape(*stacked.shape[:-1], parts, chunk)  # (4, ..., parts, chunk)
     moved = np.moveaxis(np.moveaxis(cut, -2, 0), 1, -2)  # (parts, ..., 4, chunk)
-    return np.ascontiguousarray(moved.reshape(*moved.shape[:-2], 4 * chunk), dtype=np.float32)
+    return _padded(moved.reshape(*moved.shape[:-2], 4 * chunk))
+
+
+def _padded(a: np.ndarray) -> np.ndarray:
+    """``a`` with zero columns added to make its last axis a multiple of 16."""
+    width = -(-a.shape[-1] // 16) * 16
+    out = np.zeros((*a.shape[:-1], width), np.float32)
+    out[..., : a.shape[-1]] = a
+    return out
+
+
+def _transposed(a: np.ndarray) -> np.ndarray:
+    """A product's weights (..., inner, width) as (..., width, inner), which the compiled
+    products read: each output is a dot product over one contiguous row."""
+    return np.ascontiguousarray(np.swapaxes(a, -1, -2))
 
 
 class NativeLSTM:
@@ -125,20 +141,45 @@ class NativeLSTM:
         table = embedding @ (first.kernel * scale)
         table += first.bias * scale
         self.table = _slices(table, units, parts)  # (parts, vocab, 4·chunk)
-        self.recurrent = np.stack([_slices(x.recurrent * scale, units, parts) for x in layers])
+        recurrent = [_slices(x.recurrent * scale, units, parts) for x in layers]
+        self.recurrent = _transposed(np.stack(recurrent))  # (layers, parts, width, units)
         deeper = layers[1:] or layers[:1]  # a 1-layer model passes a placeholder
-        self.kernel = np.stack([_slices(x.kernel * scale, units, parts) for x in deeper])
+        self.kernel = _transposed(
+            np.stack([_slices(x.kernel * scale, units, parts) for x in deeper])
+        )
         self.bias = np.stack([_slices(x.bias * scale, units, parts) for x in deeper])
         vocab = out_kernel.shape[1]
-        width = -(-vocab // parts)
-        padded = np.zeros((units, width * parts), np.float32)
+        share = -(-vocab // parts)  # the logits each part computes
+        padded = np.zeros((units, share * parts), np.float32)
         padded[:, :vocab] = out_kernel
-        bias = np.zeros(width * parts, np.float32)
+        bias = np.zeros(share * parts, np.float32)
         bias[:vocab] = out_bias
-        by_part = padded.reshape(units, parts, width).transpose(1, 0, 2)
-        self.out_kernel = np.ascontiguousarray(by_part)  # (parts, units, width)
-        self.out_bias = np.ascontiguousarray(bias.reshape(parts, width))
+        by_part = _padded(padded.reshape(units, parts, share).transpose(1, 0, 2))
+        self.out_kernel = _transposed(by_part)  # (parts, width, units)
+        self.out_bias = _padded(bias.reshape(parts, share))
         self.units, self.vocab, self.layers = units, vocab, len(layers)
+        self.rows_agree = True
+        self.rows_agree = self._rows_agree()
+
+    def _rows_agree(self) -> bool:
+        """Whether a row gets, bit for bit, the same numbers in a block of four, in a
+        pair and alone (the product kernels' sums vectorized alike, as LLVM did on every
+        CPU measured). Where not, the rows after the blocks of four run as short blocks
+        of four instead: slower at batches that are not a multiple of four, and a row's
+        numbers again independent of the batch."""
+        rng = np.random.default_rng(0)
+        ids = rng.integers(0, self.vocab, 4)
+        state = [
+            tuple(rng.uniform(-1, 1, (4, self.units)).astype(np.float32) for _ in "hc")
+            for _ in range(self.layers)
+        ]
+        together, _ = self.step(ids, state)
+        for first, last in ((0, 2), (2, 4), (0, 1), (1, 2), (3, 4)):
+            rows = slice(first, last)
+            part, _ = self.step(ids[rows], [(h[rows], c[rows]) for h, c in state])
+            if not np.array_equal(part, together[rows]):
+                return False
+        return True
 
     def step(
         self, ids: np.ndarray, state: Sequence[tuple[np.ndarray, np.ndarray]]
@@ -164,11 +205,12 @@ class NativeLSTM:
             ids = np.where(ids < 0, ids + self.vocab, ids)  # numpy's negative indices
         new = np.empty((2, len(state), batch, self.units), np.float32)  # new h and c
         logits = np.empty((batch, self.vocab), np.float32)
-        gates = self.recurrent.shape[-1]
+        gates = self.recurrent.shape[-2]
         scratch = np.empty((self.parts, batch, max(gates, self.out_bias.shape[1])), np.float32)
         _kernel()(
             np.ascontiguousarray(ids, np.int64), self.table, self.kernel, self.bias,
             self.recurrent, self.out_kernel, self.out_bias, hs, cs, new, logits, scratch,
+            self.units // self.parts, self.rows_agree,
         )  # fmt: skip
         return logits, [(new[0, i], new[1, i]) for i in range(len(state))]
 
@@ -188,10 +230,8 @@ def native_step(
         return None
     if embedding.shape[0] * 4 * units > table_limit:
         return None
-    step = NativeLSTM(embedding, layers, out_kernel, out_bias)
-    zeros = np.zeros((1, units), np.float32)
-    try:
-        step.step(np.zeros(1, np.int64), [(zeros, zeros)] * len(layers))
+    try:  # building it compiles the step and runs it (NativeLSTM._rows_agree)
+        step = NativeLSTM(embedding, layers, out_kernel, out_bias)
     except (ImportError, OSError, RuntimeError) as err:  # numba too old, no cache, ...
         import warnings
 
