@@ -188,19 +188,28 @@ class NativeLSTM:
         (batch, vocab) and new ``(h, c)`` arrays (the given ones are not written)."""
         ids = np.asarray(ids)
         batch = ids.shape[0] if ids.ndim == 1 else -1
-        if batch < 0 or not np.issubdtype(ids.dtype, np.integer):
+        if batch < 0 or ids.dtype.kind not in "iu":
             raise ValueError(
                 f"step takes integer ids of shape (batch,), got {ids.dtype} {ids.shape}"
             )
-        low = int(ids.min()) if batch else 0
-        if batch and not -self.vocab <= low <= int(ids.max()) < self.vocab:
+        # a server's batches are small, where Python's min/max of a list beat numpy's
+        values = ids.tolist() if batch <= 256 else None
+        low = (min(values) if values else 0) if values is not None else int(ids.min())
+        high = (max(values) if values else 0) if values is not None else int(ids.max())
+        if batch and not -self.vocab <= low <= high < self.vocab:
             raise IndexError(f"a token id outside the vocabulary of {self.vocab}")
-        hs = np.stack([s[0] for s in state]).astype(np.float32, copy=False)  # (layers, B, U)
-        cs = np.stack([s[1] for s in state]).astype(np.float32, copy=False)
         shape = (self.layers, batch, self.units)
-        if hs.shape != shape or cs.shape != shape:  # the compiled code checks no bounds
+        if len(state) != self.layers or any(
+            np.shape(h) != shape[1:] or np.shape(c) != shape[1:] for h, c in state
+        ):  # the compiled code checks no bounds
+            got = [(np.shape(h), np.shape(c)) for h, c in state]
             raise ValueError(f"a state of (h, c) shaped {shape[1:]} for {shape[0]} layers, "
-                             f"got {hs.shape} and {cs.shape}")  # fmt: skip
+                             f"got {got}")  # fmt: skip
+        hs = np.empty(shape, np.float32)  # (layers, B, U), the given arrays copied in
+        cs = np.empty(shape, np.float32)
+        for i, (h, c) in enumerate(state):
+            hs[i] = h
+            cs[i] = c
         if low < 0:
             ids = np.where(ids < 0, ids + self.vocab, ids)  # numpy's negative indices
         new = np.empty((2, len(state), batch, self.units), np.float32)  # new h and c
