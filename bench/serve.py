@@ -250,10 +250,13 @@ def profile(jobs: int = 32, steps: int = 300) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(12)
 
 
-def profiled_server(run: Path, out: Path, use_profiler: bool) -> None:
+def profiled_server(run: Path, out: Path, use_profiler: bool, native: bool = False) -> None:
     """The child of ``--profile-server``: ``textgen serve``'s app under uvicorn on a free
     port (printed on stderr); with ``use_profiler``, a cProfile of the decoding thread and
-    one of the event loop, written to ``out`` on SIGTERM."""
+    one of the event loop, written to ``out`` on SIGTERM; ``native``: on the compiled
+    step, with the OpenMP wait policy ``textgen serve --native`` sets."""
+    if native:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import cProfile
 
     from textgen.serve import blas
@@ -278,7 +281,7 @@ def profiled_server(run: Path, out: Path, use_profiler: bool) -> None:
                 prof.disable()
 
     Batcher._loop = loop  # type: ignore[method-assign]
-    app = create_app({"char-2x256": lambda: load_run(run)})
+    app = create_app({"char-2x256": lambda: load_run(run, native=native)})
     sock = bind("127.0.0.1", 0)
     server = make_server(app, shutdown_timeout=5)
     print(f"listening on 127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
@@ -305,7 +308,9 @@ def thread_seconds(pid: int) -> dict[int, float]:
     return out
 
 
-def profile_server(clients: int = 32, tokens: int = 200, rounds: int = 3) -> None:
+def profile_server(
+    clients: int = 32, tokens: int = 200, rounds: int = 3, native: bool = False
+) -> None:
     """Where the server's CPU goes per token at ``clients`` streams (see the module doc):
     the event loop is the process's main thread, the decoding thread the other thread
     that spent the most, both measured from /proc over the timed rounds only."""
@@ -316,7 +321,8 @@ def profile_server(clients: int = 32, tokens: int = 200, rounds: int = 3) -> Non
         for use in (False, True):
             out = Path(tmp) / ("prof" if use else "plain")
             proc = subprocess.Popen(
-                [sys.executable, __file__, "--_child", str(run), str(out), str(int(use))],
+                [sys.executable, __file__, "--_child", str(run), str(out), str(int(use)),
+                 str(int(native))],
                 stderr=subprocess.PIPE, text=True, cwd=ROOT,
             )  # fmt: skip
             port = _wait_ready(proc)
@@ -344,8 +350,10 @@ def profile_server(clients: int = 32, tokens: int = 200, rounds: int = 3) -> Non
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--_child":
-        profiled_server(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1")
+    if len(sys.argv) == 6 and sys.argv[1] == "--_child":
+        profiled_server(
+            Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1"
+        )
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -369,7 +377,7 @@ def main() -> None:
         profile()
         return
     if args.profile_server:
-        profile_server()
+        profile_server(native=args.native)
         return
     from textgen.serve import blas
 
