@@ -76,8 +76,9 @@ def test_native_step_matches_the_numpy_step(shape, layers, batch, vocab, seed) -
 
 
 def test_the_fallback_for_lone_rows_matches_the_numpy_step() -> None:
-    """Where a lone row's products would round unlike a block of four's, rows 1-3 of a
-    batch run as short blocks (``rows_agree`` False): the same numbers to rounding."""
+    """Where a lone row's products would round unlike a block of four's, the 1-3 rows
+    left after the blocks of four each run as a block of four with copies of the row
+    (``rows_agree`` False): the same numbers to rounding."""
     plain = lstm(21, 2, seed=4)
     fast = NativeLSTM(plain.embedding, plain.layers, plain.out_kernel, plain.out_bias, 3)
     fast.rows_agree = False
@@ -212,3 +213,14 @@ def test_served_on_the_native_step_a_request_is_the_same_alone_and_among_31() ->
             assert len(a["choices"][0]["text"]) > 10
     finally:
         live.close()
+
+
+def test_an_embedding_without_a_row_per_output_token_is_not_compiled() -> None:
+    """The compiled step checks ids against the output's vocabulary and reads the
+    embedding's table unchecked, so the two must agree; otherwise numpy serves."""
+    lm = lstm(16, 1, vocab=23)
+    short = lm.embedding[:20]
+    with pytest.raises(ValueError, match="embedding"):
+        NativeLSTM(short, lm.layers, lm.out_kernel, lm.out_bias)
+    odd = NumpyLM("lstm", short, lm.layers, lm.out_kernel, lm.out_bias)
+    assert odd.use_native() is False

@@ -135,12 +135,19 @@ class NativeLSTM:
         parts: int | None = None,
     ) -> None:
         units = layers[0].units
+        if (
+            embedding.shape[0] != out_kernel.shape[1]
+            or any(x.units != units for x in layers)
+            or any(x.kernel.shape[0] != units for x in layers[1:])
+        ):  # the step reads unchecked
+            raise ValueError("the compiled step takes LSTM layers of one width and an "
+                             "embedding with a row per output token")  # fmt: skip
         self.parts = parts = default_parts(units) if parts is None else parts
         scale = gate_scale(units)  # the sigmoid gates pre-halved, as the numpy step does
         first = layers[0]
         table = embedding @ (first.kernel * scale)
         table += first.bias * scale
-        self.table = _slices(table, units, parts)  # (parts, vocab, 4·chunk)
+        self.table = _slices(table, units, parts)  # (parts, vocab, width)
         recurrent = [_slices(x.recurrent * scale, units, parts) for x in layers]
         self.recurrent = _transposed(np.stack(recurrent))  # (layers, parts, width, units)
         deeper = layers[1:] or layers[:1]  # a 1-layer model passes a placeholder
@@ -173,11 +180,15 @@ class NativeLSTM:
             tuple(rng.uniform(-1, 1, (4, self.units)).astype(np.float32) for _ in "hc")
             for _ in range(self.layers)
         ]
-        together, _ = self.step(ids, state)
+        together, together_state = self.step(ids, state)
         for first, last in ((0, 2), (2, 4), (0, 1), (1, 2), (3, 4)):
             rows = slice(first, last)
-            part, _ = self.step(ids[rows], [(h[rows], c[rows]) for h, c in state])
-            if not np.array_equal(part, together[rows]):
+            part, part_state = self.step(ids[rows], [(h[rows], c[rows]) for h, c in state])
+            if not np.array_equal(part, together[rows]) or not all(
+                np.array_equal(p, q[rows])
+                for pair, whole in zip(part_state, together_state, strict=True)
+                for p, q in zip(pair, whole, strict=True)
+            ):
                 return False
         return True
 
@@ -211,7 +222,7 @@ class NativeLSTM:
             hs[i] = h
             cs[i] = c
         if low < 0:
-            ids = np.where(ids < 0, ids + self.vocab, ids)  # numpy's negative indices
+            ids = np.where(ids < 0, ids.astype(np.int64) + self.vocab, ids)  # as numpy indexes
         new = np.empty((2, len(state), batch, self.units), np.float32)  # new h and c
         logits = np.empty((batch, self.vocab), np.float32)
         gates = self.recurrent.shape[-2]
@@ -228,14 +239,18 @@ def native_step(
     cell: str, embedding: np.ndarray, layers: Sequence[Any], out_kernel: np.ndarray,
     out_bias: np.ndarray, table_limit: int,
 ) -> NativeLSTM | None:  # fmt: skip
-    """The compiled step for this model, compiled (or loaded from numba's cache) and run
-    once, or None where it has none: not an LSTM, layers of different widths, a
-    first-layer table over ``table_limit`` entries, numba not installed, or numba that
-    fails to import or compile here (the numpy step then serves, as for the others)."""
+    """The compiled step for this model, compiled (or loaded from numba's cache) and
+    checked (:meth:`NativeLSTM._rows_agree`), or None where it has none: not an LSTM,
+    layers of different widths, an embedding whose rows are not the output's
+    vocabulary (the compiled step checks ids against one of them), a first-layer table
+    over ``table_limit`` entries, numba not installed, or numba that fails to import or
+    compile here (the numpy step then serves, as for the others)."""
     if cell != "lstm" or not available():
         return None
     units = layers[0].units
     if any(x.units != units for x in layers) or any(x.kernel.shape[0] != units for x in layers[1:]):
+        return None
+    if embedding.shape[0] != out_kernel.shape[1]:
         return None
     if embedding.shape[0] * 4 * units > table_limit:
         return None

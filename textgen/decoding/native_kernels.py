@@ -61,7 +61,8 @@ def _tanh(x):  # pragma: no cover - compiled
 @njit(**_DOTS)
 def _dots4(a0, a1, a2, a3, x0, x1, x2, x3, wt):  # pragma: no cover - compiled
     """``a_r += x_r @ wt.T`` for four rows, as dot products of the four rows by four
-    weight rows at a time held in sixteen sums. ``wt``'s rows are a multiple of 16."""
+    weight rows at a time held in sixteen sums. ``wt`` has a multiple of 16 rows (the
+    padded width)."""
     width, inner = wt.shape
     for j in range(0, width, 4):
         w0, w1, w2, w3 = wt[j], wt[j + 1], wt[j + 2], wt[j + 3]
@@ -177,11 +178,11 @@ def _dots1(acc, x, b, wt):  # pragma: no cover - compiled
 
 @njit(**_DOTS)
 def _product(acc, x, wt, batch, exact):  # pragma: no cover - compiled
-    """``acc[:batch] += x[:batch] @ wt.T``: four rows at a time, the rest one at a time
-    (``exact``: ``_dots2`` and ``_dots1`` give a row the numbers ``_dots4`` does: two,
-    then one), or each as a block of
-    four with three copies of it, whose results are dropped (copies, not the row itself,
-    so the compiler cannot merge the four rows' sums and vectorize them otherwise)."""
+    """``acc[:batch] += x[:batch] @ wt.T``, four rows at a time. With ``exact`` the 1-3
+    rows left run as a pair (``_dots2``) and one (``_dots1``), which give a row the
+    numbers ``_dots4`` does; without it each runs as a block of four with three copies
+    of itself whose results are dropped (copies, not the row, so the compiler cannot
+    merge the four rows' sums and vectorize them otherwise)."""
     b = 0
     while b + 4 <= batch:
         _dots4(acc[b], acc[b + 1], acc[b + 2], acc[b + 3], x[b], x[b + 1], x[b + 2], x[b + 3], wt)
@@ -223,8 +224,9 @@ def lstm_step(ids, table, kernel, bias, recurrent, out_kernel, out_bias, hs, cs,
     """One step of an LSTM LM in the layout of :class:`textgen.decoding.native.NativeLSTM`
     from the state ``hs``, ``cs`` (layers, batch, units): writes the new h and c into
     ``new`` (2, layers, batch, units) and the ``logits``. One signature for any depth.
-    The weights are transposed, (..., parts, width, inner), their widths padded to a
-    multiple of 16; ``chunk`` is each part's units, ``exact`` as in ``_product``."""
+    The products' weights (``kernel``, ``recurrent``, ``out_kernel``) are transposed,
+    (..., parts, width, inner); every width (theirs, ``table``'s, the biases') is padded
+    to a multiple of 16; ``chunk`` is each part's units, ``exact`` as in ``_product``."""
     layers, parts, gates, _ = recurrent.shape
     batch = ids.shape[0]
     for layer in range(layers):
