@@ -254,9 +254,7 @@ def profiled_server(run: Path, out: Path, use_profiler: bool, native: bool = Fal
     """The child of ``--profile-server``: ``textgen serve``'s app under uvicorn on a free
     port (printed on stderr); with ``use_profiler``, a cProfile of the decoding thread and
     one of the event loop, written to ``out`` on SIGTERM; ``native``: on the compiled
-    step, with the OpenMP wait policy ``textgen serve --native`` sets."""
-    if native:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    step, loaded as ``textgen serve --native`` loads it."""
     import cProfile
 
     from textgen.serve import blas

@@ -152,13 +152,6 @@ def serve(
     from textgen.serve.runs import Settings, load_run
     from textgen.serve.server import bind, make_server
 
-    if native:
-        import os
-
-        # numba's OpenMP threads sleep between steps instead of spinning: a spinning one
-        # takes a core from the event loop and the clients (at 32 streams on 2 cores the
-        # server spent 128 against 94 CPU µs a token)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if blas_threads:
         from textgen.serve.blas import set_threads
 

@@ -165,7 +165,7 @@ class NativeLSTM:
         self.out_kernel = _transposed(by_part)  # (parts, width, units)
         self.out_bias = _padded(bias.reshape(parts, share))
         self.units, self.vocab, self.layers = units, vocab, len(layers)
-        self.rows_agree = True
+        self.rows_agree = True  # the step reads it: the check runs the exact kernels
         self.rows_agree = self._rows_agree()
 
     def _rows_agree(self) -> bool:
@@ -203,10 +203,11 @@ class NativeLSTM:
             raise ValueError(
                 f"step takes integer ids of shape (batch,), got {ids.dtype} {ids.shape}"
             )
-        # a server's batches are small, where Python's min/max of a list beat numpy's
-        values = ids.tolist() if batch <= 256 else None
-        low = (min(values) if values else 0) if values is not None else int(ids.min())
-        high = (max(values) if values else 0) if values is not None else int(ids.max())
+        if batch <= 256:  # a server's batches: Python's min/max of a list beat numpy's
+            values = ids.tolist()
+            low, high = (min(values), max(values)) if values else (0, 0)
+        else:
+            low, high = int(ids.min()), int(ids.max())
         if batch and not -self.vocab <= low <= high < self.vocab:
             raise IndexError(f"a token id outside the vocabulary of {self.vocab}")
         shape = (self.layers, batch, self.units)

@@ -249,8 +249,8 @@ def lstm_step(ids, table, kernel, bias, recurrent, out_kernel, out_bias, hs, cs,
                 _cell(z[b], c, h_out, c_out, b, t * chunk, chunk)
     top = new[0, layers - 1]
     width = out_kernel.shape[1]
-    share = -(-logits.shape[1] // parts)
     vocab = logits.shape[1]
+    share = -(-vocab // parts)  # the logits each part computes (NativeLSTM's layout)
     for t in prange(parts):
         z = scratch[t]
         for b in range(batch):
