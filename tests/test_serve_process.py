@@ -51,13 +51,24 @@ def _start(*args: str) -> tuple[subprocess.Popen, str]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 elsewhere)."""
+    """User + system CPU seconds of process ``pid`` and its children (its decoding
+    processes) so far (Linux /proc; 0 elsewhere)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
             fields = fh.read().rpartition(")")[2].split()
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            children = [int(child) for child in fh.read().split()]
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return own + sum(_cpu_seconds(child) for child in children)
+
+
+def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 60  # a wait, not a timing
+    while httpx.get(url + "/health").status_code != 200:
+        assert time.monotonic() < deadline, "the server never became ready"
+        time.sleep(0.01)
 
 
 def test_starts_fast_without_tensorflow(run_dir: Path) -> None:
@@ -107,6 +118,7 @@ def test_starts_fast_without_tensorflow(run_dir: Path) -> None:
 
 def test_sigterm_finishes_the_stream_in_flight_and_exits_0(run_dir: Path) -> None:
     proc, url = _start("--model", str(run_dir), "--max-tokens-limit", "100000")
+    _wait_ready(url)
     body = {"prompt": "a", "max_tokens": 20000, "temperature": 0, "stream": True}
     with (
         httpx.Client(timeout=30) as client,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import string
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ class LiveServer:
         self, models: dict[str, Any], settings: Settings | None = None, shutdown_timeout: float = 5
     ) -> None:
         loaders = {
-            name: (lambda p=value: load_run(p)) if isinstance(value, Path) else value
+            name: partial(load_run, value) if isinstance(value, Path) else value
             for name, value in models.items()
         }
         self.app = create_app(loaders, settings)

@@ -86,10 +86,23 @@ def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Pic
         raise ValueError("top_p must be in (0, 1]")
     if top_k < 0:
         raise ValueError("top_k must be >= 0")
+    return Sampler(temperature, top_k, top_p)
 
-    def pick(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+
+@dataclass(frozen=True)
+class Sampler:
+    """The ``pick`` of :func:`sampler` (which checks its settings): a plain object, not a
+    closure, so that it can be pickled to the server's decoding process."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+
+    def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # the division makes a new array, which the filter may overwrite
-        scaled = _filter_in_place(np.asarray(logits, np.float64) / temperature, top_k, top_p)
+        scaled = _filter_in_place(
+            np.asarray(logits, np.float64) / self.temperature, self.top_k, self.top_p
+        )
         probs = np.exp(log_softmax(scaled))
         # inverse-CDF sampling: one uniform per row, reproducible for a seeded rng
         u = rng.random((probs.shape[0], 1))
@@ -100,8 +113,6 @@ def sampler(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Pic
         if bad.any():
             ids[bad] = np.argmax(probs[bad], axis=-1)
         return ids
-
-    return pick
 
 
 @dataclass

@@ -8,7 +8,8 @@ stream), :mod:`~textgen.serve.beam` (beam search off the batch),
 :mod:`~textgen.serve.feed` (a request's tokens from the decoding thread to its coroutine),
 :mod:`~textgen.serve.runs` (loading runs, the served models, what the routes share),
 :mod:`~textgen.serve.api` (request checking, error shape), :mod:`~textgen.serve.batcher`
-(the decoding loop), :mod:`~textgen.serve.choices` (streamed text and stop strings),
+(the decoding loop), :mod:`~textgen.serve.worker` (the decoding loop in a process of its
+own, ``textgen serve``'s default), :mod:`~textgen.serve.choices` (streamed text and stop strings),
 :mod:`~textgen.serve.metrics` and :mod:`~textgen.serve.server` (uvicorn, signals).
 
 The API surface a page or client may rely on:
@@ -16,7 +17,8 @@ The API surface a page or client may rely on:
 * ``GET /`` is ``static/index.html``; ``GET /static/<file>`` any other file of
   ``textgen/serve/static/``. Both are open without the API key.
 * ``GET /health``: 503 ``{"status": "loading"}`` while loading, then 200
-  ``{"status": "ok"}``; open without the API key.
+  ``{"status": "ok"}``; 503 ``{"status": "error", "message"}`` when a model failed to
+  load or its decoding process died; open without the API key.
 * ``GET /v1/models``: ``{"object": "list", "data": [{"id", "object": "model", "created",
   "owned_by": "textgen", "level", "cell", "layers", "units", "vocab_size",
   "parameters"}]}``; ``id`` is the run's folder name, the ``model`` of a request.

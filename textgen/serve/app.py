@@ -181,6 +181,9 @@ def _health(service: Service) -> Callable[[HttpRequest], Any]:
             return JSONResponse({"status": "error", "message": service.load_error}, 503)
         if not service.ready:
             return JSONResponse({"status": "loading"}, 503, {"Retry-After": RETRY_AFTER})
+        failed = service.decoder_failure()
+        if failed is not None:  # a decoding process died: this server cannot generate
+            return JSONResponse({"status": "error", "message": failed}, 503)
         return JSONResponse({"status": "ok"})
 
     return health

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from textgen.serve.api import ApiError
 from textgen.serve.batcher import Batcher, Job
 from textgen.serve.metrics import Metrics
+from textgen.serve.worker import DecoderFailed, DecodingProcess
 
 RETRY_AFTER = "1"  # the Retry-After of every 503 the server answers
 # the least time between two hand-overs of the decoding threads' events to the requests:
@@ -43,6 +44,10 @@ class Settings:
     max_waiting: int = 256
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
+    # each model decodes in a process of its own (textgen.serve.worker), not in a thread
+    # of the server's; its loader must then be picklable
+    decode_process: bool = False
+    blas_threads: int = 0  # OpenBLAS threads of a decoding process (0: its default)
 
 
 @dataclass
@@ -91,7 +96,14 @@ def describe(lm: Any, tokenizer: Any) -> dict[str, Any]:
 class Served:
     """One model being served: its generator (seed encoding) and its decoding loop."""
 
-    def __init__(self, name: str, loaded: Loaded, settings: Settings, app: Service) -> None:
+    def __init__(
+        self,
+        name: str,
+        loaded: Loaded,
+        settings: Settings,
+        app: Service,
+        loader: Callable[[], Loaded] | None = None,
+    ) -> None:
         from textgen.decoding.generate import Generator
 
         self.name = name
@@ -100,17 +112,26 @@ class Served:
         self.generator = Generator(loaded.lm, loaded.tokenizer, warn=lambda _m: None)
         self.created = int(time.time())
         metrics = app.metrics
-        self.batcher = Batcher(
-            loaded.lm,
-            app.deliver,
-            max_batch=settings.max_batch,
-            max_waiting=settings.max_waiting,
-            on_step=metrics.batch.labels(name).observe,
-            on_counts=lambda running, waiting: (
+        options: dict[str, Any] = {
+            "max_batch": settings.max_batch,
+            "max_waiting": settings.max_waiting,
+            "on_step": metrics.batch.labels(name).observe,
+            "on_counts": lambda running, waiting: (
                 metrics.running.labels(name).set(running),
                 metrics.waiting.labels(name).set(waiting),
             ),
-        )
+        }
+        self.batcher: Batcher | DecodingProcess
+        if settings.decode_process and loader is not None:
+            self.batcher = DecodingProcess(
+                loader,
+                loaded.lm,
+                app.deliver,
+                blas_threads=settings.blas_threads or None,
+                **options,
+            )
+        else:
+            self.batcher = Batcher(loaded.lm, app.deliver, **options)
         self.beams = asyncio.Semaphore(1)  # beam searches run one at a time, off the batch
         self.beams_waiting = 0
 
@@ -188,17 +209,21 @@ class Service:
         """Load every model, then start their decoding loops (in a background thread)."""
         from textgen.errors import TextgenError
 
+        started: list[Served] = []
         try:
             served = {}
             for name, loader in self.loaders.items():
-                served[name] = Served(name, loader(), self.settings, self)
-        except (TextgenError, OSError, ValueError, KeyError) as err:
+                served[name] = Served(name, loader(), self.settings, self, loader)
+            for model in served.values():
+                model.batcher.start()  # a decoding process loads its own copy here
+                started.append(model)
+        except (TextgenError, OSError, ValueError, KeyError, DecoderFailed) as err:
+            for model in started:
+                model.batcher.stop()
             self.load_error = str(err)
             if self.on_load_error is not None:
                 self.on_load_error(self.load_error)
             return
-        for model in served.values():
-            model.batcher.start()
         self.models = served
         self.ready = True
 
@@ -206,6 +231,15 @@ class Service:
         """Stop every model's decoding loop (the server is shutting down)."""
         for model in self.models.values():
             model.batcher.stop()
+
+    def decoder_failure(self) -> str | None:
+        """Why a model's decoding process is gone (``model: message``), None while every
+        model can decode (a decoding thread never goes away)."""
+        for model in self.models.values():
+            failed = getattr(model.batcher, "failed", None)
+            if failed is not None:
+                return f"{model.name}: {failed}"
+        return None
 
     def check_ready(self) -> None:
         """A 503 (``loading``, or the load's error) until the models are loaded."""
