@@ -15,7 +15,8 @@ batch size (``NumpyLM.step`` plus an argmax), the ceiling the server's loop work
 
 ``--profile`` runs the batcher alone (no HTTP) with 32 jobs and prints where a step
 spends its time. ``--profile-server`` serves the model from a child process whose
-decoding thread and event-loop thread each run under their own cProfile, drives 32
+decoding thread (in that process: ``textgen serve --decoder thread``) and event-loop
+thread each run under their own cProfile, drives 32
 streaming clients from this process, and prints each thread's CPU time per token (also
 measured once without the profiler, whose own cost inflates the Python parts) and the
 functions that spend it.
@@ -23,6 +24,7 @@ functions that spend it.
     .venv/bin/python bench/serve.py                      # 1, 8, 32, 64 clients x 200 tokens
     .venv/bin/python bench/serve.py --clients 1 8 --tokens 50
     .venv/bin/python bench/serve.py --native             # on the compiled step (--native)
+    .venv/bin/python bench/serve.py --decoder thread     # the decoding loop in a thread
     .venv/bin/python bench/serve.py --profile
     .venv/bin/python bench/serve.py --profile-server
 """
@@ -170,19 +172,29 @@ async def level(port: int, clients: int, tokens: int) -> dict[str, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (from /proc)."""
+    """User + system CPU time of a process and its children (the server's decoding
+    processes) so far (from /proc)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+        children = [int(child) for child in fh.read().split()]
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 def start_server(
-    run: Path, max_batch: int, tokens: int, blas_threads: int, native: bool = False
+    run: Path,
+    max_batch: int,
+    tokens: int,
+    blas_threads: int,
+    native: bool = False,
+    decoder: str = "process",
 ) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "textgen", "serve", "--model", str(run), "--port", "0",
          "--max-batch", str(max_batch), "--max-tokens-limit", str(tokens),
-         "--blas-threads", str(blas_threads), *(["--native"] if native else [])],
+         "--blas-threads", str(blas_threads), "--decoder", decoder,
+         *(["--native"] if native else [])],
         stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     return proc, _wait_ready(proc)
@@ -364,6 +376,12 @@ def main() -> None:
     parser.add_argument(
         "--native", action="store_true", help="the server and the bare step on the compiled step"
     )
+    parser.add_argument(
+        "--decoder",
+        choices=["process", "thread"],
+        default="process",
+        help="textgen serve --decoder: the decoding loop in a process of its own or a thread",
+    )
     args = parser.parse_args()
     if not 1 <= args.tokens <= 2000 or not all(1 <= c <= 256 for c in args.clients):
         raise SystemExit("--tokens must be in [1, 2000] and --clients in [1, 256]")
@@ -391,12 +409,18 @@ def main() -> None:
     shown = ", ".join(f"{rate:.0f} with {count}" for count, rate in rates.items())
     print(f"sgemm GFLOP/s (numpy, 1024^3, by BLAS threads): {shown}; {fpt / 1e6:.2f} MFLOP "
           f"per token; roofline {roof:,.0f} tokens/s; server and bare step with "
-          f"{args.blas_threads or 'default'} BLAS threads")  # fmt: skip
+          f"{args.blas_threads or 'default'} BLAS threads; "
+          f"decoder in a {args.decoder}")  # fmt: skip
     bare = step_rates(sorted(set(args.clients)), native=args.native)
     with tempfile.TemporaryDirectory() as tmp:
         run = write_run(Path(tmp))
         proc, port = start_server(
-            run, max(args.clients), args.tokens, args.blas_threads, native=args.native
+            run,
+            max(args.clients),
+            args.tokens,
+            args.blas_threads,
+            native=args.native,
+            decoder=args.decoder,
         )
         try:
             asyncio.run(level(port, 2, 10))  # warm up

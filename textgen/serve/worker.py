@@ -38,6 +38,11 @@ from typing import Any
 from textgen.serve.batcher import Batcher, End, Failed, Job, QueueFull, Tokens
 
 SYNC_INTERVAL = 0.005  # the longest the request side's writes on a job wait to be sent
+# the least time between two messages of events from the child: a fast step (a few
+# streams) would otherwise send one per step, and the server's reader thread, waking for
+# each, took CPU and the interpreter lock from its event loop (the server hands events
+# over every 4 ms at most anyway, runs.DRAIN_INTERVAL)
+SEND_INTERVAL = 0.002
 START_TIMEOUT = 600.0  # a first --native load compiles its step (about 25 s)
 
 
@@ -299,8 +304,8 @@ def _child(conn: Any, loader: Callable[[], Any], max_batch: int, blas_threads: i
         return
     jobs: dict[int, Job] = {}
     keys: dict[int, int] = {}  # id(job) -> key
-    rows: list[int] = []
     seen = [0]  # jobs taken in (under the batcher's lock, as its counts are made)
+    outbox = _Outbox(send)
 
     def deliver(events: list[tuple[Job, Any]]) -> None:  # the decoding thread
         items = []
@@ -314,19 +319,19 @@ def _child(conn: Any, loader: Callable[[], Any], max_batch: int, blas_threads: i
             if isinstance(event, End | Failed):
                 jobs.pop(key, None)
                 keys.pop(id(job), None)
-        steps, rows[:] = list(rows), []
-        send(("events", items, steps))
+        outbox.put(items)
 
     batcher = Batcher(
         loaded.lm,
         deliver,
         max_batch=max_batch,
         max_waiting=1 << 30,  # the parent keeps the bound
-        on_step=rows.append,
+        on_step=outbox.step,
         # called with the batcher's lock held, whenever the counts change
         on_counts=lambda running, waiting: send(("counts", running, waiting, seen[0])),
     )
     send(("ready",))
+    outbox.start()
     batcher.start()
     try:
         while True:
@@ -361,4 +366,54 @@ def _child(conn: Any, loader: Callable[[], Any], max_batch: int, blas_threads: i
                             job.finish_row(row)
     finally:
         batcher.stop()
+        outbox.stop()
         os._exit(0)  # no interpreter teardown: the decoding thread may still be in a step
+
+
+class _Outbox:
+    """The child's events, sent by a thread of their own in one message per
+    :data:`SEND_INTERVAL` at most (all that came since the last), in order."""
+
+    def __init__(self, send: Callable[[Any], None]) -> None:
+        self.send = send
+        self.items: list[Any] = []
+        self.rows: list[int] = []  # the batch rows of each step since the last message
+        self.stopping = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="textgen-outbox", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def put(self, items: list[Any]) -> None:
+        with self.cond:
+            self.items += items
+            self.cond.notify()
+
+    def step(self, rows: int) -> None:
+        with self.cond:  # the decoding thread; taken with the items
+            self.rows.append(rows)
+
+    def stop(self) -> None:
+        """Send what is left, then end the thread."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        self.thread.join(5)
+
+    def _run(self) -> None:
+        last = 0.0
+        while True:
+            with self.cond:
+                while not self.items and not self.stopping:
+                    self.cond.wait()
+                if self.stopping and not self.items:
+                    return
+            wait = last + SEND_INTERVAL - time.monotonic()
+            if wait > 0 and not self.stopping:
+                time.sleep(wait)
+            with self.cond:
+                items, self.items = self.items, []
+                rows, self.rows = self.rows, []
+            last = time.monotonic()
+            self.send(("events", items, rows))
