@@ -269,13 +269,13 @@ def profiled_server(run: Path, out: Path, use_profiler: bool, native: bool = Fal
     step, loaded as ``textgen serve --native`` loads it."""
     import cProfile
 
-    from textgen.serve import blas
+    from textgen.decoding.blas import set_blas_threads
     from textgen.serve.app import create_app
     from textgen.serve.batcher import Batcher
     from textgen.serve.runs import load_run
     from textgen.serve.server import bind, make_server
 
-    blas.set_threads(1)
+    set_blas_threads(1)
     profiles = {}
     original = Batcher._loop
 
@@ -395,13 +395,13 @@ def main() -> None:
     if args.profile_server:
         profile_server(native=args.native)
         return
-    from textgen.serve import blas
+    from textgen.decoding.blas import set_blas_threads
 
     rates = {}
     for count in sorted({1, 2, os.cpu_count() or 1}):
-        blas.set_threads(count)
+        set_blas_threads(count)
         rates[count] = sgemm_gflops()
-    blas.set_threads(args.blas_threads or os.cpu_count() or 1)
+    set_blas_threads(args.blas_threads or os.cpu_count() or 1)
     gflops = max(rates.values())  # the most this machine gave, whatever the thread count
     lm, _ = model()
     fpt = flops_per_token(lm.vocab_size)

@@ -63,7 +63,7 @@ def missing_names(script: Path, bench: Path = BENCH) -> list[str]:
             missing.append(f"{where} ({exc})")
             continue
         if name and not hasattr(loaded, name):
-            try:  # a submodule imported by name: from textgen.serve import blas
+            try:  # a submodule imported by name: from textgen.decoding import blas
                 importlib.import_module(f"{module}.{name}")
             except ImportError:
                 missing.append(where)

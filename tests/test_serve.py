@@ -184,19 +184,6 @@ def test_text_grown_per_token_is_the_continuation(level: str) -> None:
         assert choice.text == (cut if level == "char" else cut.rstrip() if stopped else cut)
 
 
-def test_blas_threads_can_be_set_at_run_time() -> None:
-    from textgen.serve import blas
-
-    before = blas.threads()
-    if before is None:
-        pytest.skip("numpy here does not use OpenBLAS")
-    try:
-        assert blas.set_threads(1) and blas.threads() == 1
-    finally:
-        blas.set_threads(before)
-    assert blas.threads() == before
-
-
 def test_news_that_comes_while_the_client_is_written_to_is_not_lost() -> None:
     """The last tokens and the end of a request may arrive while its stream is being
     written; they are still handed over (a bench once saw 14 of 20 tokens)."""

@@ -164,9 +164,9 @@ def serve(
     from textgen.serve.server import bind, make_server
 
     if blas_threads:
-        from textgen.serve.blas import set_threads
+        from textgen.decoding.blas import set_blas_threads
 
-        set_threads(blas_threads)  # without OpenBLAS (another BLAS) this does nothing
+        set_blas_threads(blas_threads)  # without OpenBLAS (another BLAS) this does nothing
     settings = Settings(
         api_key=api_key,
         max_tokens_limit=max_tokens_limit,

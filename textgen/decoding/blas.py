@@ -11,7 +11,10 @@ small-matrix kernel (``numpy_lm``), which runs on the calling thread whatever th
 setting, so at batch 4-64 of a 2×256 LSTM the count no longer matters (at load 13 on 2
 cores: 17,626 tokens/s with 2 threads, 17,736 with 1, at batch 16). It still decides the
 matrix-vector products of batch 1-2 and the products of models too big for that kernel.
-A server sharing its cores may therefore want ``set_blas_threads(1)``;
+A server sharing its cores may therefore want ``set_blas_threads(1)`` (``textgen serve
+--blas-threads``, 1 by default, in the server and its decoding processes: on 2 cores with
+other work running, the step at batch 8 when its products still took the threaded path
+fell from 7,242 tokens/s with one BLAS thread to 177 with two);
 ``OPENBLAS_NUM_THREADS=1`` in the environment does the same for a whole process from its
 start.
 

@@ -285,9 +285,9 @@ def _child(conn: Any, loader: Callable[[], Any], max_batch: int, blas_threads: i
     """The decoding process: load the model, run a :class:`Batcher` on it, apply the
     parent's messages until it says stop or goes away."""
     if blas_threads:
-        from textgen.serve.blas import set_threads
+        from textgen.decoding.blas import set_blas_threads
 
-        set_threads(blas_threads)
+        set_blas_threads(blas_threads)
     send_lock = threading.Lock()
 
     def send(message: Any) -> None:
