@@ -80,8 +80,9 @@ from textgen.cli.common import _friendly, main
     default=False,
     show_default=True,
     help="Decode LSTM runs with the compiled step split across the cores (needs numba, "
-    "in the serve extra): about twice the numpy step's rate at batch 1, faster for a few "
-    "streams, slower at 32 on 2 cores. Its first start compiles it (about 25 s; cached).",
+    "in the serve extra): about twice the numpy step's rate at batch 1 alone, but slower "
+    "in a server on 2 cores, where its second thread has no core of its own. Its first "
+    "start compiles it (about 25 s; cached).",
 )
 @click.option(
     "--decoder",
