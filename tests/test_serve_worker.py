@@ -23,7 +23,7 @@ import pytest
 
 from tests.test_serve_support import LiveServer, char_run
 from textgen.decoding.sampling import sampler
-from textgen.serve.batcher import Batcher, End, Job, Tokens
+from textgen.serve.batcher import Batcher, End, Job, QueueFull, Tokens
 from textgen.serve.runs import Service, Settings, load_run
 from textgen.serve.worker import DecodingProcess
 
@@ -171,7 +171,7 @@ def test_full_queue_is_503_and_a_client_that_reads_nothing_is_parked(run_dir: Pa
             next(lines)
             with c2.stream(
                 "POST", server.url + "/v1/completions", json=long | {"stream": True}
-            ) as r2:  # its headers come at once; it waits in the queue (1 place)
+            ):  # its headers come at once; it waits in the queue (1 place)
                 deadline = time.monotonic() + 30  # a wait, not a timing
                 while server.metric("textgen_requests_waiting", model="chars") != 1:
                     assert time.monotonic() < deadline
@@ -188,7 +188,15 @@ def test_full_queue_is_503_and_a_client_that_reads_nothing_is_parked(run_dir: Pa
                     time.sleep(0.5)
                     made.append(server.metric("textgen_tokens_generated_total", model="chars"))
                 assert made[-1] < 1_000_000
-                assert r2.status_code == 200
+                # r1 reads again: the child hears what it took, and the job goes on
+                for _ in range(5_000):
+                    next(lines)
+                deadline = time.monotonic() + 60
+                while server.metric("textgen_tokens_generated_total", model="chars") <= made[-1]:
+                    assert time.monotonic() < deadline, (
+                        "a parked job whose client read stayed parked"
+                    )
+                    time.sleep(0.05)
     finally:
         server.close()
 
@@ -258,3 +266,116 @@ def test_the_cli_serves_with_either_decoder(run_dir: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
     assert texts[0] == texts[1]
+
+
+def test_a_loader_that_cannot_be_pickled_is_a_load_error(run_dir: Path) -> None:
+    service = Service({"chars": lambda: load_run(run_dir)}, Settings(decode_process=True))
+    service.load()
+    assert not service.ready
+    assert "cannot be sent to a decoding process" in service.load_error
+    assert "--decoder thread" in service.load_error
+
+
+def _events_until_ended(jobs: list[Job]):
+    """A ``deliver`` that counts ``jobs``' ends, and the event set when all have ended."""
+    ended, left = threading.Event(), [len(jobs)]
+
+    def deliver(events):
+        for job, event in events:
+            if isinstance(event, Tokens):
+                job.taken += 1
+            else:
+                left[0] -= 1
+                if left[0] == 0:
+                    ended.set()
+
+    return deliver, ended
+
+
+def test_the_queue_bound_counts_jobs_the_child_has_not_reported_yet(run_dir: Path) -> None:
+    loaded = load_run(run_dir)
+    common = {"n": 1, "pick": None, "rng": np.random.default_rng(0), "stop_id": None}
+    jobs = [Job(np.array([3]), max_tokens=10_000_000, **common) for _ in range(3)]
+    deliver, _ = _events_until_ended(jobs)
+    decoder = DecodingProcess(
+        partial(load_run, run_dir), loaded.lm, deliver, max_batch=1, max_waiting=1
+    )
+    decoder.start()
+    try:
+        decoder.submit(jobs[0])
+        deadline = time.monotonic() + 30  # a wait: the child reports it running
+        while decoder.running != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        decoder.submit(jobs[1])  # the one waiting place, before the child says so
+        with pytest.raises(QueueFull):
+            decoder.submit(jobs[2])
+    finally:
+        for job in jobs:
+            job.cancel()
+        decoder.stop()
+
+
+def test_submitting_never_waits_for_a_child_that_does_not_read(run_dir: Path) -> None:
+    """The child stopped (SIGSTOP) while prompts bigger than the pipe's buffer are
+    submitted: each submit returns at once (a thread of its own writes to the pipe), and
+    once the child goes on, every job ends."""
+    loaded = load_run(run_dir)
+    common = {"n": 1, "pick": None, "rng": np.random.default_rng(0), "stop_id": None}
+    jobs = [Job(np.full(20_000, 3), max_tokens=5, **common) for _ in range(8)]  # 160 kB each
+    deliver, ended = _events_until_ended(jobs)
+    decoder = DecodingProcess(partial(load_run, run_dir), loaded.lm, deliver, max_batch=8)
+    decoder.start()
+    pid = decoder._proc.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        submitter = threading.Thread(target=lambda: [decoder.submit(job) for job in jobs])
+        submitter.start()
+        submitter.join(10)
+        assert not submitter.is_alive(), "a submit waited for the stopped child"
+        os.kill(pid, signal.SIGCONT)
+        assert ended.wait(120), "the jobs never ended"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        decoder.stop()
+
+
+def test_a_stop_string_found_by_the_server_ends_the_row_in_the_child(live: LiveServer) -> None:
+    """Two rows, each ended by a stop string (found on the server's side, sent to the
+    child as a finished row): the request ends long before its max_tokens."""
+    body = {"model": "chars", "prompt": "the", "n": 2, "max_tokens": 5_000_000,
+            "temperature": 1.0, "seed": 3, "stop": [" ", "e"]}  # fmt: skip
+    r = httpx.post(live.url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert [c["finish_reason"] for c in r.json()["choices"]] == ["stop", "stop"]
+    assert r.json()["usage"]["completion_tokens"] < 10_000
+
+
+def test_ctrl_c_to_the_process_group_lets_the_stream_in_flight_finish(run_dir: Path) -> None:
+    """SIGINT to the whole group (a terminal's Ctrl-C) reaches the decoding process too:
+    it ignores it, and the server finishes the stream, then exits 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "textgen", "serve", "--port", "0", "--model", str(run_dir),
+         "--max-tokens-limit", "100000"],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = proc.stderr.readline().split(" on ")[1].split()[0]
+        deadline = time.monotonic() + 60  # a wait, not a timing
+        while httpx.get(url + "/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        body = {"prompt": "a", "max_tokens": 20_000, "temperature": 0, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            first = next(lines)
+            os.killpg(proc.pid, signal.SIGINT)
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert first.startswith("data: ") and rest[-1] == "data: [DONE]"
+        chunks = [json.loads(line[6:]) for line in [first, *rest[:-1]]]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert sum(bool(c["choices"][0]["text"]) for c in chunks) == 20_000
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

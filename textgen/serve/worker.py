@@ -21,6 +21,14 @@ client is parked and sends nothing until its client has read). The queue's bound
 kept here, so a full queue is still a 503 at once. If the child dies, every job in
 flight fails with a message saying so, as a failed step would, and later requests fail
 the same way.
+
+**No side waits for the other while holding a lock.** Each side writes to the pipe from
+a thread of its own (here :class:`_Writer`, in the child :class:`_Outbox`, which also
+carries the child's counts), and each side's reader only reads, so a full pipe in one
+direction cannot stop the other side from emptying the other direction. The child
+ignores SIGINT and SIGTERM: Ctrl-C in a terminal, or a service manager, signals the
+whole process group, and the server stops its decoding processes itself once the
+streams in flight have finished.
 """
 
 from __future__ import annotations
@@ -29,10 +37,15 @@ import contextlib
 import itertools
 import multiprocessing
 import os
+import queue
+import signal
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from textgen.serve.batcher import Batcher, End, Failed, Job, QueueFull, Tokens
@@ -103,7 +116,8 @@ class DecodingProcess:
         self._conn: Any = None
         self._proc: Any = None
         self._reader: threading.Thread | None = None
-        self._lock = threading.Lock()  # the live jobs, the counts and sending
+        self._writer: _Writer | None = None
+        self._lock = threading.Lock()  # the live jobs and the counts; never held to send
         self._live: dict[int, _Live] = {}
         self._keys = itertools.count()
         self._submitted = 0  # jobs sent to the child
@@ -124,33 +138,63 @@ class DecodingProcess:
             name="textgen-decoder",
             daemon=True,
         )
-        self._proc.start()
+        try:
+            self._proc.start()  # pickles the loader
+        except Exception as err:
+            here.close()
+            there.close()
+            raise DecoderFailed(
+                f"the model's loader cannot be sent to a decoding process ({err}); give a "
+                "picklable one (functools.partial(load_run, path)) or decode in a thread "
+                "(Settings(decode_process=False), textgen serve --decoder thread)"
+            ) from None
         there.close()
         self._conn = here
-        deadline = time.monotonic() + START_TIMEOUT
-        while not here.poll(0.1):
-            if not self._proc.is_alive() or time.monotonic() > deadline:
-                self._proc.kill()
-                raise DecoderFailed(
-                    f"the decoding process ended while loading (exit code {self._proc.exitcode})"
-                )
         try:
-            kind, *rest = here.recv()
-        except (EOFError, OSError):
-            kind, rest = "error", ["the decoding process ended while loading"]
+            kind, *rest = self._first_message(here)
+        except DecoderFailed:
+            here.close()
+            raise
         if kind != "ready":
             self._proc.join(5)
+            here.close()
             raise DecoderFailed(rest[0])
+        self._writer = _Writer(here)
         self._reader = threading.Thread(
             target=self._read, name="textgen-decoder-reader", daemon=True
         )
         self._reader.start()
 
+    def _first_message(self, conn: Any) -> tuple:
+        """The child's "ready" or ("error", message), or :class:`DecoderFailed` when it
+        ends (or is still loading after :data:`START_TIMEOUT`) without one."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while not conn.poll(0.1):
+            if self._proc.is_alive() and time.monotonic() < deadline:
+                continue
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(5)
+                raise DecoderFailed(
+                    f"the decoding process was still loading after {START_TIMEOUT:.0f} s"
+                )
+            break
+        try:
+            return conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(5)
+            raise DecoderFailed(
+                f"the decoding process ended while loading (exit code {self._proc.exitcode}; "
+                "a script that starts a server must do it under if __name__ == '__main__')"
+            ) from None
+
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Stop the child (its jobs end where they are) and the reader."""
+        """Stop the child (its jobs end where they are), the writer and the reader."""
         with self._lock:
             self._stopping = True
-            self._send(("stop",))
+        if self._writer is not None:
+            self._writer.put(("stop",))
+            self._writer.close(timeout)
         if self._proc is not None:
             self._proc.join(timeout)
             if self._proc.is_alive():
@@ -158,27 +202,33 @@ class DecodingProcess:
                 self._proc.join(1)
         if self._reader is not None:
             self._reader.join(timeout)
+        if self._conn is not None:
+            self._conn.close()
 
     def submit(self, job: Job) -> None:
         self.submit_all([job])
 
     def submit_all(self, jobs: list[Job]) -> None:
         """Queue ``jobs`` together or not at all (:class:`QueueFull` as the batcher's)."""
+        keys = [next(self._keys) for _ in jobs]
+        # pickled here (a job that cannot be sent is the caller's error, now), and not
+        # under the lock: a long prompt takes a while
+        message = bytes(
+            ForkingPickler.dumps(("submit", [_spec(k, j) for k, j in zip(keys, jobs, strict=True)]))
+        )
         with self._lock:
             if self.waiting + len(jobs) > self.max_waiting:
                 raise QueueFull
-            if self.failed is not None:  # each fails as a failed step fails its jobs
-                failed = [(job, Failed(self.failed)) for job in jobs]
-            else:
-                specs = []
-                for job in jobs:
-                    key = next(self._keys)
+            failed = self.failed
+            if failed is None:
+                for key, job in zip(keys, jobs, strict=True):
                     self._live[key] = _Live(job, job.taken, job.cancelled, list(job.done))
-                    specs.append(_spec(key, job))
                 self._submitted += len(jobs)
-                self._send(("submit", specs))
-                return
-        self.deliver(failed)
+                # queued under the lock, so that no news of these jobs from the reader
+                # (a cancel) can reach the child before the jobs themselves
+                self._writer.put_bytes(message)  # type: ignore[union-attr]
+        if failed is not None:  # each fails as a failed step fails its jobs
+            self.deliver([(job, Failed(failed)) for job in jobs])
 
     @property
     def running(self) -> int:
@@ -190,12 +240,6 @@ class DecodingProcess:
         return self._waiting + self._submitted - self._seen
 
     # -- this process's side of the pipe ------------------------------------------------------
-    def _send(self, message: Any) -> None:
-        """Send to the child (under ``_lock``); a child already gone is not an error here:
-        the reader finds it and fails its jobs."""
-        with contextlib.suppress(OSError, ValueError):
-            self._conn.send(message)
-
     def _read(self) -> None:
         """The reader thread: hand the child's events over, send it the jobs' news."""
         conn = self._conn
@@ -210,58 +254,56 @@ class DecodingProcess:
         self._gone()
 
     def _take(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "events":
-            _, items, rows = message
-            events, ended = [], []
-            with self._lock:
-                for key, event in items:
-                    live = self._live.get(key)
-                    if live is None:
-                        continue
-                    if type(event) is list:
-                        event = Tokens(event)  # type: ignore[arg-type]  # read by index
-                    elif isinstance(event, End | Failed):
-                        ended.append(key)
-                    events.append((live.job, event))
-                for key in ended:
-                    del self._live[key]
-            if self.on_step is not None:
-                for count in rows:
-                    self.on_step(count)
-            if events:
-                self.deliver(events)
-        elif kind == "counts":
-            self._count(*message[1:])
-
-    def _count(self, running: int, waiting: int, seen: int) -> None:
+        _, items, rows, counts = message
+        events, ended = [], []
         with self._lock:
-            self._running, self._waiting, self._seen = running, waiting, seen
-        if self.on_counts is not None:
-            self.on_counts(running, self.waiting)
+            for key, event in items:
+                live = self._live.get(key)
+                if live is None:
+                    continue
+                if type(event) is list:
+                    event = Tokens(event)  # type: ignore[arg-type]  # read by index
+                elif isinstance(event, End | Failed):
+                    ended.append(key)
+                events.append((live.job, event))
+            for key in ended:
+                del self._live[key]
+        if self.on_step is not None:
+            for count in rows:
+                self.on_step(count)
+        if events:
+            self.deliver(events)
+        if counts is not None:
+            running, waiting, seen = counts
+            with self._lock:
+                self._running, self._waiting, self._seen = running, waiting, seen
+            if self.on_counts is not None:
+                self.on_counts(running, self.waiting)
 
     def _sync(self) -> None:
-        """Send what the request side wrote on the live jobs since the last time."""
+        """Send what the request side wrote on the live jobs since the last time (each
+        job's fields read once: the event loop may write them meanwhile)."""
         news = []
         with self._lock:
             for key, live in self._live.items():
                 job = live.job
-                if job.taken != live.taken:
-                    live.taken = job.taken
-                    news.append((key, "taken", job.taken))
-                if job.cancelled and not live.cancelled:
+                taken, cancelled, done = job.taken, job.cancelled, list(job.done)
+                if taken != live.taken:
+                    live.taken = taken
+                    news.append((key, "taken", taken))
+                if cancelled and not live.cancelled:
                     live.cancelled = True
                     news.append((key, "cancel", None))
-                if job.done != live.done:
+                if done != live.done:
                     rows = [
                         r
-                        for r, (a, b) in enumerate(zip(job.done, live.done, strict=True))
+                        for r, (a, b) in enumerate(zip(done, live.done, strict=True))
                         if a and not b
                     ]
-                    live.done = list(job.done)
+                    live.done = done
                     news.append((key, "finish", rows))
-            if news:
-                self._send(("jobs", news))
+        if news:
+            self._writer.put(("jobs", news))  # type: ignore[union-attr]
 
     def _gone(self) -> None:
         """The child's pipe closed: fail every live job, unless this process stopped it."""
@@ -278,34 +320,64 @@ class DecodingProcess:
         self.deliver([(job, Failed(self.failed)) for job in jobs])
         if self.on_counts is not None:
             self.on_counts(0, 0)
+        if self._writer is not None:
+            self._writer.close(1)
+
+
+class _Writer:
+    """This process's writes to the child, in order, from a thread of their own: a full
+    pipe blocks only this thread, never the event loop or the reader."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="textgen-decoder-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, message: Any) -> None:
+        self.put_bytes(bytes(ForkingPickler.dumps(message)))
+
+    def put_bytes(self, data: bytes) -> None:
+        self.queue.put(data)
+
+    def close(self, timeout: float | None) -> None:
+        """End the thread once what is queued is written (or the child is gone)."""
+        self.queue.put(None)
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            try:
+                self.conn.send_bytes(data)
+            except (OSError, ValueError):
+                return  # the child is gone: the reader finds it and fails its jobs
 
 
 # -- the child ----------------------------------------------------------------------------------
 def _child(conn: Any, loader: Callable[[], Any], max_batch: int, blas_threads: int | None) -> None:
     """The decoding process: load the model, run a :class:`Batcher` on it, apply the
-    parent's messages until it says stop or goes away."""
+    parent's messages until it says stop or goes away. A failure of its own is printed
+    on stderr and ends it with exit code 1 (the server then fails the jobs in flight)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the server stops it (see the module doc)
+        signal.signal(sig, signal.SIG_IGN)
     if blas_threads:
         from textgen.decoding.blas import set_blas_threads
 
         set_blas_threads(blas_threads)
-    send_lock = threading.Lock()
-
-    def send(message: Any) -> None:
-        with send_lock, contextlib.suppress(OSError, ValueError):
-            conn.send(message)
-
     try:
         from textgen.text.hangul import syllable_mask
 
         loaded = loader()
         mask = syllable_mask(loaded.tokenizer)
-    except Exception as err:  # the parent reports it as the load's error
-        send(("error", str(err) or type(err).__name__))
+    except Exception as err:  # the server reports it as the load's error
+        with contextlib.suppress(OSError, ValueError):
+            conn.send(("error", str(err) or type(err).__name__))
         return
     jobs: dict[int, Job] = {}
     keys: dict[int, int] = {}  # id(job) -> key
     seen = [0]  # jobs taken in (under the batcher's lock, as its counts are made)
-    outbox = _Outbox(send)
+    outbox = _Outbox(conn)
 
     def deliver(events: list[tuple[Job, Any]]) -> None:  # the decoding thread
         items = []
@@ -328,11 +400,13 @@ def _child(conn: Any, loader: Callable[[], Any], max_batch: int, blas_threads: i
         max_waiting=1 << 30,  # the parent keeps the bound
         on_step=outbox.step,
         # called with the batcher's lock held, whenever the counts change
-        on_counts=lambda running, waiting: send(("counts", running, waiting, seen[0])),
+        on_counts=lambda running, waiting: outbox.counts((running, waiting, seen[0])),
     )
-    send(("ready",))
+    with contextlib.suppress(OSError, ValueError):
+        conn.send(("ready",))
     outbox.start()
     batcher.start()
+    code = 0
     try:
         while True:
             try:
@@ -364,20 +438,24 @@ def _child(conn: Any, loader: Callable[[], Any], max_batch: int, blas_threads: i
                     elif what == "finish":
                         for row in value:
                             job.finish_row(row)
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
+        code = 1
     finally:
         batcher.stop()
         outbox.stop()
-        os._exit(0)  # no interpreter teardown: the decoding thread may still be in a step
+        os._exit(code)  # no interpreter teardown: the decoding thread may still be in a step
 
 
 class _Outbox:
-    """The child's events, sent by a thread of their own in one message per
+    """The child's events and counts, sent by a thread of their own in one message per
     :data:`SEND_INTERVAL` at most (all that came since the last), in order."""
 
-    def __init__(self, send: Callable[[Any], None]) -> None:
-        self.send = send
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
         self.items: list[Any] = []
         self.rows: list[int] = []  # the batch rows of each step since the last message
+        self.count: Any = None  # the latest (running, waiting, seen), None: unchanged
         self.stopping = False
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="textgen-outbox", daemon=True)
@@ -394,6 +472,11 @@ class _Outbox:
         with self.cond:  # the decoding thread; taken with the items
             self.rows.append(rows)
 
+    def counts(self, counts: Any) -> None:
+        with self.cond:
+            self.count = counts
+            self.cond.notify()
+
     def stop(self) -> None:
         """Send what is left, then end the thread."""
         with self.cond:
@@ -405,15 +488,18 @@ class _Outbox:
         last = 0.0
         while True:
             with self.cond:
-                while not self.items and not self.stopping:
+                while not (self.items or self.count or self.stopping):
                     self.cond.wait()
-                if self.stopping and not self.items:
+                if self.stopping and not (self.items or self.count):
                     return
             wait = last + SEND_INTERVAL - time.monotonic()
             if wait > 0 and not self.stopping:
                 time.sleep(wait)
             with self.cond:
-                items, self.items = self.items, []
-                rows, self.rows = self.rows, []
+                message = ("events", self.items, self.rows, self.count)
+                self.items, self.rows, self.count = [], [], None
             last = time.monotonic()
-            self.send(("events", items, rows))
+            try:
+                self.conn.send(message)
+            except (OSError, ValueError):
+                return  # the parent is gone
