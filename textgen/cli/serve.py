@@ -113,8 +113,9 @@ def serve(
 
     POST /v1/completions and /v1/chat/completions (streaming with "stream": true),
     GET /v1/models, /health, /metrics, and the page at /. Concurrent requests share one
-    batched decoding step per model. It listens on 127.0.0.1 unless --host says
-    otherwise; use --api-key before listening anywhere else. SIGTERM or Ctrl-C stops
+    batched decoding step per model, run in a process of its own (--decoder). It
+    listens on 127.0.0.1 unless --host says otherwise; use --api-key before listening
+    anywhere else. SIGTERM or Ctrl-C stops
     accepting, lets the streams in flight finish (up to --shutdown-timeout) and exits 0.
 
     \b
