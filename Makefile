@@ -19,7 +19,7 @@ demo: install  ## train the Korean toy model and generate its three sentences
 	$(TEXTGEN) train --config configs/ko-toy.toml --out runs/ko-toy --overwrite
 	@for seed in 경마장에 그의 가는; do $(TEXTGEN) generate --model runs/ko-toy --seed "$$seed"; done
 
-test: install  ## the test suite (1011 tests, about 10 minutes on 2 cores); `make test-slow` the long ones, `make soak` the kill trials and the long fuzz
+test: install  ## the test suite (1023 tests, about 10 minutes on 2 cores); `make test-slow` the long ones, `make soak` the kill trials and the long fuzz
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: install  ## the multi-process and long tests (two-worker training, readers during saves, the house fixtures; about 5 minutes); CI runs them after make test
