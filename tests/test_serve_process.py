@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,14 +30,16 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return char_run(tmp_path_factory.mktemp("serve") / "chars")
 
 
-def _start(*args: str) -> tuple[subprocess.Popen, str]:
-    """Start ``textgen serve --port 0 ARGS``; return it and its URL (from its first line)."""
+def _start(*args: str, **popen: Any) -> tuple[subprocess.Popen, str]:
+    """Start ``textgen serve --port 0 ARGS`` (``popen``: more ``Popen`` options); return
+    it and its URL (from its first line)."""
     proc = subprocess.Popen(
         [*TEXTGEN, "serve", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        **popen,
     )
     seen = ""
     for _ in range(3):  # a warning may come first

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,13 +19,12 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.test_serve_process import _start, _wait_ready
 from tests.test_serve_support import LiveServer, char_run
 from textgen.decoding.sampling import sampler
 from textgen.serve.batcher import Batcher, End, Job, QueueFull, Tokens
 from textgen.serve.runs import Service, Settings, load_run
 from textgen.serve.worker import DecodingProcess
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -247,17 +244,9 @@ def test_a_model_the_decoding_process_cannot_load_is_a_load_error(run_dir: Path)
 def test_the_cli_serves_with_either_decoder(run_dir: Path) -> None:
     texts = []
     for decoder in ("process", "thread"):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "textgen", "serve", "--port", "0", "--model", str(run_dir),
-             "--decoder", decoder],
-            stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        )  # fmt: skip
+        proc, url = _start("--model", str(run_dir), "--decoder", decoder)
         try:
-            url = proc.stderr.readline().split(" on ")[1].split()[0]
-            deadline = time.monotonic() + 60  # a wait, not a timing
-            while httpx.get(url + "/health").status_code != 200:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            _wait_ready(url)
             body = {"prompt": "the ", "max_tokens": 12, "temperature": 0}
             r = httpx.post(url + "/v1/completions", json=body, timeout=30)
             assert r.status_code == 200 and len(r.json()["choices"][0]["text"]) == 12
@@ -354,17 +343,11 @@ def test_a_stop_string_found_by_the_server_ends_the_row_in_the_child(live: LiveS
 def test_ctrl_c_to_the_process_group_lets_the_stream_in_flight_finish(run_dir: Path) -> None:
     """SIGINT to the whole group (a terminal's Ctrl-C) reaches the decoding process too:
     it ignores it, and the server finishes the stream, then exits 0."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "textgen", "serve", "--port", "0", "--model", str(run_dir),
-         "--max-tokens-limit", "100000"],
-        stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
-    )  # fmt: skip
+    proc, url = _start(
+        "--model", str(run_dir), "--max-tokens-limit", "100000", start_new_session=True
+    )
     try:
-        url = proc.stderr.readline().split(" on ")[1].split()[0]
-        deadline = time.monotonic() + 60  # a wait, not a timing
-        while httpx.get(url + "/health").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        _wait_ready(url)
         body = {"prompt": "a", "max_tokens": 20_000, "temperature": 0, "stream": True}
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
