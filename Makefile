@@ -11,6 +11,8 @@ $(BIN)/textgen: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# the compiled LSTM cell of the bf16 step, built once here (not fatal: it falls back)
+	-$(BIN)/python -m textgen.model.cell_op
 	@touch $@
 
 install: $(BIN)/textgen  ## a .venv with textgen installed in editable mode

@@ -1,7 +1,7 @@
 """The LSTM's weight layout is written once, in model/lstm.py: permuting the gate blocks
 there (with the weights permuted to match) changes every reader together, so the fast
-kernel, the Keras path, the numpy decoder and the reorder for Keras' cuDNN function all
-compute what they computed in Keras 3's layout."""
+kernel (with its compiled cell too), the Keras path, the numpy decoder and the reorder for
+Keras' cuDNN function all compute what they computed in Keras 3's layout."""
 
 import numpy as np
 import pytest
@@ -38,9 +38,16 @@ def lstm_arrays_permuted(model, cfg, layout):
             variable.assign(permute(np.asarray(variable), cfg.units, layout))
 
 
-@pytest.mark.parametrize("path", ["fast", "keras"])
-def test_a_permuted_layout_changes_the_training_paths_together(path, permuted_layout):
+@pytest.mark.parametrize("path", ["fast", "cell", "keras"])
+def test_a_permuted_layout_changes_the_training_paths_together(path, permuted_layout, monkeypatch):
     tf = tensorflow()
+    if path == "cell":  # the fast kernel with the compiled cell (lstm_cell.cc) in float32
+        from textgen.model.cell_op import cell_ops
+
+        if cell_ops() is None:
+            pytest.skip("the compiled LSTM cell could not be built here (no C++ compiler?)")
+        monkeypatch.setattr(fastrnn, "_compiled_cell", lambda requested, reduced: cell_ops())
+        path = "fast"
     cfg = ModelConfig(cell="lstm", embedding_dim=5, units=6, layers=2)
     model = build_model(cfg, 11, mask_padding=True)
     init_uniform(model, 0.4, 0)

@@ -29,7 +29,7 @@ def char_corpus(tmp_path: Path) -> Path:
     return path
 
 
-def carry_config(corpus: Path, epochs: int = 2):
+def carry_config(corpus: Path, epochs: int = 2, precision: str = "float32"):
     return small_config(
         corpus,
         data={"level": "char", "mode": "stream", "seq_len": 10, "val_split": 0.1},
@@ -44,6 +44,7 @@ def carry_config(corpus: Path, epochs: int = 2):
             "lr_decay_after": 1,
             "save_every_steps": 7,
             "jit_compile": False,
+            "precision": precision,
         },
     )
 
@@ -134,10 +135,12 @@ def test_every_export_of_a_tied_model_ties_by_construction(tmp_path):
     np.testing.assert_array_equal(np.asarray(saved.get_layer("logits").kernel), (moved * 2).T)
 
 
-def test_carried_state_run_resumes_exactly(tmp_path, monkeypatch):
-    """Interrupted mid-epoch, a carried-state SGD run resumes to the same weights."""
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_carried_state_run_resumes_exactly(tmp_path, monkeypatch, precision):
+    """Interrupted mid-epoch, a carried-state SGD run resumes to the same weights (bf16:
+    its step with the compiled LSTM cell where one can be built)."""
     corpus = char_corpus(tmp_path)
-    cfg = carry_config(corpus)
+    cfg = carry_config(corpus, precision=precision)
     straight = train(cfg, tmp_path / "straight", **QUIET)
     assert [row["learning_rate"] for row in straight.history] == [1.0, 0.5]
     with monkeypatch.context() as m:
@@ -151,7 +154,7 @@ def test_carried_state_run_resumes_exactly(tmp_path, monkeypatch):
     for a, b in zip(
         final_state(tmp_path / "straight"), final_state(tmp_path / "stopped"), strict=True
     ):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_array_equal(a, b)
 
 
 def test_plateau_lowers_the_rate_and_time_budget_stops(tmp_path):

@@ -43,6 +43,14 @@ from typing import Any
 XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 
 
+def cache_folder() -> Path:
+    """textgen's cache: ``$TEXTGEN_CACHE``, else ``textgen`` in the user cache folder."""
+    root = os.environ.get("TEXTGEN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "textgen"
+    )
+    return Path(root)
+
+
 def _xla_cache_flags() -> None:
     """Point XLA's persistent compilation cache at ``$TEXTGEN_CACHE/xla`` (or the user
     cache folder's), unless ``TF_XLA_FLAGS`` already names one or the folder cannot be
@@ -50,10 +58,7 @@ def _xla_cache_flags() -> None:
     flags = os.environ.get("TF_XLA_FLAGS", "")
     if XLA_CACHE_FLAG in flags:
         return
-    root = os.environ.get("TEXTGEN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "textgen"
-    )
-    folder = Path(root) / "xla"
+    folder = cache_folder() / "xla"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:

@@ -51,6 +51,7 @@ def lstm_layer(
     initial: tuple[Any, Any] | None = None,
     *,
     compute_dtype: Any = None,
+    cell_op: bool | None = None,
 ) -> Any:
     """Run one LSTM layer over time-major ``x`` (time, batch, features).
 
@@ -65,24 +66,125 @@ def lstm_layer(
     products, forward and backward: their operands are cast to it at use, their results
     back to ``x``'s dtype, so the weights, the gates, the cell state, the outputs and the
     gradients stay float32 (bf16 compute over float32 masters).
+
+    ``cell_op``: whether each time step's gate arithmetic runs in the compiled cell
+    (:mod:`textgen.model.cell_op`) rather than in TensorFlow kernels. None: when the
+    products run in a reduced dtype (that step is never XLA-compiled, and the ops have no
+    XLA kernel) and the cell could be built. True asks for it in any dtype outside XLA.
     """
     tf = tensorflow()
     units = recurrent.shape[0]
     dtype = x.dtype
     low = tf.as_dtype(compute_dtype) if compute_dtype is not None else dtype
     scale, offset = _gate_constants(units, dtype)
+    ops = _compiled_cell(cell_op, low != dtype)
     # the gates' 1/2 goes into the weights (exact), autodiff carries it to their gradients
-    xs = _cast(tf.tensordot(_cast(x, low), _cast(kernel * scale, low), 1), dtype) + bias * scale
+    projected = tf.tensordot(_cast(x, low), _cast(kernel * scale, low), 1)
     carried = initial is not None
     if initial is None:
         zeros = tf.zeros([tf.shape(x)[1], units], dtype)
         initial = (zeros, zeros)
     h0, c0 = (tf.stop_gradient(tf.cast(v, dtype)) for v in initial)
     rec = _cast(recurrent * scale, low)
-    hs, c_last = _recurrence(xs, rec, mask, h0, c0, scale, offset)
+    if ops is not None:
+        hs, c_last = _compiled_recurrence(ops, projected, bias * scale, rec, mask, h0, c0)
+    else:
+        xs = _cast(projected, dtype) + bias * scale
+        hs, c_last = _recurrence(xs, rec, mask, h0, c0, scale, offset)
     if not carried:
         return hs
     return hs, (tf.stop_gradient(hs[-1]), tf.stop_gradient(c_last))
+
+
+def _compiled_cell(requested: bool | None, reduced: bool) -> Any | None:
+    """The compiled cell's ops when this layer should use them (see ``lstm_layer``)."""
+    from textgen.model.cell_op import cell_ops
+
+    if requested is False or (requested is None and not reduced):
+        return None
+    ops = cell_ops()
+    if ops is None and requested:
+        raise RuntimeError("the compiled LSTM cell was asked for but is not available")
+    return ops
+
+
+def _compiled_recurrence(
+    ops: Any, projected: Any, bias: Any, rec: Any, mask: Any | None, h0: Any, c0: Any
+) -> tuple[Any, Any]:
+    """:func:`_recurrence` with each step's gate arithmetic in the compiled cell.
+
+    ``projected`` is the input projection in the compute dtype (``rec``'s), ``bias`` the
+    scaled bias; the cell adds them. Its backward pass returns the gradients of those and of
+    ``rec``: the per-step ``dz`` in the compute dtype (the projection's and the recurrent
+    product's operand) and the bias's, summed over the steps in float32 by the cell."""
+    tf = tensorflow()
+    units = rec.shape[0]
+    dtype, low = h0.dtype, rec.dtype
+    width = len(LSTM_GATES) * units
+    gates = list(LSTM_GATES)
+    one = tf.constant(1.0, dtype)
+
+    def slots(kind: Any, size: Any, columns: int) -> Any:
+        return tf.TensorArray(
+            kind, size=size, element_shape=[None, columns], clear_after_read=False
+        )
+
+    @tf.custom_gradient
+    def run(projected: Any, bias: Any, rec: Any) -> Any:
+        steps = tf.shape(projected)[0]
+
+        def step(t: Any, h: Any, h_low: Any, c: Any, *arrays: Any) -> tuple[Any, ...]:
+            ts, hs, cs, lows = arrays
+            m = mask[t] if mask is not None else one
+            gate_tanh, h_new, c_new, h_low = ops.textgen_lstm_cell(
+                projected[t], bias, tf.matmul(h_low, rec), h, c, m, gates=gates
+            )
+            return (
+                t + 1, h_new, h_low, c_new, ts.write(t, gate_tanh),
+                hs.write(t + 1, h_new), cs.write(t + 1, c_new), lows.write(t + 1, h_low),
+            )  # fmt: skip
+
+        h0_low = _cast(h0, low)
+        start = (
+            0, h0, h0_low, c0,
+            slots(dtype, steps, width),  # each step's tanh(z)
+            slots(dtype, steps + 1, units).write(0, h0),
+            slots(dtype, steps + 1, units).write(0, c0),
+            slots(low, steps + 1, units).write(0, h0_low),
+        )  # fmt: skip
+        out = tf.while_loop(lambda t, *_: t < steps, step, start)
+        c_last, ts, hs, cs, lows = out[3], *out[4:]
+        h_all = hs.stack()  # (time + 1, batch, H): the initial state, then every step's
+
+        def grad(dhs: Any, _dc_last: Any) -> tuple[Any, Any, Any]:
+            zeros = tf.zeros_like(h0)
+
+            def back(s: Any, dh_rec: Any, dh_pass: Any, dc: Any, db: Any, dzs: Any) -> tuple:
+                t = steps - 1 - s
+                m = mask[t] if mask is not None else one
+                dz, dc, dh_pass, db = ops.textgen_lstm_cell_grad(
+                    ts.read(t), cs.read(t + 1), cs.read(t), dhs[t], dh_rec, dh_pass, dc, m, db,
+                    gates=gates,
+                )  # fmt: skip
+                dh_rec = tf.matmul(dz, rec, transpose_b=True)
+                return s + 1, dh_rec, dh_pass, dc, db, dzs.write(t, dz)
+
+            start = (
+                0, _cast(zeros, low), zeros, zeros, tf.zeros([width], dtype),
+                slots(low, steps, width),
+            )  # fmt: skip
+            _, _, _, _, d_bias, dzs = tf.while_loop(lambda s, *_: s < steps, back, start)
+            dzs = dzs.stack()
+            d_rec = tf.matmul(
+                tf.reshape(lows.stack()[:-1], [-1, units]),
+                tf.reshape(dzs, [-1, width]),
+                transpose_a=True,
+            )
+            return dzs, d_bias, d_rec
+
+        return (h_all[1:], c_last), grad
+
+    return run(projected, bias, rec)
 
 
 def _cast(t: Any, dtype: Any) -> Any:

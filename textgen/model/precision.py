@@ -15,7 +15,9 @@ reaches AMX (``ONEDNN_VERBOSE=1`` shows ``brg_matmul:avx10_1_512_amx`` for a bf1
 conversions unless its oneDNN rewrite is on, so under XLA a bf16 step pays the casts and
 keeps float32 products. Measured on an AMX Xeon (BENCHMARKS.md): the recurrent step's
 (64×256)·(256×1024) product in bf16 took about 2× its float32 time under XLA; a bf16 Keras
-LSTM was 7× slower with XLA than without.
+LSTM was 7× slower with XLA than without. Outside XLA, each time step's gate arithmetic
+runs in the compiled cell (:mod:`textgen.model.cell_op`) rather than a dozen TensorFlow
+kernels.
 """
 
 from __future__ import annotations
