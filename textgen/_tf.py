@@ -45,7 +45,7 @@ XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 
 def cache_folder() -> Path:
     """textgen's cache: ``$TEXTGEN_CACHE``, else ``textgen`` in the user cache folder."""
-    root = os.environ.get("TEXTGEN_CACHE") or os.path.join(
+    root = os.environ.get("TEXTGEN_CACHE") or os.path.join(  # corpus.cache.CACHE_ENV
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "textgen"
     )
     return Path(root)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from textgen._tf import cache_folder
 from textgen.config import DataConfig
 from textgen.corpus.read import BLOCK, Progress, scan, split_blocks, tail_start, text_blocks
 from textgen.errors import DataError
@@ -51,11 +52,9 @@ OWNER = ".owner"  # in a temporary folder: locked by the process that writes it
 
 
 def cache_root() -> Path:
-    """Where prepared corpora are kept: ``$TEXTGEN_CACHE``, else the user cache folder."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "textgen"
+    """Where prepared corpora are kept: textgen's cache folder (``$TEXTGEN_CACHE``, else the
+    user cache folder's ``textgen``), the one the XLA cache and the compiled cell use."""
+    return cache_folder()
 
 
 def id_dtype(vocab_size: int) -> np.dtype:

@@ -124,11 +124,6 @@ def _compiled_recurrence(
     gates = list(LSTM_GATES)
     one = tf.constant(1.0, dtype)
 
-    def slots(kind: Any, size: Any, columns: int) -> Any:
-        return tf.TensorArray(
-            kind, size=size, element_shape=[None, columns], clear_after_read=False
-        )
-
     @tf.custom_gradient
     def run(projected: Any, bias: Any, rec: Any) -> Any:
         steps = tf.shape(projected)[0]
@@ -147,10 +142,10 @@ def _compiled_recurrence(
         h0_low = _cast(h0, low)
         start = (
             0, h0, h0_low, c0,
-            slots(dtype, steps, width),  # each step's tanh(z)
-            slots(dtype, steps + 1, units).write(0, h0),
-            slots(dtype, steps + 1, units).write(0, c0),
-            slots(low, steps + 1, units).write(0, h0_low),
+            _slots(dtype, steps, width),  # each step's tanh(z)
+            _slots(dtype, steps + 1, units).write(0, h0),
+            _slots(dtype, steps + 1, units).write(0, c0),
+            _slots(low, steps + 1, units).write(0, h0_low),
         )  # fmt: skip
         out = tf.while_loop(lambda t, *_: t < steps, step, start)
         c_last, ts, hs, cs, lows = out[3], *out[4:]
@@ -171,7 +166,7 @@ def _compiled_recurrence(
 
             start = (
                 0, _cast(zeros, low), zeros, zeros, tf.zeros([width], dtype),
-                slots(low, steps, width),
+                _slots(low, steps, width),
             )  # fmt: skip
             _, _, _, _, d_bias, dzs = tf.while_loop(lambda s, *_: s < steps, back, start)
             dzs = dzs.stack()
@@ -185,6 +180,12 @@ def _compiled_recurrence(
         return (h_all[1:], c_last), grad
 
     return run(projected, bias, rec)
+
+
+def _slots(dtype: Any, size: Any, width: int) -> Any:
+    """A TensorArray of ``size`` (batch, ``width``) arrays that the loops write in place."""
+    tf = tensorflow()
+    return tf.TensorArray(dtype, size=size, element_shape=[None, width], clear_after_read=False)
 
 
 def _cast(t: Any, dtype: Any) -> Any:
@@ -203,9 +204,6 @@ def _recurrence(
     masked = mask is not None
     units = rec.shape[0]
     dtype, low = xs.dtype, rec.dtype
-
-    def slots(size: Any, width: int) -> Any:
-        return tf.TensorArray(dtype, size=size, element_shape=[None, width], clear_after_read=False)
 
     def gates(gate_tanh: Any) -> tuple[Any, Any, Any, Any]:
         """The activations (input, forget, cell candidate, output) from one tanh."""
@@ -263,9 +261,9 @@ def _recurrence(
 
         start = (
             0, h0, _cast(h0, low), c0,
-            slots(steps, len(LSTM_GATES) * units).unstack(xs),  # then each step's tanh(z)
-            slots(steps + 1, units).write(0, h0),
-            slots(steps + 1, units).write(0, c0),
+            _slots(dtype, steps, len(LSTM_GATES) * units).unstack(xs),  # then each step's tanh(z)
+            _slots(dtype, steps + 1, units).write(0, h0),
+            _slots(dtype, steps + 1, units).write(0, c0),
         )  # fmt: skip
         _, _, _, c_last, ts, hs, cs = tf.while_loop(lambda t, *_: t < steps, step, start)
         h_all = hs.stack()  # (time + 1, batch, H): the initial state, then every step's
@@ -286,7 +284,7 @@ def _recurrence(
                     dh_prev = dh_prev + dh_kept
                 return s + 1, dh_prev, dc_prev, dzs.write(t, dz)
 
-            start = (0, zeros, zeros, slots(steps, len(LSTM_GATES) * units))
+            start = (0, zeros, zeros, _slots(dtype, steps, len(LSTM_GATES) * units))
             _, _, _, dzs = tf.while_loop(lambda s, *_: s < steps, back, start)
             dzs = dzs.stack()
             d_rec = tf.matmul(
