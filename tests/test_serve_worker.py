@@ -24,7 +24,7 @@ from tests.test_serve_support import LiveServer, char_run
 from textgen.decoding.sampling import sampler
 from textgen.serve.batcher import Batcher, End, Job, QueueFull, Tokens
 from textgen.serve.runs import Service, Settings, load_run
-from textgen.serve.worker import DecodingProcess
+from textgen.serve.worker import DecodingProcess, _Live
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +152,20 @@ def test_disconnect_frees_the_row(live: LiveServer) -> None:
         time.sleep(0.02)
 
 
+def test_a_token_is_handed_over_after_the_counts_of_its_message() -> None:
+    """A client that reads its first token may send its next request at once: by then the
+    queue's bound must count its job as running, not waiting (a 503 with room)."""
+    seen: list[int] = []
+    process = DecodingProcess(lambda: None, None, lambda events: seen.append(process.waiting))
+    process.max_waiting = 1
+    job = Job(np.array([3]), 1, 10, None, np.random.default_rng(0), None)
+    process._live[0] = _Live(job, 0, False, [False])
+    process._submitted = 1  # sent; the child's last count had it waiting
+    process._waiting, process._seen = 1, 1
+    process._take(("events", [(0, [5])], [1], (1, 0, 1)))  # admitted, stepped: one token
+    assert seen == [0]
+
+
 def test_full_queue_is_503_and_a_client_that_reads_nothing_is_parked(run_dir: Path) -> None:
     settings = Settings(
         max_batch=1, max_waiting=1, max_tokens_limit=10_000_000, decode_process=True
@@ -168,7 +182,8 @@ def test_full_queue_is_503_and_a_client_that_reads_nothing_is_parked(run_dir: Pa
             next(lines)
             with c2.stream(
                 "POST", server.url + "/v1/completions", json=long | {"stream": True}
-            ):  # its headers come at once; it waits in the queue (1 place)
+            ) as r2:  # its headers come at once; it waits in the queue (1 place)
+                assert r2.status_code == 200, r2.read()
                 deadline = time.monotonic() + 30  # a wait, not a timing
                 while server.metric("textgen_requests_waiting", model="chars") != 1:
                     assert time.monotonic() < deadline

@@ -254,9 +254,14 @@ class DecodingProcess:
         self._gone()
 
     def _take(self, message: tuple) -> None:
+        """Hand one message's events over. Its counts are taken first: a client that
+        reads a token may send its next request at once, and the queue's bound must not
+        see the job whose token it read as still waiting (a 503 with room in the queue)."""
         _, items, rows, counts = message
         events, ended = [], []
         with self._lock:
+            if counts is not None:
+                self._running, self._waiting, self._seen = counts
             for key, event in items:
                 live = self._live.get(key)
                 if live is None:
@@ -271,14 +276,10 @@ class DecodingProcess:
         if self.on_step is not None:
             for count in rows:
                 self.on_step(count)
+        if counts is not None and self.on_counts is not None:
+            self.on_counts(counts[0], self.waiting)
         if events:
             self.deliver(events)
-        if counts is not None:
-            running, waiting, seen = counts
-            with self._lock:
-                self._running, self._waiting, self._seen = running, waiting, seen
-            if self.on_counts is not None:
-                self.on_counts(running, self.waiting)
 
     def _sync(self) -> None:
         """Send what the request side wrote on the live jobs since the last time (each
