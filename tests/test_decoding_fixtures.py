@@ -36,6 +36,13 @@ MODELS = {
     "rnn1x32": ("rnn", 8, 32, 1, True),
 }
 
+# The mean log-probabilities agree to float32 rounding, which differs between CPU kinds
+# (OpenBLAS picks its kernels by SIMD width). The SimpleRNN's random recurrent matrix has
+# a spectral radius of 2.18, so its tanh recurrence amplifies that rounding along a
+# sample: 6.5e-5 relative after 60 steps on an AVX-512 host against the recording one,
+# where the gated cells stay under 2e-6. Its tokens must still match exactly.
+LOGPROB_RTOL = {"lstm": 1e-5, "gru": 1e-5, "rnn": 3e-4}
+
 # name: (seed, length, num, strategy, rng seed, stop)
 CASES = {
     "greedy-1": ("the ", 60, 1, Strategy(), None, None),
@@ -126,7 +133,10 @@ def test_decoding_matches_the_recorded_tokens(results, recorded, model, case):
     key = f"{model}/{case}"
     assert results[key]["ids"] == recorded[key]["ids"]
     np.testing.assert_allclose(
-        results[key]["mean_logprob"], recorded[key]["mean_logprob"], rtol=1e-5, atol=1e-6
+        results[key]["mean_logprob"],
+        recorded[key]["mean_logprob"],
+        rtol=LOGPROB_RTOL[MODELS[model][0]],
+        atol=1e-6,
     )
 
 
