@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from textgen._tf import tensorflow
-from textgen.model import cell_op
+from textgen.model import cell_op, fastrnn
 from textgen.model.fastrnn import lstm_layer
 
 pytestmark = pytest.mark.skipif(
@@ -67,6 +67,30 @@ def test_the_compiled_cell_computes_the_kernels_layer(dtype, masked, carried):
         hs = compiled[0]
         start = inputs()[3][0] if carried else np.zeros((B, H), np.float32)
         np.testing.assert_allclose(hs[2, 0], np.asarray(start)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_unrolled_loops_compute_what_the_while_loops_do(dtype, masked, monkeypatch):
+    unrolled = layer_and_grads(True, dtype, masked, True)  # static length: unrolled
+    monkeypatch.setattr(fastrnn, "UNROLL_STEPS", T - 1)
+    looped = layer_and_grads(True, dtype, masked, True)
+    for a, b in zip(unrolled, looped, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_length_known_only_at_run_time_takes_the_while_loop():
+    tf = tensorflow()
+    x, weights, *_ = inputs()
+    layer = tf.function(
+        lambda x: lstm_layer(x, *weights, compute_dtype="bfloat16", cell_op=True),
+        input_signature=[tf.TensorSpec([None, B, F], tf.float32)],
+    )
+    graph = layer.get_concrete_function().graph
+    assert any(op.type in ("While", "StatelessWhile") for op in graph.get_operations())
+    np.testing.assert_array_equal(
+        layer(x), lstm_layer(x, *weights, compute_dtype="bfloat16", cell_op=True)
+    )
 
 
 def test_the_compiled_cell_is_deterministic():

@@ -108,6 +108,9 @@ def _compiled_cell(requested: bool | None, reduced: bool) -> Any | None:
     return ops
 
 
+UNROLL_STEPS = 512  # the compiled cell's loops are unrolled up to this many static steps
+
+
 def _compiled_recurrence(
     ops: Any, projected: Any, bias: Any, rec: Any, mask: Any | None, h0: Any, c0: Any
 ) -> tuple[Any, Any]:
@@ -116,23 +119,33 @@ def _compiled_recurrence(
     ``projected`` is the input projection in the compute dtype (``rec``'s), ``bias`` the
     scaled bias; the cell adds them. Its backward pass returns the gradients of those and of
     ``rec``: the per-step ``dz`` in the compute dtype (the projection's and the recurrent
-    product's operand) and the bias's, summed over the steps in float32 by the cell."""
+    product's operand) and the bias's, summed over the steps in float32 by the cell.
+
+    When the number of steps is known when the graph is built (training's fixed
+    ``seq_len``; up to :data:`UNROLL_STEPS`), both loops are unrolled: a while loop's
+    per-iteration bookkeeping (its frame, the TensorArray reads and writes, a slice per
+    input) costs about as much as the cell itself at these sizes, and unrolled, one
+    layer's step can run beside the step of the layer below."""
     tf = tensorflow()
     units = rec.shape[0]
     dtype, low = h0.dtype, rec.dtype
     width = len(LSTM_GATES) * units
     gates = list(LSTM_GATES)
     one = tf.constant(1.0, dtype)
+    static = projected.shape[0]
+    unrolled = static is not None and static <= UNROLL_STEPS
 
     @tf.custom_gradient
     def run(projected: Any, bias: Any, rec: Any) -> Any:
-        steps = tf.shape(projected)[0]
+        steps = static if unrolled else tf.shape(projected)[0]
+        inputs = _steps_of(projected, steps, unrolled)
+        masks = _steps_of(mask, steps, unrolled) if mask is not None else None
 
         def step(t: Any, h: Any, h_low: Any, c: Any, *arrays: Any) -> tuple[Any, ...]:
             ts, hs, cs, lows = arrays
-            m = mask[t] if mask is not None else one
+            m = masks(t) if masks is not None else one
             gate_tanh, h_new, c_new, h_low = ops.textgen_lstm_cell(
-                projected[t], bias, tf.matmul(h_low, rec), h, c, m, gates=gates
+                inputs(t), bias, tf.matmul(h_low, rec), h, c, m, gates=gates
             )
             return (
                 t + 1, h_new, h_low, c_new, ts.write(t, gate_tanh),
@@ -142,33 +155,34 @@ def _compiled_recurrence(
         h0_low = _cast(h0, low)
         start = (
             0, h0, h0_low, c0,
-            _slots(dtype, steps, width),  # each step's tanh(z)
-            _slots(dtype, steps + 1, units).write(0, h0),
-            _slots(dtype, steps + 1, units).write(0, c0),
-            _slots(low, steps + 1, units).write(0, h0_low),
+            _slots(dtype, steps, width, unrolled),  # each step's tanh(z)
+            _slots(dtype, steps + 1, units, unrolled).write(0, h0),
+            _slots(dtype, steps + 1, units, unrolled).write(0, c0),
+            _slots(low, steps + 1, units, unrolled).write(0, h0_low),
         )  # fmt: skip
-        out = tf.while_loop(lambda t, *_: t < steps, step, start)
+        out = _loop(steps, unrolled, step, start)
         c_last, ts, hs, cs, lows = out[3], *out[4:]
         h_all = hs.stack()  # (time + 1, batch, H): the initial state, then every step's
 
         def grad(dhs: Any, _dc_last: Any) -> tuple[Any, Any, Any]:
             zeros = tf.zeros_like(h0)
+            upstream = _steps_of(dhs, steps, unrolled)
 
             def back(s: Any, dh_rec: Any, dh_pass: Any, dc: Any, db: Any, dzs: Any) -> tuple:
                 t = steps - 1 - s
-                m = mask[t] if mask is not None else one
+                m = masks(t) if masks is not None else one
                 dz, dc, dh_pass, db = ops.textgen_lstm_cell_grad(
-                    ts.read(t), cs.read(t + 1), cs.read(t), dhs[t], dh_rec, dh_pass, dc, m, db,
-                    gates=gates,
+                    ts.read(t), cs.read(t + 1), cs.read(t), upstream(t), dh_rec, dh_pass, dc,
+                    m, db, gates=gates,
                 )  # fmt: skip
                 dh_rec = tf.matmul(dz, rec, transpose_b=True)
                 return s + 1, dh_rec, dh_pass, dc, db, dzs.write(t, dz)
 
             start = (
                 0, _cast(zeros, low), zeros, zeros, tf.zeros([width], dtype),
-                _slots(low, steps, width),
+                _slots(low, steps, width, unrolled),
             )  # fmt: skip
-            _, _, _, _, d_bias, dzs = tf.while_loop(lambda s, *_: s < steps, back, start)
+            _, _, _, _, d_bias, dzs = _loop(steps, unrolled, back, start)
             dzs = dzs.stack()
             d_rec = tf.matmul(
                 tf.reshape(lows.stack()[:-1], [-1, units]),
@@ -182,8 +196,47 @@ def _compiled_recurrence(
     return run(projected, bias, rec)
 
 
-def _slots(dtype: Any, size: Any, width: int) -> Any:
-    """A TensorArray of ``size`` (batch, ``width``) arrays that the loops write in place."""
+def _loop(steps: Any, unrolled: bool, body: Any, start: tuple) -> tuple:
+    """``body`` applied ``steps`` times from ``start`` (its first element the counter):
+    written out in the graph when ``unrolled`` (``steps`` a Python int), else a while loop."""
+    if not unrolled:
+        return tensorflow().while_loop(lambda t, *_: t < steps, body, start)
+    values = start
+    for _ in range(steps):
+        values = body(*values)
+    return values
+
+
+def _steps_of(x: Any, steps: Any, unrolled: bool) -> Any:
+    """``t -> x[t]``: a slice per step in a while loop, one unstack when unrolled."""
+    if not unrolled:
+        return lambda t: x[t]
+    parts = tensorflow().unstack(x, num=steps)
+    return lambda t: parts[t]
+
+
+class _Listed:
+    """The :func:`_slots` of an unrolled loop: a list of tensors, at Python indices."""
+
+    def __init__(self, size: int) -> None:
+        self.items: list[Any] = [None] * size
+
+    def write(self, index: int, value: Any) -> _Listed:
+        self.items[index] = value
+        return self
+
+    def read(self, index: int) -> Any:
+        return self.items[index]
+
+    def stack(self) -> Any:
+        return tensorflow().stack(self.items)
+
+
+def _slots(dtype: Any, size: Any, width: int, unrolled: bool = False) -> Any:
+    """A TensorArray of ``size`` (batch, ``width``) arrays that the loops write in place
+    (a :class:`_Listed` in an unrolled loop)."""
+    if unrolled:
+        return _Listed(size)
     tf = tensorflow()
     return tf.TensorArray(dtype, size=size, element_shape=[None, width], clear_after_read=False)
 
