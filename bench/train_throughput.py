@@ -105,7 +105,7 @@ class TextgenSide:
         jit = step_jit(precision, cfg.train.jit_compile)
         steps = Steps(
             run.model, run.optimizer, forward, jit, None, None, cfg.train.clipnorm,
-            precision=precision,
+            precision=precision, width=run.prepared.train.width,
         )  # fmt: skip
         zero = np.zeros((), np.float32)
         return lambda x, y: steps.train_step(x, y, zero)

@@ -203,3 +203,71 @@ def test_the_bf16_steps_compiled_loss_and_update_keep_its_losses():
     assert compiled["bfloat16"] >= compiled["float32"] + 2  # the loss and the update, at least
     assert losses["float32"][-1] < losses["float32"][0]  # the updates took effect
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=1e-6, atol=0)
+
+
+def _loop_ops(function) -> list[str]:
+    """The while loops in ``function``'s graph and in the functions it calls."""
+    graph = function.graph.as_graph_def()
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    return [n.op for n in nodes if n.op in ("While", "StatelessWhile")]
+
+
+def _compiled_cell_or_skip() -> None:
+    from textgen.model.cell_op import cell_ops
+
+    if cell_ops() is None:
+        pytest.skip("the compiled LSTM cell could not be built on this machine")
+
+
+def test_textgen_trains_bf16_with_a_step_built_for_the_examples_width(toy_config, tmp_path):
+    """The trainer's bf16 step knows its number of time steps, so the compiled cell's
+    loops are written out (no while loop in its graph); evaluation takes any width."""
+    import numpy as np
+
+    from textgen.corpus.examples import prepare
+    from textgen.training.loop import Trainer
+
+    _compiled_cell_or_skip()
+    cfg = toy_config.with_overrides(["train.precision=bfloat16", "model.cell=lstm"])
+    prepared = prepare(cfg.data)
+    x, y = prepared.train.rows(np.arange(2))
+    assert prepared.train.width == x.shape[1] > 2
+    run = Trainer(cfg, prepared, tmp_path / "r", lambda _m: None)
+    assert run.steps.train_step.input_signature[0].shape.as_list() == [None, x.shape[1]]
+    assert _loop_ops(run.steps.train_step.get_concrete_function()) == []
+    total, count, _ = run.steps.eval_step(x[:, :-1], y[:, :-1], run.steps.zero_state(2))
+    assert float(count) == np.count_nonzero(x[:, :-1]) and np.isfinite(float(total))
+
+
+def test_a_step_told_its_width_computes_the_losses_of_one_that_is_not():
+    """Unrolled (``width`` given) and looped (none) bf16 steps: the same losses, bit for bit,
+    over five updates; only the second has while loops."""
+    import numpy as np
+
+    from textgen._tf import keras
+    from textgen.model.network import training_forward
+    from textgen.training.steps import Steps
+
+    _compiled_cell_or_skip()
+    rng = np.random.default_rng(5)
+    batches = [
+        (rng.integers(1, 20, (4, 12)).astype(np.int32), rng.integers(1, 20, (4, 12)))
+        for _ in range(5)
+    ]
+    losses, loops = {}, {}
+    for width in (12, None):
+        cfg, model = _tiny_model()
+        forward = training_forward(model, cfg, mask_padding=False, precision="bfloat16")
+        optimizer = keras().optimizers.Adam(0.01)
+        optimizer.build(model.trainable_variables)
+        steps = Steps(
+            model, optimizer, forward, False, None, clipnorm=0.05, precision="bfloat16",
+            width=width,
+        )  # fmt: skip
+        zero = steps.zero_state(0)
+        runs = [steps.train_step(x, y.astype(np.int32), zero) for x, y in batches]
+        losses[width] = [float(total) / float(count) for total, count, _, _ in runs]
+        loops[width] = len(_loop_ops(steps.train_step.get_concrete_function()))
+    assert loops[12] == 0 and loops[None] >= 4  # two layers, forward and backward
+    assert losses[12][-1] < losses[12][0]
+    assert losses[12] == losses[None]

@@ -60,6 +60,11 @@ class Examples:
         return self.inputs[idx], self.targets[idx]
 
     @property
+    def width(self) -> int:
+        """Inputs per example: every row has this many (the padded or window length)."""
+        return int(self.inputs.shape[1]) if self.inputs.ndim == 2 else 0
+
+    @property
     def num_tokens(self) -> int:
         """Number of predicted (unmasked) positions: those whose input is not padding."""
         return int(np.count_nonzero(self.inputs))
@@ -109,6 +114,11 @@ class Windows:
     @property
     def targets(self) -> np.ndarray:
         return self[:].targets
+
+    @property
+    def width(self) -> int:
+        """Inputs per window: every window has this many."""
+        return self.seq_len
 
     @property
     def num_tokens(self) -> int:

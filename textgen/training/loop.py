@@ -112,7 +112,7 @@ class Trainer(TimeBudget):
             log(notice)
         self.steps = Steps(
             self.model, self.optimizer, forward, jit, state_shape, strategy, cfg.clipnorm,
-            cfg.ar, cfg.tar, precision=cfg.precision,
+            cfg.ar, cfg.tar, precision=cfg.precision, width=prepared.train.width,
         )  # fmt: skip
         self.averager = Averager(self.model.trainable_variables, jit)  # NT-ASGD
         self.carry_rows = min(cfg.batch_size, len(prepared.train))  # parallel streams

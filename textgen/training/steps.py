@@ -98,6 +98,11 @@ class Steps:
     the word model's bf16 step) and the update (dense gradients, clipping and
     ``optimizer.apply`` in one XLA computation instead of some ten kernels per variable).
     Measured on the word 2x200 model at batch 64, load 7-8: 1.19x → 1.43x float32's step.
+
+    ``width``, when given, is the number of inputs in every training batch's row (the
+    examples' :attr:`~textgen.corpus.examples.Examples.width`): the training step's graph
+    then knows its number of time steps, and the compiled LSTM cell's loops are unrolled
+    (:func:`textgen.model.fastrnn.lstm_layer`). The evaluation step keeps any width.
     A float32 step, compiled or not, and any step under a strategy are built as before, so
     their values do not change, except that AR/TAR's sums of every step run over the LSTM
     layers' time-major outputs (no transposes), which can change the sums' last bits; in
@@ -116,9 +121,11 @@ class Steps:
         ar: float = 0.0,
         tar: float = 0.0,
         precision: str = "float32",
+        width: int | None = None,
     ) -> None:
         tf = tensorflow()
         spec = tf.TensorSpec([None, None], tf.int32)
+        train_spec = tf.TensorSpec([None, width or None], tf.int32)
         self.model, self.optimizer, self.state_shape = model, optimizer, state_shape
         carry = state_shape is not None
         state_spec = tf.TensorSpec([state_shape[0], 2, None, state_shape[1]] if carry else [])
@@ -199,7 +206,7 @@ class Steps:
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
             return total, count, finite, new_state
 
-        @traced(input_signature=[spec, spec, state_spec], jit_compile=jit)
+        @traced(input_signature=[train_spec, train_spec, state_spec], jit_compile=jit)
         def train_step(x: Any, y: Any, state: Any) -> tuple[Any, Any, Any, Any]:
             return descend(x, y, state)
 
