@@ -80,6 +80,40 @@ def random_state(lm: NumpyLM, batch: int, seed: int = 3):
     ]
 
 
+@pytest.fixture(autouse=True)
+def small_kernel(monkeypatch):
+    """The splits are tested on every machine, as where numpy's BLAS has the small-matrix
+    kernel (``splits_products``); the tests below without it set it back to False."""
+    monkeypatch.setattr(numpy_lm, "splits_products", lambda: True)
+
+
+def test_without_a_small_kernel_each_gate_is_one_product(monkeypatch):
+    """Where OpenBLAS has no small-matrix kernel (Haswell, Zen, ...) a split product packs
+    its weights once per piece: the 2×256 LSTM multiplies whole batches, the column blocks
+    are off, and the step is still the textbook cell."""
+    monkeypatch.setattr(numpy_lm, "splits_products", lambda: False)
+    lm = random_lm("lstm", 64, 256, 2, vocab=65)
+    assert [lm.row_groups(b) for b in (1, 16, 31, 32, 64)] == [
+        (1, 1), (1, 16), (1, 31), (1, 32), (1, 64)
+    ]  # fmt: skip
+    assert column_width(64, 256, 4096) is None
+    ids = np.arange(32) % lm.vocab_size
+    state = random_state(lm, 32)
+    logits, _ = lm.step(ids, state)
+    np.testing.assert_allclose(logits, textbook_lstm(lm, ids, state)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_the_small_kernel_is_known_by_openblas_kernel_set():
+    """OpenBLAS's x86-64 small-matrix sgemm kernel is in its SkylakeX, Cooperlake and
+    Sapphire Rapids kernel sets only; this process's BLAS is named when it is OpenBLAS."""
+    from textgen.decoding import blas
+
+    assert blas.small_matrix_kernel("SkylakeX") and blas.small_matrix_kernel("SAPPHIRERAPIDS")
+    assert not blas.small_matrix_kernel("Haswell") and not blas.small_matrix_kernel("Zen")
+    name = blas.corename()
+    assert name is None or (name and blas.small_matrix_kernel() == blas.small_matrix_kernel(name))
+
+
 @pytest.fixture
 def small_groups(monkeypatch):
     """A small-kernel threshold that makes a 2×24 LSTM split batches of 7 or more."""

@@ -55,6 +55,46 @@ def _candidates() -> list[str]:
     return found
 
 
+# the kernel set OpenBLAS chose for this CPU, same builds in the same order
+_CORENAME = (
+    "scipy_openblas_get_corename64_",
+    "scipy_openblas_get_corename",
+    "openblas_get_corename64_",
+    "openblas_get_corename",
+)
+# OpenBLAS's x86-64 kernel sets with its small-matrix sgemm kernel, the one that multiplies
+# a small product without copying ("packing") the weights first (its kernel/x86_64 sources:
+# SKYLAKEX, COOPERLAKE and SAPPHIRERAPIDS only; Haswell, Zen and the others pack every call)
+SMALL_KERNEL_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+@functools.cache
+def corename() -> str | None:
+    """The name of OpenBLAS's kernel set for this CPU (``"Haswell"``, ``"SkylakeX"``, ...),
+    or None where numpy does not run on OpenBLAS. It can differ from the CPU's own kind:
+    an AVX-512 AMD EPYC here gets ``"Haswell"``."""
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _CORENAME:
+            function = getattr(lib, name, None)
+            if function is not None:
+                function.argtypes, function.restype = [], ctypes.c_char_p
+                value = function()
+                return value.decode("ascii", "replace") if value else None
+    return None
+
+
+def small_matrix_kernel(name: str | None = None) -> bool:
+    """Whether numpy's BLAS (or the OpenBLAS kernel set ``name``) multiplies small products
+    in place, without packing: only then does splitting a product into smaller ones pay
+    (:mod:`textgen.decoding.numpy_lm`); elsewhere each piece packs its weights again."""
+    name = corename() if name is None else name
+    return name is not None and name.lower() in SMALL_KERNEL_CORES
+
+
 @functools.cache
 def _functions() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr] | None:
     for path in _candidates():

@@ -24,23 +24,29 @@ results are those of the textbook cell to the last bit of the matrix products.
 **The LSTM and the GRU run gate-major**, each gate's weights and pre-activations
 contiguous (:mod:`textgen.decoding.gated` holds that arithmetic and says why).
 
-**Products are sized for OpenBLAS's copy-free kernel.** numpy's OpenBLAS copies
-("packs") a whole weight matrix on every ``sgemm`` call unless the product is small
-enough for its small-matrix kernel, which reads the weights in place: about ``rows ·
-inner · columns <= 10⁶`` (:data:`SMALL_PRODUCT`, a threshold of that build, found by
-measuring). A 2×256 LSTM's products at batch 4-32 are 1-8 million multiply-adds, so each
-paid a 1 MB copy per step. A gate-major step multiplies each gate's matrix by groups of
-rows (:meth:`NumpyLM.row_groups`: batch 16 as 2 × 8 rows, 32 as 4 × 8, 31 as 2 × 11 and
-9), the groups in one stacked ``matmul`` call; the SimpleRNN and the output layer split
-a product into column blocks instead (:func:`column_width`). Each output element
-is still one dot product over the same inner dimension, so results agree with the
-one-product form to float32 rounding (in the measurements, to the bit); only which BLAS
-kernel computes it changes. That kernel runs on the calling thread, so the BLAS thread
-count no longer matters for these products (a threaded product has to wake OpenBLAS's
-sleeping threads, which on a busy machine cost milliseconds). Models too big for the
-small kernel keep one product per gate. Measured on one core (CPU time, weights in
-cache): a product at batch 4 took 21 µs where the one (4, 256) × (256, 1024) product
-took 63, at batch 8 41 against 77, at batch 16 80 against 98.
+**Products are sized for OpenBLAS's copy-free kernel, where it has one.** numpy's
+OpenBLAS copies ("packs") a whole weight matrix on every ``sgemm`` call unless the product
+is small enough for its small-matrix kernel, which reads the weights in place: about
+``rows · inner · columns <= 10⁶`` (:data:`SMALL_PRODUCT`, a threshold of that build, found
+by measuring). A 2×256 LSTM's products at batch 4-32 are 1-8 million multiply-adds, so
+each paid a 1 MB copy per step. A gate-major step multiplies each gate's matrix by groups
+of rows (:meth:`NumpyLM.row_groups`: batch 16 as 2 × 8 rows, 32 as 4 × 8, 31 as 2 × 11 and
+9), the groups in one stacked ``matmul`` call; the SimpleRNN and the output layer split a
+product into column blocks instead (:func:`column_width`). Each output element is still
+one dot product over the same inner dimension, so results agree with the one-product form
+to float32 rounding (in the measurements, to the bit); only which BLAS kernel computes it
+changes. That kernel runs on the calling thread, so the BLAS thread count does not matter
+for these products (a threaded product has to wake OpenBLAS's sleeping threads, which on
+a busy machine cost milliseconds). Models too big for the small kernel keep one product
+per gate. Measured on one core (CPU time, weights in cache): a product at batch 4 took
+21 µs where the one (4, 256) × (256, 1024) product took 63, at batch 8 41 against 77, at
+batch 16 80 against 98.
+
+Only OpenBLAS's SkylakeX, Cooperlake and Sapphire Rapids kernel sets have that kernel
+(:func:`textgen.decoding.blas.small_matrix_kernel`). With any other (an AVX-512 AMD EPYC
+gets ``Haswell``) every piece packs its weights again and the split products were slower,
+so there each gate is one product (:func:`splits_products`), and these products take
+OpenBLAS's threaded path again (``textgen serve`` runs one BLAS thread by default).
 
 **Every other step starts with the top layer's recurrent product** (it needs only the
 old state), so the step starts on the weights the previous one ended on: a 2×256 LSTM
@@ -57,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from textgen.decoding.blas import small_matrix_kernel
 from textgen.decoding.gated import (
     gate_product,
     group_rows,
@@ -78,11 +85,19 @@ MIN_WIDTH = 32  # narrowest column block worth a call of its own
 MAX_BLOCKS = 16  # most column blocks a product is split into
 
 
+def splits_products() -> bool:
+    """Whether products are split for the small-matrix kernel (module docstring): only
+    where numpy's BLAS has one. On an AVX-512 AMD EPYC (OpenBLAS ``Haswell``, one core),
+    the (32, 256) times four (256, 256) gate product took 280 µs as 4 × 8 rows against
+    169 µs whole, and 146 against 101 at batch 16."""
+    return small_matrix_kernel()
+
+
 def column_width(rows: int, inner: int, columns: int) -> int | None:
     """The column block width that splits a ``(rows, inner) @ (inner, columns)`` product
     into products small enough for OpenBLAS's copy-free kernel, or None for one product
     (it is small already, a matrix-vector product, or the blocks would be too narrow)."""
-    if rows < 3 or rows * inner * columns <= SMALL_PRODUCT:
+    if rows < 3 or rows * inner * columns <= SMALL_PRODUCT or not splits_products():
         return None
     width = 1 << max(0, (SMALL_PRODUCT // (rows * inner)).bit_length() - 1)  # a power of 2
     if width < MIN_WIDTH or -(-columns // width) > MAX_BLOCKS:
@@ -186,7 +201,8 @@ class NumpyLM:
         first = self.layers[0]
         if self.embedding.shape[0] * first.kernel.shape[1] <= TABLE_LIMIT:
             self._table = (lstm_table if lstm else gru_table)(self.embedding, first)
-        self._group_rows = group_rows(self._gm, SMALL_PRODUCT)  # rows for the small kernel
+        # rows for the small kernel; without one, one product per gate (row_groups: 1)
+        self._group_rows = group_rows(self._gm, SMALL_PRODUCT) if splits_products() else 0
         self._early = False  # whether the last step did the top recurrent product first
 
     @property
