@@ -167,8 +167,64 @@ def test_the_compiled_pieces_of_the_bf16_step_compute_what_tensorflow_does(trans
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("time_major", [False, True])
+def test_the_fused_bias_and_loss_of_the_bf16_step_compute_what_tensorflow_does(time_major):
+    """The bf16 step's bias and cross-entropy as one XLA computation (over time-major
+    logits, labels transposed) give TensorFlow's own losses and gradients."""
+    import numpy as np
+
+    from textgen._tf import tensorflow
+    from textgen.model import network
+
+    tf = tensorflow()
+    rng = np.random.default_rng(4)
+    raw = tf.constant(rng.standard_normal((5, 3, 11)).astype(np.float32))
+    bias = tf.constant(rng.standard_normal(11).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 11, (3, 5) if time_major else (5, 3)).astype(np.int32))
+    out = []
+    for fused in (False, True):
+        low = tf.cast(raw, tf.bfloat16)
+        with tf.GradientTape() as tape:
+            tape.watch([low, bias])
+            if fused:
+                ce = network._bias_cross_entropy()(labels, low, bias, time_major)
+            else:
+                logits = tf.cast(low, tf.float32) + bias
+                logits = tf.transpose(logits, [1, 0, 2]) if time_major else logits
+                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            weights = tf.reshape(tf.range(1.0, 1.0 + tf.size(ce, tf.float32)), tf.shape(ce))
+            loss = tf.reduce_sum(ce * weights)
+        d_low, d_bias = tape.gradient(loss, [low, bias])
+        assert ce.shape == labels.shape and d_low.dtype == tf.bfloat16
+        out.append([ce.numpy(), d_low.numpy().astype(np.float32), d_bias.numpy()])
+    for a, b in zip(*out, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_with_labels_is_the_cross_entropy_of_its_logits():
+    """``training_forward``'s ``labels`` returns each position's loss in place of the
+    logits, in both precisions, and the same values as the loss of the logits."""
+    import numpy as np
+
+    from textgen._tf import tensorflow
+    from textgen.model.network import training_forward
+
+    tf = tensorflow()
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.integers(1, 20, (4, 9)).astype(np.int32))
+    y = tf.constant(rng.integers(1, 20, (4, 9)).astype(np.int32))
+    for name in ("float32", "bfloat16"):
+        cfg, model = _tiny_model()
+        forward = training_forward(model, cfg, mask_padding=False, precision=name)
+        logits, _ = forward(x, False)
+        ce, _ = forward(x, False, labels=y)
+        assert ce.shape == (4, 9) and ce.dtype == tf.float32
+        expected = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+        np.testing.assert_allclose(ce.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_the_bf16_steps_compiled_loss_and_update_keep_its_losses():
-    """The bf16 step's cross-entropy and update (clipping and Adam) as their own XLA
+    """The bf16 step's bias and cross-entropy and its update (clipping and Adam) as their own XLA
     computations give the losses the bf16 step without them gives, step after step, and
     only the bf16 step is built with them."""
     import numpy as np
@@ -186,7 +242,10 @@ def test_the_bf16_steps_compiled_loss_and_update_keep_its_losses():
 
     def xla_functions(steps):
         graph = steps.train_step.get_concrete_function().graph.as_graph_def()
-        return sum(f.attr["_XlaMustCompile"].b for f in graph.library.function)
+        return {f.signature.name for f in graph.library.function if f.attr["_XlaMustCompile"].b}
+
+    def has(names, part):
+        return any(part in name for name in names)
 
     losses, compiled = {}, {}
     for name in ("float32", "bfloat16"):  # what Steps is told; the forward is bf16 in both
@@ -200,7 +259,9 @@ def test_the_bf16_steps_compiled_loss_and_update_keep_its_losses():
         assert all(bool(finite) for _, _, finite, _ in runs)
         losses[name] = [float(total) / float(count) for total, count, _, _ in runs]
         compiled[name] = xla_functions(steps)
-    assert compiled["bfloat16"] >= compiled["float32"] + 2  # the loss and the update, at least
+    # the bias with the loss, and the update, compiled on their own in the bf16 step only
+    assert has(compiled["bfloat16"], "bias_ce") and has(compiled["bfloat16"], "update")
+    assert not has(compiled["float32"], "bias_ce") and not has(compiled["float32"], "update")
     assert losses["float32"][-1] < losses["float32"][0]  # the updates took effect
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=1e-6, atol=0)
 

@@ -201,6 +201,12 @@ def training_forward(
     projection uses the whole matrix), and with ``model.locked_dropout`` the three dropout
     rates draw one mask per sequence, shared over time. Evaluation uses none of them.
 
+    With ``labels`` (batch, time) the first value returned is each position's
+    cross-entropy (batch, time) instead of the logits: for bf16, the bias and the loss over
+    the bf16 logits are then one XLA computation forward and one backward
+    (:func:`_bias_cross_entropy`), where the logits alone and the loss after them were
+    four, each a pass over a (time, batch, vocab) float32 array.
+
     ``hidden=True`` also returns the last recurrent layer's outputs before (``raw``) and
     after (``dropped``) the output dropout, both (batch, time, units) float32: what
     activation regularization (AR) and temporal AR (TAR) penalise. ``hidden="native"``
@@ -241,7 +247,12 @@ def training_forward(
         return regularizers.locked_dropout(x, layer.rate, layer.seed_generator, time_axis=time_axis)
 
     def forward(
-        ids: Any, training: bool, state: list[Any] | None = None, *, hidden: bool | str = False
+        ids: Any,
+        training: bool,
+        state: list[Any] | None = None,
+        *,
+        hidden: bool | str = False,
+        labels: Any = None,
     ) -> tuple[Any, ...]:
         # LSTM layers work time-major (time, batch, features); Keras layers batch-major
         table = embedding.embeddings
@@ -276,6 +287,10 @@ def training_forward(
         logits = tf.tensordot(tf.cast(x, low), tf.cast(kernel, low), 1)
         if low == tf.float32:
             logits = batch_major(logits + dense.bias)
+            if labels is not None:
+                logits = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        elif labels is not None:  # the bias and the loss in one XLA computation
+            logits = _bias_cross_entropy()(labels, logits, tf.convert_to_tensor(dense.bias), lstm)
         else:  # bf16 products in oneDNN, the elementwise pass after them under XLA
             logits = _widen_add_bias()(logits, tf.convert_to_tensor(dense.bias), lstm)
         if not hidden:
@@ -312,6 +327,30 @@ def _widen_add_bias() -> Any:
 
         _COMPILED["widen"] = traced(widen, jit_compile=True)
     return _COMPILED["widen"]
+
+
+def _bias_cross_entropy() -> Any:
+    """``(labels, logits, bias, time_major) -> cross-entropy`` (batch, time) of the bf16
+    ``logits`` (time-major when ``time_major``: the LSTM layers' layout) plus ``bias``,
+    XLA-compiled: the cast, the bias and the loss fuse into one pass forward and one
+    backward, and time-major logits are never transposed (the labels are instead). On
+    20 × 20 × 10,001 logits, forward and backward: 4.5 ms against 7.3 for the logits
+    (:func:`_widen_add_bias`) and :func:`token_cross_entropy` compiled apart, the same
+    gradients to float32 rounding."""
+    if "bias_ce" not in _COMPILED:
+        from textgen._tf import tensorflow
+
+        tf = tensorflow()
+
+        def bias_ce(labels: Any, logits: Any, bias: Any, time_major: bool) -> Any:
+            wide = tf.cast(logits, tf.float32) + bias
+            if not time_major:
+                return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, wide)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.transpose(labels), wide)
+            return tf.transpose(ce)
+
+        _COMPILED["bias_ce"] = traced(bias_ce, jit_compile=True)
+    return _COMPILED["bias_ce"]
 
 
 def token_cross_entropy(labels: Any, logits: Any, *, compiled: bool) -> Any:

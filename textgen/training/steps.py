@@ -13,7 +13,6 @@ import numpy as np
 
 from textgen._tf import tensorflow, traced
 from textgen.corpus.examples import Examples
-from textgen.model.network import token_cross_entropy
 from textgen.training import distribute
 from textgen.training.batches import batches
 
@@ -93,9 +92,9 @@ class Steps:
 
     ``precision`` is the step's ``train.precision``. A bf16 step is not XLA-compiled
     (``jit`` False, :func:`textgen.model.precision.step_jit`), so two of its pieces are
-    compiled on their own when there is no strategy: the cross-entropy
-    (:func:`token_cross_entropy`; TensorFlow's kernel of it was the largest single cost of
-    the word model's bf16 step) and the update (dense gradients, clipping and
+    compiled on their own when there is no strategy: the output bias with the cross-entropy
+    (``training_forward``'s ``labels``; TensorFlow's kernel of the loss was the largest
+    single cost of the word model's bf16 step) and the update (dense gradients, clipping and
     ``optimizer.apply`` in one XLA computation instead of some ten kernels per variable).
     Measured on the word 2x200 model at batch 64, load 7-8: 1.19x → 1.43x float32's step.
 
@@ -148,12 +147,15 @@ class Steps:
             """The summed cross-entropy, its token count and the state after the batch;
             with ``penalties`` (a list) also AR/TAR's sums, appended to it."""
             layers = [(state[i, 0], state[i, 1]) for i in range(state_shape[0])] if carry else None
+            labels = y if pieces else None  # bf16: the loss comes with the logits' bias
             if penalties is None:
-                logits, new = forward(x, training, layers)
+                logits, new = forward(x, training, layers, labels=labels)
             else:
-                logits, new, (raw, dropped) = forward(x, training, layers, hidden="native")
+                logits, new, (raw, dropped) = forward(
+                    x, training, layers, hidden="native", labels=labels
+                )
             if pieces:
-                ce = token_cross_entropy(y, logits, compiled=True)
+                ce = logits  # forward's cross-entropy (training_forward's ``labels``)
             else:
                 ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
             mask = tf.cast(tf.not_equal(x, 0), ce.dtype)  # padding predicts nothing
