@@ -6,11 +6,15 @@ enough for OpenBLAS's threaded path is handed to the other threads and waited fo
 machine whose cores are busy with other processes each hand-over waits for the
 scheduler, and when the LSTM step still ran one (batch × 256) by (256 × 1024) product
 per layer, a 2-thread step at batch 16 measured 15 to 20 times slower than a 1-thread
-one (BENCHMARKS.md). The step now splits its products into pieces for OpenBLAS's
-small-matrix kernel (``numpy_lm``), which runs on the calling thread whatever this
-setting, so at batch 4-64 of a 2×256 LSTM the count no longer matters (at load 13 on 2
-cores: 17,626 tokens/s with 2 threads, 17,736 with 1, at batch 16). It still decides the
-matrix-vector products of batch 1-2 and the products of models too big for that kernel.
+one (BENCHMARKS.md). Where OpenBLAS has its small-matrix kernel (:func:`small_matrix_kernel`)
+the step splits its products into pieces for it (``numpy_lm``), which run on the calling
+thread whatever this setting, so at batch 4-64 of a 2×256 LSTM the count does not matter
+there (at load 13 on 2 cores: 17,626 tokens/s with 2 threads, 17,736 with 1, at batch 16).
+It still decides the matrix-vector products of batch 1-2, the products of models too big
+for that kernel, and every product where there is none (an AVX-512 AMD EPYC, OpenBLAS
+``Haswell``: at batch 32 on a quiet machine the step ran 55,199 tokens/s with 1 thread and
+91,875 with 2, but a server with 2 threads lost to one: its second thread takes the core
+the event loop needs).
 A server sharing its cores may therefore want ``set_blas_threads(1)`` (``textgen serve
 --blas-threads``, 1 by default, in the server and its decoding processes: on 2 cores with
 other work running, the step at batch 8 when its products still took the threaded path
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +92,17 @@ def corename() -> str | None:
     return None
 
 
-def small_matrix_kernel(name: str | None = None) -> bool:
+def small_matrix_kernel(name: str | None = None, machine: str | None = None) -> bool:
     """Whether numpy's BLAS (or the OpenBLAS kernel set ``name``) multiplies small products
     in place, without packing: only then does splitting a product into smaller ones pay
-    (:mod:`textgen.decoding.numpy_lm`); elsewhere each piece packs its weights again."""
+    (:mod:`textgen.decoding.numpy_lm`); elsewhere each piece packs its weights again.
+
+    Known for x86-64 only (:data:`SMALL_KERNEL_CORES`); on other machines (``machine``,
+    ``platform.machine()`` by default: OpenBLAS's ARMv8 SVE sets have such a kernel too,
+    not measured here) the answer is True, the splitting as it was."""
+    machine = platform.machine() if machine is None else machine
+    if machine.lower() not in ("x86_64", "amd64"):
+        return True
     name = corename() if name is None else name
     return name is not None and name.lower() in SMALL_KERNEL_CORES
 

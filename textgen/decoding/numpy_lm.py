@@ -42,11 +42,12 @@ per gate. Measured on one core (CPU time, weights in cache): a product at batch 
 21 µs where the one (4, 256) × (256, 1024) product took 63, at batch 8 41 against 77, at
 batch 16 80 against 98.
 
-Only OpenBLAS's SkylakeX, Cooperlake and Sapphire Rapids kernel sets have that kernel
-(:func:`textgen.decoding.blas.small_matrix_kernel`). With any other (an AVX-512 AMD EPYC
-gets ``Haswell``) every piece packs its weights again and the split products were slower,
-so there each gate is one product (:func:`splits_products`), and these products take
-OpenBLAS's threaded path again (``textgen serve`` runs one BLAS thread by default).
+On x86-64 only OpenBLAS's SkylakeX, Cooperlake and Sapphire Rapids kernel sets have that
+kernel (:func:`textgen.decoding.blas.small_matrix_kernel`; other machines keep the
+split). With any other x86-64 set (an AVX-512 AMD EPYC gets ``Haswell``) every piece packs
+its weights again and the split products were slower, so there each gate is one product
+(:func:`splits_products`), and these products take OpenBLAS's threaded path again
+(``textgen serve`` runs one BLAS thread by default).
 
 **Every other step starts with the top layer's recurrent product** (it needs only the
 old state), so the step starts on the weights the previous one ended on: a 2×256 LSTM
