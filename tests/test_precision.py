@@ -91,7 +91,7 @@ def test_a_few_bf16_steps_follow_float32s_validation_loss():
     import numpy as np
 
     from textgen._tf import keras, tensorflow
-    from textgen.model.network import token_cross_entropy, training_forward
+    from textgen.model.network import training_forward
 
     tf, k = tensorflow(), keras()
     rng = np.random.default_rng(1)
@@ -109,13 +109,11 @@ def test_a_few_bf16_steps_follow_float32s_validation_loss():
         cfg, model = _tiny_model()
         forward = training_forward(model, cfg, mask_padding=False, precision=name)
         optimizer = k.optimizers.Adam(0.01)
-        compiled = name == "bfloat16"  # the bf16 step's loss is its own XLA computation
 
         @tf.function(jit_compile=False)
-        def step(x, y, forward=forward, model=model, optimizer=optimizer, compiled=compiled):
-            with tf.GradientTape() as tape:
-                logits, _ = forward(x, True)
-                ce = token_cross_entropy(y, logits, compiled=compiled)
+        def step(x, y, forward=forward, model=model, optimizer=optimizer):
+            with tf.GradientTape() as tape:  # bf16: the loss is its own XLA computation
+                ce, _ = forward(x, True, labels=y)
                 loss = tf.reduce_mean(ce)
             variables = model.trainable_variables
             optimizer.apply(tape.gradient(loss, variables), variables)
@@ -126,17 +124,21 @@ def test_a_few_bf16_steps_follow_float32s_validation_loss():
         trained[name] = loss
         x, y = windows(held + np.arange(0, 180, 20))
         logits, _ = forward(x, False)
-        finals[name] = float(tf.reduce_mean(token_cross_entropy(y, logits, compiled=False)))
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        finals[name] = float(tf.reduce_mean(ce))
         assert not [v for v in optimizer.variables if "16" in str(v.dtype)]
     assert finals["float32"] < 2.5  # it learned something (log 19 ≈ 2.94 at the start)
     assert trained["float32"] < 2.5
     assert abs(finals["bfloat16"] - finals["float32"]) <= 0.02 * finals["float32"]
 
 
-@pytest.mark.parametrize("transpose", [False, True])
-def test_the_compiled_pieces_of_the_bf16_step_compute_what_tensorflow_does(transpose):
-    """The bf16 step's XLA-compiled loss and logits widening give TensorFlow's own values
-    and gradients (to float32 rounding)."""
+@pytest.mark.parametrize("piece", ["widen", "fused"])
+@pytest.mark.parametrize("time_major", [False, True])
+def test_the_compiled_pieces_of_the_bf16_step_compute_what_tensorflow_does(piece, time_major):
+    """The bf16 step's XLA-compiled pieces over its bf16 (time-major for an LSTM) logits
+    give TensorFlow's own values and gradients (to float32 rounding): the logits widened
+    with their bias (``widen``; then TensorFlow's loss), and the bias with the loss as one
+    computation, the labels transposed (``fused``)."""
     import numpy as np
 
     from textgen._tf import tensorflow
@@ -146,57 +148,31 @@ def test_the_compiled_pieces_of_the_bf16_step_compute_what_tensorflow_does(trans
     rng = np.random.default_rng(3)
     raw = tf.constant(rng.standard_normal((5, 3, 11)).astype(np.float32))
     bias = tf.constant(rng.standard_normal(11).astype(np.float32))
-    labels = tf.constant(rng.integers(0, 11, (3, 5) if transpose else (5, 3)).astype(np.int32))
+    labels = tf.constant(rng.integers(0, 11, (3, 5) if time_major else (5, 3)).astype(np.int32))
     out = []
     for compiled in (False, True):
         low = tf.cast(raw, tf.bfloat16)
         with tf.GradientTape() as tape:
             tape.watch([low, bias])
-            if compiled:
-                logits = network._widen_add_bias()(low, bias, transpose)
-            else:
-                logits = tf.cast(low, tf.float32) + bias
-                logits = tf.transpose(logits, [1, 0, 2]) if transpose else logits
-            ce = network.token_cross_entropy(labels, logits, compiled=compiled)
-            weights = tf.reshape(tf.range(1.0, 1.0 + tf.size(ce, tf.float32)), tf.shape(ce))
-            loss = tf.reduce_sum(ce * weights)
-        d_low, d_bias = tape.gradient(loss, [low, bias])
-        assert logits.dtype == tf.float32 and d_low.dtype == tf.bfloat16
-        out.append([logits.numpy(), ce.numpy(), d_low.numpy().astype(np.float32), d_bias.numpy()])
-    for a, b in zip(*out, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("time_major", [False, True])
-def test_the_fused_bias_and_loss_of_the_bf16_step_compute_what_tensorflow_does(time_major):
-    """The bf16 step's bias and cross-entropy as one XLA computation (over time-major
-    logits, labels transposed) give TensorFlow's own losses and gradients."""
-    import numpy as np
-
-    from textgen._tf import tensorflow
-    from textgen.model import network
-
-    tf = tensorflow()
-    rng = np.random.default_rng(4)
-    raw = tf.constant(rng.standard_normal((5, 3, 11)).astype(np.float32))
-    bias = tf.constant(rng.standard_normal(11).astype(np.float32))
-    labels = tf.constant(rng.integers(0, 11, (3, 5) if time_major else (5, 3)).astype(np.int32))
-    out = []
-    for fused in (False, True):
-        low = tf.cast(raw, tf.bfloat16)
-        with tf.GradientTape() as tape:
-            tape.watch([low, bias])
-            if fused:
+            values = []
+            if compiled and piece == "fused":
                 ce = network._bias_cross_entropy()(labels, low, bias, time_major)
             else:
-                logits = tf.cast(low, tf.float32) + bias
-                logits = tf.transpose(logits, [1, 0, 2]) if time_major else logits
+                if compiled:
+                    logits = network._widen_add_bias()(low, bias, time_major)
+                else:
+                    logits = tf.cast(low, tf.float32) + bias
+                    logits = tf.transpose(logits, [1, 0, 2]) if time_major else logits
+                assert logits.dtype == tf.float32
+                values.append(logits.numpy())
                 ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
             weights = tf.reshape(tf.range(1.0, 1.0 + tf.size(ce, tf.float32)), tf.shape(ce))
             loss = tf.reduce_sum(ce * weights)
         d_low, d_bias = tape.gradient(loss, [low, bias])
         assert ce.shape == labels.shape and d_low.dtype == tf.bfloat16
-        out.append([ce.numpy(), d_low.numpy().astype(np.float32), d_bias.numpy()])
+        out.append([ce.numpy(), d_low.numpy().astype(np.float32), d_bias.numpy(), *values])
+    if piece == "fused":
+        out[0] = out[0][:3]  # the fused piece has no logits to compare
     for a, b in zip(*out, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 

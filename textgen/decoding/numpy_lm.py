@@ -57,6 +57,7 @@ either way, to the bit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +87,13 @@ MIN_WIDTH = 32  # narrowest column block worth a call of its own
 MAX_BLOCKS = 16  # most column blocks a product is split into
 
 
+@functools.cache
 def splits_products() -> bool:
     """Whether products are split for the small-matrix kernel (module docstring): only
     where numpy's BLAS has one. On an AVX-512 AMD EPYC (OpenBLAS ``Haswell``, one core),
     the (32, 256) times four (256, 256) gate product took 280 µs as 4 × 8 rows against
-    169 µs whole, and 146 against 101 at batch 16."""
+    169 µs whole, and 146 against 101 at batch 16. Asked once per process (the output
+    layer's :func:`column_width` asks it every step)."""
     return small_matrix_kernel()
 
 

@@ -335,8 +335,9 @@ def _bias_cross_entropy() -> Any:
     XLA-compiled: the cast, the bias and the loss fuse into one pass forward and one
     backward, and time-major logits are never transposed (the labels are instead). On
     20 × 20 × 10,001 logits, forward and backward: 4.5 ms against 7.3 for the logits
-    (:func:`_widen_add_bias`) and :func:`token_cross_entropy` compiled apart, the same
-    gradients to float32 rounding."""
+    (:func:`_widen_add_bias`) and the loss compiled apart, the same gradients to float32
+    rounding. (TensorFlow's own kernel of the loss, uncompiled, took 163 ms against XLA's 42
+    on 1,280 tokens × 10,002 words: the largest single cost of the word model's bf16 step.)"""
     if "bias_ce" not in _COMPILED:
         from textgen._tf import tensorflow
 
@@ -351,25 +352,3 @@ def _bias_cross_entropy() -> Any:
 
         _COMPILED["bias_ce"] = traced(bias_ce, jit_compile=True)
     return _COMPILED["bias_ce"]
-
-
-def token_cross_entropy(labels: Any, logits: Any, *, compiled: bool) -> Any:
-    """Each position's cross-entropy, ``tf.nn.sparse_softmax_cross_entropy_with_logits``;
-    with ``compiled`` as its own XLA computation (forward and backward).
-
-    For a step that is not XLA-compiled as a whole (the bf16 step): TensorFlow's own kernel
-    of this op took 163 ms forward and backward on 1,280 tokens × 10,002 words against XLA's
-    42 ms on the benchmark machine, the largest single cost of the word model's bf16 step.
-    Inside an XLA-compiled step ``compiled`` changes nothing (XLA compiles it anyway)."""
-    from textgen._tf import tensorflow
-
-    tf = tensorflow()
-    if not compiled:
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    if "ce" not in _COMPILED:
-
-        def ce(labels: Any, logits: Any) -> Any:
-            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-
-        _COMPILED["ce"] = traced(ce, jit_compile=True)
-    return _COMPILED["ce"](labels, logits)
